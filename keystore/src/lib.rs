@@ -1,0 +1,44 @@
+//! Validator keys for ensign: EIP-2335 keystores and Web3Signer key
+//! configuration files.
+//!
+//! What this crate does:
+//! - parses EIP-2335 (version 4) keystores into bounded types, decrypts
+//!   them (scrypt or PBKDF2-HMAC-SHA256, AES-128-CTR, SHA-256 checksum) and
+//!   encrypts new ones ([`Keystore`], [`decrypt`], [`encrypt`]);
+//! - holds a BLS signing key as a [`ValidatorKey`];
+//! - loads keys the way Web3Signer does, from a directory of YAML key
+//!   configs ([`load_key_configs`]) or of keystores plus passwords
+//!   ([`load_keystores_dir`]), decrypting on all cores and reporting
+//!   per-file errors in a [`LoadReport`].
+//!
+//! Invariants:
+//! - Secret material (secret keys, passwords, KDF output, plaintexts, file
+//!   contents that may hold keys) lives in zeroizing types and never appears
+//!   in `Debug`, `Display` or [`Error`] values.
+//! - Every KDF parameter is bounded when the keystore is parsed
+//!   (see [`SCRYPT_MAX_MEMORY`], [`SCRYPT_MAX_P`], [`PBKDF2_MAX_C`]), so a
+//!   hostile keystore cannot make us allocate or spin before being refused.
+//! - A [`ValidatorKey`] is a valid non-zero BLS scalar whose pubkey was
+//!   derived here; a keystore's `pubkey` field is only ever compared
+//!   against it, never trusted.
+//! - A wrong password is always [`Error::WrongPassword`]; a garbage key is
+//!   never returned.
+//! - This crate depends on no other workspace crate.
+
+mod eip2335;
+mod error;
+mod key;
+mod loader;
+mod password;
+
+pub use eip2335::{
+    decrypt, encrypt, Kdf, Keystore, MAX_SALT_LEN, PBKDF2_MAX_C, SCRYPT_MAX_MEMORY, SCRYPT_MAX_P,
+};
+pub use error::Error;
+pub use key::{ValidatorKey, PUBKEY_LEN, SECRET_LEN};
+pub use loader::{
+    load_key_configs, load_keystore_file, load_keystores_dir, LoadError, LoadReport,
+    PasswordSource, MAX_CONFIG_FILE_LEN, MAX_DOCUMENTS_PER_FILE, MAX_KEYSTORE_FILE_LEN,
+    MAX_PASSWORD_FILE_LEN,
+};
+pub use password::normalize_password;

@@ -1,0 +1,583 @@
+//! Web3Signer-compatible key sources: YAML key configuration files and
+//! directories of EIP-2335 keystores.
+//!
+//! Loading happens in two phases. First every file is listed and the cheap
+//! parsing is done in order; then the expensive part (scrypt / PBKDF2) runs
+//! on all cores. Results are put back in file order before duplicates are
+//! removed, so "first wins" is deterministic: files are taken in byte order
+//! of their names, documents in file order.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Deserializer};
+use zeroize::Zeroizing;
+
+use crate::eip2335::Keystore;
+use crate::key::{ValidatorKey, PUBKEY_LEN, SECRET_LEN};
+use crate::Error;
+
+/// Largest YAML key configuration file accepted. A config holding thousands
+/// of `file-raw` documents is a few hundred KiB.
+pub const MAX_CONFIG_FILE_LEN: u64 = 4 * 1024 * 1024;
+/// Largest keystore JSON file accepted; real ones are about 1 KiB.
+pub const MAX_KEYSTORE_FILE_LEN: u64 = 64 * 1024;
+/// Largest password file accepted.
+pub const MAX_PASSWORD_FILE_LEN: u64 = 64 * 1024;
+/// Largest number of YAML documents read from one config file.
+pub const MAX_DOCUMENTS_PER_FILE: usize = 100_000;
+
+/// Where the keystore passwords of [`load_keystores_dir`] come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// A directory holding `<keystore file stem>.txt` for every keystore
+    /// (Web3Signer `--keystores-passwords-path`).
+    Dir(PathBuf),
+    /// One password file shared by all keystores (Web3Signer
+    /// `--keystores-password-file`).
+    File(PathBuf),
+}
+
+/// A file that failed to yield a key, and why.
+///
+/// `path` is the file the key came from: the YAML config for config errors
+/// and `file-raw` keys, the keystore JSON for keystore errors (including
+/// keystores referenced from a `file-keystore` config), or the directory if
+/// it could not be listed.
+#[derive(Debug)]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub error: Error,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+/// Outcome of loading a directory: the keys that loaded and the files that
+/// did not. One bad file never stops the others.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub keys: Vec<ValidatorKey>,
+    pub errors: Vec<LoadError>,
+}
+
+/// Load every non-hidden `*.yaml` / `*.yml` file in `dir` (not recursive),
+/// each holding one or more YAML documents in Web3Signer's key config
+/// format:
+///
+/// ```yaml
+/// type: file-raw
+/// keyType: BLS          # optional; must be BLS
+/// privateKey: "0x…"     # 32-byte hex, 0x optional
+/// ---
+/// type: file-keystore
+/// keystoreFile: key.json              # relative to this file's directory
+/// keystorePasswordFile: key.txt       # one trailing newline is ignored
+/// ```
+pub fn load_key_configs(dir: &Path) -> LoadReport {
+    let mut report = LoadReport::default();
+    let files = match list_dir(dir, &["yaml", "yml"], &mut report) {
+        Some(f) => f,
+        None => return report,
+    };
+    let mut jobs = Vec::new();
+    for file in files {
+        parse_config_file(&file, &mut jobs);
+    }
+    finish(jobs, report)
+}
+
+/// Load every non-hidden `*.json` file in `dir` (not recursive) as an
+/// EIP-2335 keystore, with passwords from `passwords`.
+pub fn load_keystores_dir(dir: &Path, passwords: &PasswordSource) -> LoadReport {
+    let mut report = LoadReport::default();
+    let files = match list_dir(dir, &["json"], &mut report) {
+        Some(f) => f,
+        None => return report,
+    };
+    let jobs = files
+        .into_iter()
+        .map(|keystore| {
+            let password = match passwords {
+                PasswordSource::File(p) => p.clone(),
+                PasswordSource::Dir(d) => {
+                    let stem = keystore.file_stem().unwrap_or_default();
+                    let mut name = stem.to_os_string();
+                    name.push(".txt");
+                    d.join(name)
+                }
+            };
+            Job::Keystore { keystore, password }
+        })
+        .collect();
+    finish(jobs, report)
+}
+
+/// Read, parse and decrypt one keystore file with the password in
+/// `password_file` (one trailing `\n` or `\r\n` removed).
+pub fn load_keystore_file(keystore: &Path, password_file: &Path) -> Result<ValidatorKey, Error> {
+    // Parse first: a malformed keystore should say so even when the password
+    // file is also missing, and parsing enforces the KDF limits before any
+    // work is done.
+    let json = read_limited(keystore, MAX_KEYSTORE_FILE_LEN)?;
+    let ks = Keystore::from_json_bytes(&json)?;
+    let password = read_limited(password_file, MAX_PASSWORD_FILE_LEN)?;
+    let password = std::str::from_utf8(&password)
+        .map_err(|_| Error::PasswordNotUtf8(password_file.to_owned()))?;
+    ks.decrypt(trim_one_newline(password))
+}
+
+/// Web3Signer policy: a password file's single trailing line ending is not
+/// part of the password. (EIP-2335 normalisation would strip `\r`/`\n`
+/// anyway as C0 controls; this keeps the file policy explicit.)
+fn trim_one_newline(s: &str) -> &str {
+    match s.strip_suffix('\n') {
+        Some(s) => s.strip_suffix('\r').unwrap_or(s),
+        None => s,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Jobs: the per-key work, cheap parts done up front, decryption deferred.
+// ---------------------------------------------------------------------------
+
+enum Job {
+    /// Already resolved (a `file-raw` key, or a config error).
+    Done {
+        path: PathBuf,
+        result: Result<ValidatorKey, Error>,
+    },
+    /// A keystore still to be read and decrypted.
+    Keystore {
+        keystore: PathBuf,
+        password: PathBuf,
+    },
+}
+
+fn finish(jobs: Vec<Job>, mut report: LoadReport) -> LoadReport {
+    let results = run_parallel(jobs);
+    let mut seen: HashMap<[u8; PUBKEY_LEN], PathBuf> = HashMap::new();
+    for (path, result) in results {
+        match result {
+            Ok(key) => {
+                if let Some(first) = seen.get(&key.pubkey()) {
+                    report.errors.push(LoadError {
+                        path,
+                        error: Error::DuplicatePubkey {
+                            pubkey: hex::encode(key.pubkey()),
+                            first: first.clone(),
+                        },
+                    });
+                } else {
+                    seen.insert(key.pubkey(), path);
+                    report.keys.push(key);
+                }
+            }
+            Err(error) => report.errors.push(LoadError { path, error }),
+        }
+    }
+    report
+}
+
+/// Decrypt on all cores: scrypt/PBKDF2 at EIP-2335 default cost take
+/// ~0.1–1 s each, which dominates start-up for hundreds of keys. Output order
+/// equals input order.
+///
+/// Note: each concurrent scrypt may use up to `SCRYPT_MAX_MEMORY`, so peak
+/// memory is bounded by workers × that limit.
+fn run_parallel(jobs: Vec<Job>) -> Vec<(PathBuf, Result<ValidatorKey, Error>)> {
+    let pending = jobs
+        .iter()
+        .filter(|j| matches!(j, Job::Keystore { .. }))
+        .count();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(pending)
+        .max(1);
+
+    type Outcome = (PathBuf, Result<ValidatorKey, Error>);
+    let slots: Vec<Mutex<Option<Job>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let results: Vec<Mutex<Option<Outcome>>> = slots.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = slots.get(i) else { break };
+                let Some(job) = lock(slot).take() else {
+                    continue;
+                };
+                let outcome = match job {
+                    Job::Done { path, result } => (path, result),
+                    Job::Keystore { keystore, password } => {
+                        let result = load_keystore_file(&keystore, &password);
+                        (keystore, result)
+                    }
+                };
+                *lock(&results[i]) = Some(outcome);
+            });
+        }
+    });
+
+    results
+        .into_iter()
+        .filter_map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
+}
+
+/// A poisoned lock here only means another worker panicked mid-job; the
+/// data (an `Option`) is still coherent, so keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Directory listing and bounded file reads.
+// ---------------------------------------------------------------------------
+
+/// Non-hidden entries of `dir` whose extension is one of `exts` (ASCII
+/// case-insensitive), directories excluded, sorted by name. Listing errors
+/// go into `report`; `None` if the directory itself is unreadable.
+fn list_dir(dir: &Path, exts: &[&str], report: &mut LoadReport) -> Option<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(source) => {
+            report.errors.push(LoadError {
+                path: dir.to_owned(),
+                error: Error::Io {
+                    path: dir.to_owned(),
+                    source,
+                },
+            });
+            return None;
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(source) => {
+                report.errors.push(LoadError {
+                    path: dir.to_owned(),
+                    error: Error::Io {
+                        path: dir.to_owned(),
+                        source,
+                    },
+                });
+                continue;
+            }
+        };
+        let path = entry.path();
+        let name = entry.file_name();
+        // Hidden files are editor swap files, `.git`, Kubernetes `..data`
+        // symlinks and the like — never keys.
+        if name.as_encoded_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        let ext_ok = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)));
+        // `is_dir` follows symlinks; a dangling symlink is kept so that it is
+        // reported as unreadable rather than silently skipped.
+        if ext_ok && !path.is_dir() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Some(files)
+}
+
+/// Read a whole file into a zeroizing buffer, refusing anything over
+/// `limit` bytes (checked on the open handle, and again while reading in
+/// case the file grows or is not a regular file).
+fn read_limited(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > limit {
+        return Err(Error::FileTooLarge {
+            path: path.to_owned(),
+            size,
+            limit,
+        });
+    }
+    let capacity = usize::try_from(size).unwrap_or(0).saturating_add(1);
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
+    file.take(limit + 1).read_to_end(&mut buf).map_err(io)?;
+    let read = buf.len() as u64;
+    if read > limit {
+        return Err(Error::FileTooLarge {
+            path: path.to_owned(),
+            size: read,
+            limit,
+        });
+    }
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------
+// YAML key configuration (Web3Signer format; not ours, so unknown fields are
+// tolerated rather than denied).
+// ---------------------------------------------------------------------------
+
+/// Shape of one YAML document. A flat struct rather than a serde-tagged
+/// enum on purpose: serde buffers tagged enums through `deserialize_any`,
+/// whose type errors echo the offending value, which for `privateKey` would
+/// put key material into an error message.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawKeyConfig {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    key_type: Option<String>,
+    #[serde(default)]
+    private_key: Option<SecretString>,
+    #[serde(default)]
+    keystore_file: Option<PathBuf>,
+    #[serde(default)]
+    keystore_password_file: Option<PathBuf>,
+}
+
+/// A string holding secret material: zeroed on drop, redacted in `Debug`,
+/// and deserialised without ever echoing its value in an error.
+struct SecretString(Zeroizing<String>);
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const MSG: &str = "privateKey must be a hex string";
+        impl serde::de::Visitor<'_> for V {
+            type Value = SecretString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hex string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretString, E> {
+                Ok(SecretString(Zeroizing::new(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<SecretString, E> {
+                Ok(SecretString(Zeroizing::new(v)))
+            }
+            // The default implementations of these put the value into the
+            // error message; replace them with a value-free message.
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretString, E> {
+                Err(E::custom(MSG))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parse one config file into jobs (one per document).
+fn parse_config_file(path: &Path, jobs: &mut Vec<Job>) {
+    let done = |jobs: &mut Vec<Job>, result| {
+        jobs.push(Job::Done {
+            path: path.to_owned(),
+            result,
+        })
+    };
+    let bytes = match read_limited(path, MAX_CONFIG_FILE_LEN) {
+        Ok(b) => b,
+        Err(e) => return done(jobs, Err(e)),
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return done(
+            jobs,
+            Err(Error::InvalidConfig {
+                document: 0,
+                reason: "file is not valid UTF-8".into(),
+            }),
+        );
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    // Pass 1: find where the YAML stops being well-formed. serde_yaml's
+    // document iterator keeps yielding the same syntax error forever once
+    // the parser has failed, so the second pass must stop before it.
+    // `IgnoredAny` fails only on syntax (never on shape), so documents
+    // before the first error are still loaded.
+    let mut well_formed = 0;
+    let mut syntax_error = None;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        if well_formed >= MAX_DOCUMENTS_PER_FILE {
+            syntax_error = Some(format!("more than {MAX_DOCUMENTS_PER_FILE} documents"));
+            break;
+        }
+        match serde::de::IgnoredAny::deserialize(doc) {
+            Ok(_) => well_formed += 1,
+            // libyaml messages carry positions, not content.
+            Err(e) => {
+                syntax_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+
+    // Pass 2: shape and meaning of each well-formed document.
+    let docs = serde_yaml::Deserializer::from_str(text).take(well_formed);
+    for (document, doc) in docs.enumerate() {
+        // `Option` so that empty documents (a stray `---`) are skipped.
+        let raw = match Option::<RawKeyConfig>::deserialize(doc) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => continue,
+            Err(e) => {
+                done(
+                    jobs,
+                    Err(Error::InvalidConfig {
+                        document,
+                        reason: e.to_string(),
+                    }),
+                );
+                continue;
+            }
+        };
+        match config_to_job(raw, document, base) {
+            Ok(ConfigKey::Raw(key)) => done(jobs, Ok(key)),
+            Ok(ConfigKey::Keystore { keystore, password }) => {
+                jobs.push(Job::Keystore { keystore, password })
+            }
+            Err(e) => done(jobs, Err(e)),
+        }
+    }
+    if let Some(reason) = syntax_error {
+        done(
+            jobs,
+            Err(Error::InvalidConfig {
+                document: well_formed,
+                reason,
+            }),
+        );
+    }
+}
+
+enum ConfigKey {
+    Raw(ValidatorKey),
+    Keystore {
+        keystore: PathBuf,
+        password: PathBuf,
+    },
+}
+
+fn config_to_job(raw: RawKeyConfig, document: usize, base: &Path) -> Result<ConfigKey, Error> {
+    let invalid = |reason: &str| Error::InvalidConfig {
+        document,
+        reason: reason.to_owned(),
+    };
+    // Web3Signer's signer types; only the local-file ones exist here so far.
+    if raw.kind != "file-raw" && raw.kind != "file-keystore" {
+        return Err(Error::UnsupportedKeyType(raw.kind));
+    }
+    // Web3Signer defaults keyType to BLS; SECP256K1 is for Eth1 signing.
+    if let Some(kt) = raw.key_type {
+        if kt != "BLS" {
+            return Err(Error::UnsupportedKeyAlgorithm(kt));
+        }
+    }
+    if raw.kind == "file-raw" {
+        let pk = raw
+            .private_key
+            .ok_or_else(|| invalid("file-raw requires privateKey"))?;
+        let hex_str = pk.0.trim();
+        let hex_str = hex_str.strip_prefix("0x").unwrap_or(hex_str);
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        hex::decode_to_slice(hex_str, &mut *secret)
+            .map_err(|_| invalid("privateKey must be 32 bytes of hex"))?;
+        return Ok(ConfigKey::Raw(ValidatorKey::from_secret_bytes(&*secret)?));
+    }
+    let keystore = raw
+        .keystore_file
+        .ok_or_else(|| invalid("file-keystore requires keystoreFile"))?;
+    let password = raw
+        .keystore_password_file
+        .ok_or_else(|| invalid("file-keystore requires keystorePasswordFile"))?;
+    // `Path::join` keeps absolute paths as they are and resolves relative
+    // ones against the config file's directory.
+    Ok(ConfigKey::Keystore {
+        keystore: base.join(keystore),
+        password: base.join(password),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newline_trimming_is_one_line_ending_only() {
+        assert_eq!(trim_one_newline("pw\n"), "pw");
+        assert_eq!(trim_one_newline("pw\r\n"), "pw");
+        assert_eq!(trim_one_newline("pw\n\n"), "pw\n");
+        assert_eq!(trim_one_newline(" pw "), " pw ");
+        assert_eq!(trim_one_newline("pw\r"), "pw\r");
+    }
+
+    #[test]
+    fn secret_string_debug_redacted() {
+        let s = SecretString(Zeroizing::new("deadbeef".into()));
+        assert!(!format!("{s:?}").contains("deadbeef"));
+    }
+
+    #[test]
+    fn private_key_never_echoed() {
+        for doc in [
+            "type: file-raw\nprivateKey: 123456789\n",
+            "type: file-raw\nprivateKey: 0x1234567\n",
+            "type: file-raw\nprivateKey: [123456789]\n",
+            "type: file-raw\nprivateKey: {a: 123456789}\n",
+            "type: file-raw\nprivateKey: true\n",
+        ] {
+            let mut jobs = Vec::new();
+            for (i, d) in serde_yaml::Deserializer::from_str(doc).enumerate() {
+                let r = Option::<RawKeyConfig>::deserialize(d)
+                    .map_err(|e| e.to_string())
+                    .and_then(|raw| {
+                        config_to_job(raw.unwrap(), i, Path::new("."))
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    });
+                jobs.push(r);
+            }
+            let msg = jobs[0].clone().unwrap_err();
+            assert!(!msg.contains("123456789"), "{msg}");
+            assert!(!msg.contains("1234567"), "{msg}");
+        }
+    }
+}
