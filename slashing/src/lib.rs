@@ -1,0 +1,240 @@
+//! Slashing protection for ensign: EIP-3076 rules, durable stores (SQLite by
+//! default, PostgreSQL for several signer instances sharing one database) and
+//! the EIP-3076 v5 interchange format.
+//!
+//! # Invariants
+//!
+//! * **Durable before release.** `sign_block` / `sign_attestation` return `Ok`
+//!   only after the transaction that recorded the message has committed
+//!   (SQLite: `synchronous=FULL` in WAL mode; PostgreSQL: `COMMIT` returned).
+//!   The server releases a signature only after `Ok`.
+//! * **Atomic check-and-insert per validator and duty.** The check and the
+//!   insert run in one transaction. SQLite has one writer thread per process
+//!   holding `BEGIN IMMEDIATE` plus `locking_mode=EXCLUSIVE` (a second process
+//!   cannot open the file); PostgreSQL takes
+//!   `pg_advisory_xact_lock(kind, validator_id)` first (kind 1 = blocks,
+//!   2 = attestations), so several processes sharing the database can never
+//!   both permit conflicting messages.
+//! * **Complete history.** Every permitted message is stored with its signing
+//!   root; imported entries without a root are stored as NULL, which never
+//!   equals any new root. Identical repeats are permitted
+//!   ([`Permit::SameAsRecorded`]) without a new row.
+//! * **Low watermarks only move up.** Set by the first signed message, raised
+//!   by imports (to the imported maximum) and by pruning; anything at or below
+//!   them that is not an identical repeat is refused (EIP-3076 conditions 3-5).
+//! * **One chain.** The genesis validators root is pinned on first use (first
+//!   signing or first import); any other root is refused.
+//! * **A refusal is not a fault.** [`Error::Refused`] means "must not sign"
+//!   (HTTP 412); [`Error::Store`] / [`Error::Open`] mean the store could not
+//!   decide, and nothing may be signed either.
+//!
+//! The rules themselves are pure functions in [`rules`]; the stores only
+//! narrow the history with SQL and apply the verdict.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub mod interchange;
+mod postgres_store;
+pub mod rules;
+mod sqlite_store;
+mod store;
+
+pub use postgres_store::PostgresStore;
+pub use sqlite_store::SqliteStore;
+
+/// 48-byte compressed BLS public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pubkey(pub [u8; 48]);
+
+impl std::fmt::Debug for Pubkey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "0x{}", hex::encode(self.0))
+    }
+}
+
+/// 32-byte root (signing root or genesis validators root).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Root(pub [u8; 32]);
+
+/// Why a request was refused (HTTP 412), as opposed to a store fault.
+/// The Display texts go to logs; the HTTP body is just "Precondition Failed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Refusal {
+    /// The request's (or import's) genesis validators root differs from the
+    /// one pinned in the store: the message is for another chain.
+    #[error("genesis validators root differs from the one recorded")]
+    GenesisValidatorsRootMismatch,
+    /// A different (or unknown, NULL-root) block was already signed at this
+    /// slot (phase0 `process_proposer_slashing`; EIP-3076 condition 2).
+    #[error("double block proposal: another block was signed at this slot")]
+    DoubleBlockProposal,
+    /// The slot is at or below the validator's block low watermark
+    /// (EIP-3076 condition 3).
+    #[error("block slot is not above the low watermark")]
+    SlotNotAboveLowWatermark,
+    /// `source_epoch > target_epoch`: never a valid vote.
+    #[error("attestation source epoch exceeds target epoch")]
+    SourceExceedsTarget,
+    /// A different (or NULL-root) attestation with the same target was signed
+    /// (`is_slashable_attestation_data`, double vote; EIP-3076 condition 5).
+    #[error("double vote: another attestation was signed for this target")]
+    DoubleVote,
+    /// The new attestation surrounds a recorded one
+    /// (`is_slashable_attestation_data`, surround vote).
+    #[error("surrounding vote: the attestation surrounds a recorded one")]
+    SurroundingVote,
+    /// A recorded attestation surrounds the new one.
+    #[error("surrounded vote: a recorded attestation surrounds this one")]
+    SurroundedVote,
+    /// `source_epoch` is below the low source watermark (EIP-3076 condition 4).
+    #[error("attestation source epoch is below the low watermark")]
+    SourceBelowLowWatermark,
+    /// `target_epoch` is at or below the low target watermark
+    /// (EIP-3076 condition 5).
+    #[error("attestation target epoch is not above the low watermark")]
+    TargetNotAboveLowWatermark,
+    /// At or beyond the global high watermark (Web3Signer watermark repair).
+    #[error("at or above the high watermark")]
+    AtOrAboveHighWatermark,
+    /// The validator was disabled (key deleted or unloaded).
+    #[error("validator is disabled")]
+    ValidatorDisabled,
+    /// A slot or epoch above `i64::MAX` cannot be recorded; refusing is safe.
+    #[error("slot or epoch too large to record")]
+    ValueTooLarge,
+}
+
+/// Errors of the slashing crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Signing (or an import) must not happen; not a fault.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The store could not be opened (path, permissions, lock, connection).
+    #[error("cannot open slashing protection store: {0}")]
+    Open(String),
+    /// The store failed while deciding or recording; nothing may be signed.
+    #[error("slashing protection store: {0}")]
+    Store(String),
+    /// An interchange document is malformed or unsupported.
+    #[error("slashing protection interchange: {0}")]
+    Interchange(String),
+}
+
+impl Error {
+    /// True for [`Error::Refused`] (HTTP 412), false for faults.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused(_))
+    }
+}
+
+/// Whether the permitted message is new or a repeat of an identical one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    New,
+    SameAsRecorded,
+}
+
+/// Web3Signer's global high watermark (metadata row): refuse any slot /
+/// epoch at or beyond it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HighWatermark {
+    pub epoch: Option<u64>,
+    pub slot: Option<u64>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportSummary {
+    /// Distinct validators in the file.
+    pub validators: usize,
+    pub blocks_inserted: usize,
+    pub attestations_inserted: usize,
+    /// Entries identical to what was already recorded.
+    pub unchanged: usize,
+    /// Entries that conflicted with a recorded one at the same slot/target;
+    /// the recorded root became NULL so that nothing can be signed there.
+    pub conflicts: usize,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PruneSummary {
+    pub blocks_deleted: u64,
+    pub attestations_deleted: u64,
+}
+
+/// Where the slashing-protection database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite file (created if missing; its directory must exist).
+    Sqlite { path: PathBuf },
+    /// PostgreSQL: `postgresql://…`, `postgres://…` or Web3Signer's
+    /// `jdbc:postgresql://host:port/db`; `username` / `password` override the
+    /// URL's.
+    Postgres {
+        url: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+/// The interface the server signs through. Blocking: call it off the reactor.
+pub trait SlashingProtection: Send + Sync + 'static {
+    /// Check and record a block proposal. `Ok` ⇒ the record is durable.
+    fn sign_block(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        slot: u64,
+        signing_root: Root,
+    ) -> Result<Permit, Error>;
+    /// Check and record an attestation. `Ok` ⇒ the record is durable.
+    fn sign_attestation(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        source_epoch: u64,
+        target_epoch: u64,
+        signing_root: Root,
+    ) -> Result<Permit, Error>;
+    /// A trivial query; `Error::Store` when the database does not answer.
+    fn health_check(&self) -> Result<(), Error>;
+    /// The global high watermark, if one was set.
+    fn high_watermark(&self) -> Result<Option<HighWatermark>, Error>;
+    /// Set (or with `None` remove) the global high watermark.
+    fn set_high_watermark(&self, hw: Option<HighWatermark>) -> Result<(), Error>;
+    /// Import an EIP-3076 v5 document, all or nothing.
+    fn import_interchange(&self, json: &str) -> Result<ImportSummary, Error>;
+    /// Export everything recorded as an EIP-3076 v5 document.
+    fn export_interchange(&self) -> Result<String, Error>;
+    /// The pinned genesis validators root, if any.
+    fn genesis_validators_root(&self) -> Result<Option<Root>, Error>;
+    /// Pin `gvr` if none is pinned yet; `Refused(GenesisValidatorsRootMismatch)`
+    /// if another one is (e.g. the server binds the store to its chain at
+    /// startup, before any import).
+    fn pin_genesis_validators_root(&self, gvr: Root) -> Result<(), Error>;
+    /// Enable or disable a validator (disabled ⇒ `ValidatorDisabled` refusals
+    /// on every instance sharing the store). Registers it if unknown.
+    fn set_validator_enabled(&self, pubkey: Pubkey, enabled: bool) -> Result<(), Error>;
+    /// Raise low watermarks to keep only the newest `epochs_to_keep` epochs
+    /// per validator (snapped onto a recorded message), then delete below them.
+    fn prune(&self, epochs_to_keep: u64, slots_per_epoch: u64) -> Result<PruneSummary, Error>;
+}
+
+/// Open (and migrate) the configured store.
+pub fn open(config: &StoreConfig) -> Result<Arc<dyn SlashingProtection>, Error> {
+    match config {
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreConfig::Postgres {
+            url,
+            username,
+            password,
+        } => Ok(Arc::new(PostgresStore::open(
+            url,
+            username.as_deref(),
+            password.as_deref(),
+        )?)),
+    }
+}

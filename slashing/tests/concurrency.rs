@@ -1,0 +1,175 @@
+//! Concurrency: exactly one winner among conflicting concurrent requests
+//! (one store, and two PostgreSQL stores as two processes would have), and
+//! SQLite group commit (fewer commits than requests, all Ok'd records durable).
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use slashing::{Error, Permit, Refusal, SlashingProtection, SqliteStore};
+
+const THREADS: usize = 200;
+
+/// `THREADS` threads released together by a barrier; thread i uses
+/// `stores[i % stores.len()]`. Returns the verdicts.
+fn race(
+    stores: Vec<Arc<dyn SlashingProtection>>,
+    f: impl Fn(&dyn SlashingProtection, usize) -> Result<Permit, Error> + Send + Sync + 'static,
+) -> Vec<Result<Permit, Error>> {
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (b, f, s) = (barrier.clone(), f.clone(), stores[i % stores.len()].clone());
+            std::thread::spawn(move || {
+                b.wait();
+                f(&*s, i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn exactly_one_winner(results: &[Result<Permit, Error>], conflict: Refusal) {
+    let winners = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Permit::New)))
+        .count();
+    assert_eq!(winners, 1, "exactly one Ok(New) expected: {results:?}");
+    for r in results {
+        match r {
+            Ok(Permit::New) => {}
+            Err(Error::Refused(x)) => assert_eq!(*x, conflict),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn one_winner_suite(stores: Vec<Arc<dyn SlashingProtection>>) {
+    // Same target epoch, different roots (and sources) ⇒ double votes.
+    let r = race(stores.clone(), |s, i| {
+        s.sign_attestation(
+            common::GVR,
+            common::pk(1),
+            (i % 5) as u64,
+            10,
+            common::root(i as u64 + 1),
+        )
+    });
+    exactly_one_winner(&r, Refusal::DoubleVote);
+    // Same slot, different roots ⇒ double proposals.
+    let r = race(stores.clone(), |s, i| {
+        s.sign_block(common::GVR, common::pk(2), 42, common::root(i as u64 + 1))
+    });
+    exactly_one_winner(&r, Refusal::DoubleBlockProposal);
+    // Mutually surrounding votes: (10-k, 20+k) all surround each other.
+    let r = race(stores, |s, i| {
+        let k = (i % 10) as u64;
+        s.sign_attestation(
+            common::GVR,
+            common::pk(3),
+            10 - k,
+            20 + k,
+            common::root(i as u64 + 1),
+        )
+    });
+    let winners = r.iter().filter(|x| matches!(x, Ok(Permit::New))).count();
+    assert_eq!(winners, 1, "{r:?}");
+}
+
+#[test]
+fn sqlite_one_winner() {
+    let db = common::SqliteDb::new();
+    let s: Arc<dyn SlashingProtection> = db.store.clone();
+    one_winner_suite(vec![s]);
+}
+
+#[test]
+fn postgres_one_winner_one_store() {
+    let Some(schema) = common::PgSchema::new("postgres_one_winner_one_store") else {
+        return;
+    };
+    let s: Arc<dyn SlashingProtection> = Arc::new(schema.open_pool(16));
+    one_winner_suite(vec![s]);
+}
+
+#[test]
+fn postgres_one_winner_two_stores() {
+    let Some(schema) = common::PgSchema::new("postgres_one_winner_two_stores") else {
+        return;
+    };
+    // Two independently opened stores = two pools = two signer processes.
+    let a: Arc<dyn SlashingProtection> = Arc::new(schema.open_pool(8));
+    let b: Arc<dyn SlashingProtection> = Arc::new(schema.open_pool(8));
+    one_winner_suite(vec![a, b]);
+}
+
+#[test]
+fn sqlite_group_commit_and_durability() {
+    const VALIDATORS: usize = 64;
+    const PER: u64 = 20;
+    let db = common::SqliteDb::new();
+    let store = db.store.clone();
+    store.pin_genesis_validators_root(common::GVR).unwrap();
+    let before = store.commits();
+    let barrier = Arc::new(Barrier::new(VALIDATORS));
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..VALIDATORS)
+        .map(|v| {
+            let (s, b) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                let mut oks = Vec::new();
+                for t in 1..=PER {
+                    let r = s.sign_attestation(
+                        common::GVR,
+                        common::pk(v as u64),
+                        t - 1,
+                        t,
+                        common::root(t),
+                    );
+                    assert!(matches!(r, Ok(Permit::New)), "{r:?}");
+                    oks.push(t);
+                    let r = s.sign_block(common::GVR, common::pk(v as u64), t, common::root(t));
+                    assert!(matches!(r, Ok(Permit::New)), "{r:?}");
+                }
+                oks
+            })
+        })
+        .collect();
+    let oks: Vec<Vec<u64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let elapsed = start.elapsed();
+    let requests = VALIDATORS as u64 * PER * 2;
+    let commits = store.commits() - before;
+    eprintln!("group commit: {requests} requests, {commits} commits, {elapsed:?}");
+    assert!(
+        commits * 4 <= requests,
+        "group commit ineffective: {commits} commits for {requests} requests"
+    );
+
+    // Durability: reopen and find every Ok'd record (a conflicting
+    // re-sign is refused, an identical one is a repeat).
+    let path = db.path();
+    drop(store);
+    let common::SqliteDb { dir, store } = db;
+    drop(store); // last handle: the writer thread stops and the file closes
+    let reopened = SqliteStore::open(&path).unwrap();
+    let export: serde_json::Value =
+        serde_json::from_str(&reopened.export_interchange().unwrap()).unwrap();
+    assert_eq!(export["data"].as_array().unwrap().len(), VALIDATORS);
+    for (v, targets) in oks.iter().enumerate() {
+        for &t in targets {
+            assert_eq!(
+                reopened
+                    .sign_attestation(common::GVR, common::pk(v as u64), t - 1, t, common::root(t))
+                    .unwrap(),
+                Permit::SameAsRecorded
+            );
+            assert!(matches!(
+                reopened.sign_block(common::GVR, common::pk(v as u64), t, common::root(999)),
+                Err(Error::Refused(Refusal::DoubleBlockProposal))
+            ));
+        }
+    }
+    drop(dir);
+}
