@@ -1,0 +1,533 @@
+//! `ensign-bench`: measures ensign against the machine's limit, in one run.
+//!
+//! Purpose: on a signer, BLS signing is the physical ceiling (about 770 µs per signature per
+//! core). This tool measures that ceiling on the machine it runs on, then drives the release
+//! `ensign` binary over HTTP and reports throughput and latency as a ratio to it, for each
+//! slashing-protection store, so the cost of durability is visible.
+//!
+//! Invariants: all traffic goes to a server this tool started on the loopback interface; every
+//! phase is bounded in requests and time; results are data (Markdown and JSON), never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+const DST: &[u8] = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
+const GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ensign-bench",
+    about = "Benchmark ensign against the machine's raw BLS signing rate"
+)]
+struct Args {
+    /// Number of validators loaded into the signer.
+    #[arg(long, default_value_t = 1000)]
+    validators: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Short run: 100 validators, 3-second phases, SQLite and no-protection only.
+    #[arg(long)]
+    quick: bool,
+    /// Smoke run for CI: tiny phases, checks that every phase works, numbers meaningless.
+    #[arg(long)]
+    smoke: bool,
+    /// PostgreSQL server URL (without database) for the PostgreSQL phase; empty to skip.
+    #[arg(long, default_value = "postgresql://postgres@127.0.0.1:5432")]
+    postgres: String,
+    /// The ensign binary (default: release/ensign next to this tool).
+    #[arg(long)]
+    ensign: Option<PathBuf>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    json_out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.quick || args.smoke {
+        args.validators = args.validators.min(100);
+        args.seconds = if args.smoke { 1 } else { 3 };
+    }
+    let ensign = args.ensign.clone().unwrap_or_else(default_ensign);
+    if !ensign.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p server`",
+            ensign.display()
+        );
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let phase = Duration::from_secs(args.seconds);
+
+    eprintln!(
+        "== raw BLS signing rate on {cores} cores ({}s)",
+        args.seconds
+    );
+    let raw = raw_signing_rate(cores, phase);
+    eprintln!("   {raw:.0} signatures/s");
+
+    let mut results = vec![];
+    let mut stores: Vec<(&str, Store)> = vec![("sqlite", Store::Sqlite), ("off", Store::Off)];
+    if !args.quick && !args.postgres.is_empty() {
+        stores.push(("postgres", Store::Postgres(args.postgres.clone())));
+    }
+    for (label, store) in stores {
+        let server = match Server::start(&ensign, args.validators, &store) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("!! {label}: cannot start ensign: {e:#}");
+                continue;
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let load = Load {
+            base: server.base.clone(),
+            pubkeys: server.pubkeys.clone(),
+        };
+        eprintln!(
+            "== {label}: attestations, {} connections, {}s",
+            args.connections, args.seconds
+        );
+        let att = rt.block_on(load.closed_loop(args.connections, phase, Mix::Attestations, 0))?;
+        eprintln!("   {}", att.summary(raw));
+        results.push(att.row(label, "attestations, max", raw));
+        let offset = att.requests + 1;
+        let half = att.throughput() / 2.0;
+        eprintln!("== {label}: attestations at half of max ({half:.0}/s)");
+        let paced = rt.block_on(load.open_loop(half, args.connections, phase, offset))?;
+        eprintln!("   {}", paced.summary(raw));
+        results.push(paced.row(label, "attestations, half of max", raw));
+        let offset = offset + paced.requests + 1;
+        eprintln!("== {label}: mix of all types");
+        let mix = rt.block_on(load.closed_loop(args.connections, phase, Mix::All, offset))?;
+        eprintln!("   {}", mix.summary(raw));
+        results.push(mix.row(label, "mixed types, max", raw));
+        let rss = server.peak_rss_kib();
+        for r in results.iter_mut().filter(|r| r["store"] == label) {
+            r["server_peak_rss_kib"] = json!(rss);
+        }
+        server.stop();
+    }
+
+    let doc = json!({
+        "machine": {"cores": cores},
+        "validators": args.validators,
+        "connections": args.connections,
+        "seconds_per_phase": args.seconds,
+        "raw_signing_rate": raw,
+        "results": results,
+    });
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&doc)?)?;
+    println!("{}", markdown(&doc));
+    if results.is_empty() {
+        bail!("no phase ran");
+    }
+    if results.iter().any(|r| r["ok"].as_u64() == Some(0)) {
+        bail!("a phase completed no request");
+    }
+    Ok(())
+}
+
+fn default_ensign() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .map(|d| d.join("ensign"))
+        .unwrap_or_else(|| PathBuf::from("ensign"))
+}
+
+/// Signs 32-byte messages on `threads` threads for `d`; returns signatures per second.
+fn raw_signing_rate(threads: usize, d: Duration) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let count = count.clone();
+            s.spawn(move || {
+                let sk = blst::min_pk::SecretKey::key_gen(&[t as u8 + 1; 32], &[]).expect("ikm");
+                let mut msg = [0u8; 32];
+                while start.elapsed() < d {
+                    msg[..8].copy_from_slice(&count.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+                    std::hint::black_box(sk.sign(&msg, DST, &[]).compress());
+                }
+            });
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+enum Store {
+    Sqlite,
+    Off,
+    Postgres(String),
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    pubkeys: Arc<Vec<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(bin: &Path, validators: usize, store: &Store) -> Result<Server> {
+        let dir = tempfile::TempDir::new()?;
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys)?;
+        let mut pubkeys = Vec::with_capacity(validators);
+        let mut yaml = String::new();
+        for i in 0..validators {
+            let mut ikm = [0u8; 32];
+            ikm[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let sk = blst::min_pk::SecretKey::key_gen(&ikm, &[]).expect("ikm");
+            pubkeys.push(format!("0x{}", hex::encode(sk.sk_to_pk().compress())));
+            yaml.push_str(&format!(
+                "---\ntype: file-raw\nprivateKey: \"0x{}\"\n",
+                hex::encode(sk.to_bytes())
+            ));
+        }
+        std::fs::write(keys.join("bench-keys.yaml"), yaml)?;
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--http-listen-port",
+            "0",
+            "--logging",
+            "WARN,server=info",
+            "--key-store-path",
+        ])
+        .arg(&keys)
+        .arg("--data-path")
+        .arg(dir.path().join("data"))
+        .args(["eth2", "--network", "mainnet"]);
+        match store {
+            Store::Sqlite => {}
+            Store::Off => {
+                cmd.arg("--slashing-protection-enabled=false");
+            }
+            Store::Postgres(url) => {
+                let db = format!("ensign_bench_{}", std::process::id());
+                let admin = format!("{url}/postgres");
+                for sql in [
+                    format!("DROP DATABASE IF EXISTS {db}"),
+                    format!("CREATE DATABASE {db}"),
+                ] {
+                    let ok = Command::new("psql")
+                        .args([&admin, "-q", "-c", &sql])
+                        .status()?
+                        .success();
+                    if !ok {
+                        bail!("psql could not run {sql:?}");
+                    }
+                }
+                cmd.arg("--slashing-protection-db-url")
+                    .arg(format!("{url}/{db}"));
+            }
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(300))
+            .context("ensign did not start")?;
+        Ok(Server {
+            child,
+            base: format!("http://{addr}"),
+            pubkeys: Arc::new(pubkeys),
+            _dir: dir,
+        })
+    }
+
+    /// Peak resident set (VmHWM) of the server, KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mix {
+    Attestations,
+    All,
+}
+
+struct Load {
+    base: String,
+    pubkeys: Arc<Vec<String>>,
+}
+
+fn fork_info() -> Value {
+    json!({
+        "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
+        "genesis_validators_root": GVR,
+    })
+}
+
+/// The `k`-th request: validator `k mod N`, epochs advancing by one per round over all
+/// validators, so no request is slashable and no two in flight share a validator.
+fn request(k: u64, validators: usize, mix: Mix) -> (usize, Value) {
+    let v = (k % validators as u64) as usize;
+    let round = k / validators as u64;
+    let epoch = 420_000 + round;
+    let slot = epoch * 32 + (v as u64 % 32);
+    let root = format!("0x{:064x}", k);
+    let kind = match mix {
+        Mix::Attestations => 0,
+        Mix::All => k % 10,
+    };
+    let body = match kind {
+        0..=5 => json!({"type": "ATTESTATION", "fork_info": fork_info(), "attestation": {
+            "slot": slot.to_string(), "index": "0", "beacon_block_root": root,
+            "source": {"epoch": (epoch - 1).to_string(), "root": root},
+            "target": {"epoch": epoch.to_string(), "root": root}}}),
+        6 => {
+            json!({"type": "AGGREGATION_SLOT", "fork_info": fork_info(), "aggregation_slot": {"slot": slot.to_string()}})
+        }
+        7 => {
+            json!({"type": "SYNC_COMMITTEE_MESSAGE", "fork_info": fork_info(), "sync_committee_message": {
+            "beacon_block_root": root, "slot": slot.to_string()}})
+        }
+        8 => {
+            json!({"type": "RANDAO_REVEAL", "fork_info": fork_info(), "randao_reveal": {"epoch": epoch.to_string()}})
+        }
+        _ => {
+            json!({"type": "BLOCK_V2", "fork_info": fork_info(), "beacon_block": {"version": "FULU", "block_header": {
+            "slot": slot.to_string(), "proposer_index": v.to_string(), "parent_root": root,
+            "state_root": root, "body_root": root}}})
+        }
+    };
+    (v, body)
+}
+
+struct Outcome {
+    elapsed: Duration,
+    requests: u64,
+    ok: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+}
+
+impl Outcome {
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+    fn summary(&self, raw: f64) -> String {
+        format!(
+            "{:.0}/s ({:.2} of raw), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, errors {}",
+            self.throughput(),
+            self.throughput() / raw,
+            self.pct(0.5),
+            self.pct(0.99),
+            self.pct(1.0),
+            self.errors
+        )
+    }
+    fn row(&self, store: &str, phase: &str, raw: f64) -> Value {
+        json!({
+            "store": store, "phase": phase, "ok": self.ok, "errors": self.errors,
+            "seconds": self.elapsed.as_secs_f64(), "throughput": self.throughput(),
+            "ratio_to_raw": self.throughput() / raw,
+            "p50_ms": self.pct(0.5), "p90_ms": self.pct(0.9), "p99_ms": self.pct(0.99), "max_ms": self.pct(1.0),
+        })
+    }
+}
+
+impl Load {
+    async fn one(
+        client: &reqwest::Client,
+        base: &str,
+        pubkeys: &[String],
+        k: u64,
+        mix: Mix,
+    ) -> (bool, u64) {
+        let (v, body) = request(k, pubkeys.len(), mix);
+        let url = format!("{base}/api/v1/eth2/sign/{}", pubkeys[v]);
+        let t = Instant::now();
+        let ok = match client
+            .post(url)
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let ok = r.status().is_success();
+                let _ = r.bytes().await;
+                ok
+            }
+            Err(_) => false,
+        };
+        (ok, t.elapsed().as_micros() as u64)
+    }
+
+    /// `connections` workers, each sending its next request as soon as the last one returned.
+    async fn closed_loop(
+        &self,
+        connections: usize,
+        d: Duration,
+        mix: Mix,
+        offset: u64,
+    ) -> Result<Outcome> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .build()?;
+        let next = Arc::new(AtomicU64::new(offset));
+        let start = Instant::now();
+        let mut tasks = vec![];
+        for _ in 0..connections {
+            let (client, next, base, pubkeys) = (
+                client.clone(),
+                next.clone(),
+                self.base.clone(),
+                self.pubkeys.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut lat = vec![];
+                let mut errors = 0;
+                while start.elapsed() < d {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let (ok, us) = Load::one(&client, &base, &pubkeys, k, mix).await;
+                    if ok {
+                        lat.push(us);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut out = Outcome {
+            elapsed: Duration::ZERO,
+            requests: 0,
+            ok: 0,
+            errors: 0,
+            latencies_us: vec![],
+        };
+        for t in tasks {
+            let (lat, errors) = t.await?;
+            out.ok += lat.len() as u64;
+            out.errors += errors;
+            out.latencies_us.extend(lat);
+        }
+        out.elapsed = start.elapsed();
+        out.requests = next.load(Ordering::Relaxed) - offset;
+        out.latencies_us.sort_unstable();
+        Ok(out)
+    }
+
+    /// Requests started at a fixed `rate` (open loop), at most `cap` in flight.
+    async fn open_loop(&self, rate: f64, cap: usize, d: Duration, offset: u64) -> Result<Outcome> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(cap)
+            .build()?;
+        let sem = Arc::new(tokio::sync::Semaphore::new(cap));
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+        let start = Instant::now();
+        let mut tasks = vec![];
+        let mut k = offset;
+        let mut due = start;
+        while start.elapsed() < d {
+            tokio::time::sleep_until(due.into()).await;
+            due += interval;
+            let permit = sem.clone().acquire_owned().await?;
+            let (client, base, pubkeys) = (client.clone(), self.base.clone(), self.pubkeys.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = Load::one(&client, &base, &pubkeys, k, Mix::Attestations).await;
+                drop(permit);
+                r
+            }));
+            k += 1;
+        }
+        let mut out = Outcome {
+            elapsed: Duration::ZERO,
+            requests: k - offset,
+            ok: 0,
+            errors: 0,
+            latencies_us: vec![],
+        };
+        for t in tasks {
+            let (ok, us) = t.await?;
+            if ok {
+                out.ok += 1;
+                out.latencies_us.push(us);
+            } else {
+                out.errors += 1;
+            }
+        }
+        out.elapsed = start.elapsed();
+        out.latencies_us.sort_unstable();
+        Ok(out)
+    }
+}
+
+fn markdown(doc: &Value) -> String {
+    let mut s = format!(
+        "Raw BLS signing rate: {:.0}/s on {} cores. {} validators, {} connections, {} s per phase.\n\n",
+        doc["raw_signing_rate"].as_f64().unwrap_or(0.0),
+        doc["machine"]["cores"],
+        doc["validators"],
+        doc["connections"],
+        doc["seconds_per_phase"]
+    );
+    s.push_str("| store | phase | signatures/s | ratio to raw | p50 ms | p90 ms | p99 ms | max ms | errors | server peak RSS MiB |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in doc["results"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+            r["store"].as_str().unwrap_or(""),
+            r["phase"].as_str().unwrap_or(""),
+            r["throughput"].as_f64().unwrap_or(0.0),
+            r["ratio_to_raw"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p90_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["max_ms"].as_f64().unwrap_or(0.0),
+            r["errors"],
+            r["server_peak_rss_kib"]
+                .as_u64()
+                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        ));
+    }
+    s
+}

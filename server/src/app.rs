@@ -1,0 +1,285 @@
+//! HTTP routes and handlers (Web3Signer's eth2 API).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api_spec::network::Network;
+use api_spec::sign::{SignRequest, SlashingCheck};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use slashing::SlashingProtection;
+
+use crate::error::ApiError;
+use crate::keys::{hex0x, parse_identifier, sign_root, KeyRing};
+
+/// Largest request body accepted. The largest legitimate request, a phase0/altair block with
+/// every operation list full, is a few hundred KiB of JSON.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// How long `/healthcheck` waits for the slashing database (Web3Signer's default timeout).
+const DB_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub network: Network,
+    pub keys: KeyRing,
+    pub slashing: Option<Arc<dyn SlashingProtection>>,
+    pub host_allowlist: Vec<String>,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/upcheck", get(upcheck))
+        .route("/healthcheck", get(healthcheck))
+        .route("/api/v1/eth2/publicKeys", get(public_keys))
+        .route("/api/v1/eth2/sign/{identifier}", post(sign))
+        .route("/api/v1/eth2/highWatermark", get(high_watermark))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            host_allowlist,
+        ))
+        .with_state(state)
+}
+
+async fn upcheck() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK")
+}
+
+async fn public_keys(State(st): State<Arc<AppState>>) -> Json<Vec<String>> {
+    Json(st.keys.pubkeys().iter().map(|k| hex0x(k)).collect())
+}
+
+fn status_str(up: bool) -> &'static str {
+    if up {
+        "UP"
+    } else {
+        "DOWN"
+    }
+}
+
+/// Web3Signer's health document: `default-check`, a `keys-check` group with one entry per key
+/// source (`keys-loaded`, `error-count`; DOWN when a key failed), and the slashing database.
+async fn healthcheck(State(st): State<Arc<AppState>>) -> Response {
+    let mut checks = vec![json!({"id": "default-check", "status": "UP"})];
+    let key_checks: Vec<_> = st
+        .keys
+        .sources
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "status": status_str(s.error_count == 0),
+                "data": {"keys-loaded": s.keys_loaded, "error-count": s.error_count},
+            })
+        })
+        .collect();
+    let keys_up = st.keys.sources.iter().all(|s| s.error_count == 0);
+    checks.push(json!({"id": "keys-check", "status": status_str(keys_up), "checks": key_checks}));
+    let mut all_up = keys_up;
+    if let Some(sp) = st.slashing.clone() {
+        let probe = tokio::task::spawn_blocking(move || sp.health_check());
+        let db_up = match tokio::time::timeout(DB_HEALTH_TIMEOUT, probe).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "slashing protection database health check failed");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "slashing protection health check task failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("slashing protection database health check timed out");
+                false
+            }
+        };
+        all_up &= db_up;
+        checks.push(
+            json!({"id": "slashing-protection-db-health-check", "status": status_str(db_up)}),
+        );
+    }
+    let status = status_str(all_up);
+    let code = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({"status": status, "checks": checks, "outcome": status})),
+    )
+        .into_response()
+}
+
+/// Web3Signer's `highWatermark`: `{"epoch", "slot"}` as decimal strings, or `{}` when none is
+/// set. 404 when slashing protection is disabled (Web3Signer has no route then).
+async fn high_watermark(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let Some(sp) = st.slashing.clone() else {
+        return Ok((StatusCode::NOT_FOUND, "Not Found").into_response());
+    };
+    let hw = tokio::task::spawn_blocking(move || sp.high_watermark())
+        .await
+        .map_err(|e| ApiError::Internal(format!("high watermark task: {e}")))??;
+    let mut body = serde_json::Map::new();
+    if let Some(hw) = hw {
+        if let Some(e) = hw.epoch {
+            body.insert("epoch".into(), json!(e.to_string()));
+        }
+        if let Some(s) = hw.slot {
+            body.insert("slot".into(), json!(s.to_string()));
+        }
+    }
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+/// Web3Signer's negotiation: JSON when any Accept media range is `application/json` or `*/*`;
+/// otherwise (including no Accept header, which Teku sends) the bare hex signature as text.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|value| {
+        value.to_str().unwrap_or("").split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/json") || media == "*/*"
+        })
+    })
+}
+
+async fn sign(
+    State(st): State<Arc<AppState>>,
+    Path(identifier): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let request = SignRequest::parse(&body)?;
+    let key = parse_identifier(&identifier)
+        .and_then(|pk| st.keys.get(&pk))
+        .ok_or_else(|| ApiError::UnknownKey(identifier.clone()))?;
+    let signable = request.signable(&st.network)?;
+
+    // Slashing protection first: the record must be durable before a signature exists outside
+    // this process (DEVELOPERS.md, "Why the bar is high"). Do not reorder.
+    if let (Some(sp), Some((gvr, check))) = (st.slashing.clone(), signable.slashing) {
+        let pubkey = slashing::Pubkey(key.pubkey());
+        let gvr = slashing::Root(gvr.0);
+        let root = slashing::Root(signable.signing_root.0);
+        let verdict = tokio::task::spawn_blocking(move || match check {
+            SlashingCheck::Block { slot } => sp.sign_block(gvr, pubkey, slot, root),
+            SlashingCheck::Attestation {
+                source_epoch,
+                target_epoch,
+            } => sp.sign_attestation(gvr, pubkey, source_epoch, target_epoch, root),
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("slashing task: {e}")))?;
+        if let Err(e) = verdict {
+            let e = ApiError::from(e);
+            tracing::warn!(
+                r#type = request.sign_type.name(),
+                pubkey = %hex0x(&key.pubkey()),
+                slot = ?signable.slot,
+                epoch = ?signable.epoch,
+                error = %e,
+                "signing refused"
+            );
+            return Err(e);
+        }
+    }
+
+    let root = signable.signing_root.0;
+    let signer = key.clone();
+    let signature = tokio::task::spawn_blocking(move || sign_root(&signer, &root))
+        .await
+        .map_err(|e| ApiError::Internal(format!("signing task: {e}")))?;
+    let signature = hex0x(&signature);
+    tracing::debug!(
+        r#type = request.sign_type.name(),
+        pubkey = %hex0x(&key.pubkey()),
+        slot = ?signable.slot,
+        epoch = ?signable.epoch,
+        duration_us = started.elapsed().as_micros() as u64,
+        "signed"
+    );
+    Ok(if wants_json(&headers) {
+        Json(json!({ "signature": signature })).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            signature,
+        )
+            .into_response()
+    })
+}
+
+/// Web3Signer's Host allow-list: the Host header's host part must be listed (case-insensitive)
+/// unless the list holds `*`; otherwise 403 with `{"message": "Host not authorized."}`.
+async fn host_allowlist(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if st.host_allowlist.iter().any(|h| h == "*") {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_part)
+        .unwrap_or_default();
+    if st
+        .host_allowlist
+        .iter()
+        .any(|allowed| allowed.trim().eq_ignore_ascii_case(&host))
+    {
+        next.run(req).await
+    } else {
+        tracing::debug!(host = %host, "host not in allow-list");
+        (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Host not authorized."})),
+        )
+            .into_response()
+    }
+}
+
+/// The host of a Host header value: without the port, IPv6 brackets removed.
+fn host_part(value: &str) -> String {
+    let v = value.trim();
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    v.rsplit_once(':').map_or(v, |(h, _)| h).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation_matches_web3signer() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_json(&h));
+        h.insert(header::ACCEPT, "text/plain".parse().unwrap());
+        assert!(!wants_json(&h));
+        h.insert(
+            header::ACCEPT,
+            "text/plain, application/json;q=0.5".parse().unwrap(),
+        );
+        assert!(wants_json(&h));
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        assert!(wants_json(&h));
+        h.insert(header::ACCEPT, "application/*".parse().unwrap());
+        assert!(!wants_json(&h));
+    }
+
+    #[test]
+    fn host_part_strips_port_and_brackets() {
+        assert_eq!(host_part("127.0.0.1:9000"), "127.0.0.1");
+        assert_eq!(host_part("localhost"), "localhost");
+        assert_eq!(host_part("[::1]:9000"), "::1");
+    }
+}

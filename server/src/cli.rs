@@ -1,0 +1,235 @@
+//! Command line: Web3Signer's shape, `ensign [global options] eth2 [eth2 options] [command]`,
+//! with the same option names so an operator can swap binaries. Every option also reads an
+//! environment variable: `ENSIGN_<OPTION>` for global options and `ENSIGN_ETH2_<OPTION>` for
+//! eth2 options (Web3Signer's `WEB3SIGNER_` / `WEB3SIGNER_ETH2_` convention).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// ensign: a remote signer for Ethereum validators, compatible with Web3Signer's eth2 API.
+#[derive(Debug, Parser)]
+#[command(name = "ensign", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// Options shared by every mode.
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// Address the HTTP API listens on.
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_LISTEN_HOST",
+        default_value = "127.0.0.1",
+        global = true
+    )]
+    pub http_listen_host: String,
+
+    /// Port the HTTP API listens on; 0 picks a free port (the chosen port is logged).
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_LISTEN_PORT",
+        default_value_t = 9000,
+        global = true
+    )]
+    pub http_listen_port: u16,
+
+    /// Comma-separated host names accepted in the Host header; `*` accepts any.
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_HOST_ALLOWLIST",
+        default_value = "localhost,127.0.0.1",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub http_host_allowlist: Vec<String>,
+
+    /// Directory of Web3Signer key configuration files (`*.yaml`: `file-raw`, `file-keystore`).
+    #[arg(
+        long,
+        alias = "key-config-path",
+        env = "ENSIGN_KEY_STORE_PATH",
+        global = true
+    )]
+    pub key_store_path: Option<PathBuf>,
+
+    /// Directory for ensign's own data (the default SQLite slashing-protection database).
+    #[arg(
+        long,
+        env = "ENSIGN_DATA_PATH",
+        default_value = "./ensign-data",
+        global = true
+    )]
+    pub data_path: PathBuf,
+
+    /// Log level: OFF, ERROR, WARN, INFO, DEBUG, TRACE (or a tracing filter directive).
+    #[arg(long, env = "ENSIGN_LOGGING", default_value = "INFO", global = true)]
+    pub logging: String,
+}
+
+/// The signing mode. Only `eth2` exists (Web3Signer also has eth1, which ensign does not do).
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Sign Ethereum consensus-layer messages (the Web3Signer eth2 API).
+    Eth2(Eth2Options),
+}
+
+/// Options of the eth2 mode.
+#[derive(Debug, Args)]
+pub struct Eth2Options {
+    /// Network: mainnet, hoodi, sepolia, holesky, gnosis, or the path of a consensus config YAML.
+    #[arg(long, env = "ENSIGN_ETH2_NETWORK", default_value = "mainnet")]
+    pub network: String,
+
+    /// Directory of EIP-2335 keystores (`*.json`).
+    #[arg(long, env = "ENSIGN_ETH2_KEYSTORES_PATH")]
+    pub keystores_path: Option<PathBuf>,
+
+    /// Directory of keystore passwords: `<keystore file stem>.txt` for each keystore.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_KEYSTORES_PASSWORDS_PATH",
+        conflicts_with = "keystores_password_file",
+        requires = "keystores_path"
+    )]
+    pub keystores_passwords_path: Option<PathBuf>,
+
+    /// One file holding the password of every keystore in --keystores-path.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_KEYSTORES_PASSWORD_FILE",
+        requires = "keystores_path"
+    )]
+    pub keystores_password_file: Option<PathBuf>,
+
+    /// Refuse slashable blocks and attestations (EIP-3076 rules). Only switch this off when
+    /// another layer protects the keys.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_ENABLED",
+        default_value_t = true,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub slashing_protection_enabled: bool,
+
+    /// Slashing-protection database: `postgresql://…` or `jdbc:postgresql://…` (shared by several
+    /// instances). Without it, an embedded SQLite database under --data-path is used.
+    #[arg(long, env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_URL")]
+    pub slashing_protection_db_url: Option<String>,
+
+    /// User name for the slashing-protection database.
+    #[arg(long, env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_USERNAME")]
+    pub slashing_protection_db_username: Option<String>,
+
+    /// Password for the slashing-protection database.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_PASSWORD",
+        hide_env_values = true
+    )]
+    pub slashing_protection_db_password: Option<String>,
+
+    /// Periodically delete slashing-protection history older than
+    /// --slashing-protection-pruning-epochs-to-keep, raising each validator's low watermark
+    /// first so that pruning never opens a gap.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_ENABLED",
+        default_value_t = true,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub slashing_protection_pruning_enabled: bool,
+
+    /// Epochs of history kept per validator when pruning.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_EPOCHS_TO_KEEP",
+        default_value_t = 250
+    )]
+    pub slashing_protection_pruning_epochs_to_keep: u64,
+
+    /// Slots per epoch used by pruning to turn epochs into slots (default: the network's).
+    #[arg(long, env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_SLOTS_PER_EPOCH")]
+    pub slashing_protection_pruning_slots_per_epoch: Option<u64>,
+
+    /// Hours between pruning runs.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_INTERVAL",
+        default_value_t = 12
+    )]
+    pub slashing_protection_pruning_interval: u64,
+
+    /// Also prune once at start-up.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_AT_BOOT_ENABLED",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub slashing_protection_pruning_at_boot_enabled: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Eth2Command>,
+}
+
+/// Commands of the eth2 mode besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Eth2Command {
+    /// Export the slashing-protection database as an EIP-3076 interchange file.
+    Export {
+        /// File to write.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Import an EIP-3076 interchange file into the slashing-protection database.
+    Import {
+        /// File to read.
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn web3signer_style_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "ensign",
+            "--key-store-path",
+            "/keys",
+            "--http-listen-port",
+            "0",
+            "eth2",
+            "--network",
+            "hoodi",
+            "--slashing-protection-enabled=false",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.http_listen_port, 0);
+        let Mode::Eth2(eth2) = cli.mode;
+        assert!(!eth2.slashing_protection_enabled);
+        assert_eq!(eth2.network, "hoodi");
+    }
+}

@@ -1,0 +1,265 @@
+//! The `ensign` signer: command line, configuration, HTTP server.
+//!
+//! Purpose: wire the leaf crates together — `api-spec` (requests and signing roots),
+//! `keystore` (keys), `slashing` (protection) — behind Web3Signer's eth2 HTTP API.
+//!
+//! Invariants:
+//! - A block or attestation signature is released only after `slashing` has durably
+//!   recorded it (see `app::sign`); with protection enabled there is no other path.
+//! - BLS signing and database calls run on blocking threads, never on the async reactor.
+//! - Errors become HTTP statuses in exactly one place (`error.rs`); secret keys never reach
+//!   a log line, an error body or a `Debug` output (keys are `keystore::ValidatorKey`, whose
+//!   `Debug` is redacted).
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod keys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use api_spec::network::Network;
+use keystore::PasswordSource;
+use slashing::{SlashingProtection, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::cli::{Eth2Options, GlobalOptions};
+use crate::keys::{KeyRing, KeySources};
+
+/// File name of the embedded slashing-protection database under `--data-path`.
+pub const SQLITE_FILE: &str = "slashing-protection.sqlite";
+
+/// Failures before the server serves: each is a clear message and a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("slashing protection database: {0}")]
+    Slashing(#[from] slashing::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Validated configuration of the eth2 signer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_host: String,
+    pub listen_port: u16,
+    pub host_allowlist: Vec<String>,
+    pub network: Network,
+    pub keys: KeySources,
+    /// `None` when slashing protection is disabled.
+    pub slashing: Option<StoreConfig>,
+    /// `None` when pruning is disabled.
+    pub pruning: Option<Pruning>,
+}
+
+/// Periodic pruning of slashing-protection history (Web3Signer's pruning options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruning {
+    pub epochs_to_keep: u64,
+    pub slots_per_epoch: u64,
+    pub interval: std::time::Duration,
+    pub at_boot: bool,
+}
+
+impl Config {
+    /// Resolves command-line options into a configuration.
+    pub fn from_cli(global: &GlobalOptions, eth2: &Eth2Options) -> Result<Config, StartError> {
+        let network =
+            Network::from_arg(&eth2.network).map_err(|e| StartError::Config(e.to_string()))?;
+        let keystores = match &eth2.keystores_path {
+            None => None,
+            Some(dir) => {
+                let passwords =
+                    match (
+                        &eth2.keystores_passwords_path,
+                        &eth2.keystores_password_file,
+                    ) {
+                        (Some(d), None) => PasswordSource::Dir(d.clone()),
+                        (None, Some(f)) => PasswordSource::File(f.clone()),
+                        _ => return Err(StartError::Config(
+                            "--keystores-path needs exactly one of --keystores-passwords-path or \
+                             --keystores-password-file"
+                                .into(),
+                        )),
+                    };
+                Some((dir.clone(), passwords))
+            }
+        };
+        Ok(Config {
+            listen_host: global.http_listen_host.clone(),
+            listen_port: global.http_listen_port,
+            host_allowlist: global.http_host_allowlist.iter().map(|h| h.trim().to_string()).collect(),
+            keys: KeySources { key_config_dir: global.key_store_path.clone(), keystores },
+            slashing: if eth2.slashing_protection_enabled {
+                Some(store_config(&global.data_path, eth2)?)
+            } else {
+                None
+            },
+            pruning: (eth2.slashing_protection_enabled && eth2.slashing_protection_pruning_enabled)
+                .then(|| -> Result<Pruning, StartError> {
+                    if eth2.slashing_protection_pruning_epochs_to_keep == 0 || eth2.slashing_protection_pruning_interval == 0 {
+                        return Err(StartError::Config(
+                            "--slashing-protection-pruning-epochs-to-keep and --slashing-protection-pruning-interval must be positive".into(),
+                        ));
+                    }
+                    Ok(Pruning {
+                        epochs_to_keep: eth2.slashing_protection_pruning_epochs_to_keep,
+                        slots_per_epoch: eth2
+                            .slashing_protection_pruning_slots_per_epoch
+                            .unwrap_or(network.slots_per_epoch),
+                        interval: std::time::Duration::from_secs(eth2.slashing_protection_pruning_interval * 3600),
+                        at_boot: eth2.slashing_protection_pruning_at_boot_enabled,
+                    })
+                })
+                .transpose()?,
+            network,
+        })
+    }
+}
+
+/// The slashing store: PostgreSQL when a URL is given, else SQLite under `--data-path`.
+pub fn store_config(
+    data_path: &std::path::Path,
+    eth2: &Eth2Options,
+) -> Result<StoreConfig, StartError> {
+    match &eth2.slashing_protection_db_url {
+        Some(url) => Ok(StoreConfig::Postgres {
+            url: url.clone(),
+            username: eth2.slashing_protection_db_username.clone(),
+            password: eth2.slashing_protection_db_password.clone(),
+        }),
+        None => {
+            std::fs::create_dir_all(data_path).map_err(|e| {
+                StartError::Config(format!(
+                    "cannot create data path {}: {e}",
+                    data_path.display()
+                ))
+            })?;
+            Ok(StoreConfig::Sqlite {
+                path: data_path.join(SQLITE_FILE),
+            })
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests, and waits for the server task.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.join.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Loads keys, opens slashing protection, binds and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let slashing: Option<Arc<dyn SlashingProtection>> = match config.slashing.clone() {
+        Some(store) => {
+            let opened = tokio::task::spawn_blocking(move || slashing::open(&store))
+                .await
+                .map_err(|e| StartError::Config(format!("opening slashing protection: {e}")))??;
+            Some(opened)
+        }
+        None => {
+            tracing::warn!("slashing protection is DISABLED: slashable messages will be signed");
+            None
+        }
+    };
+    if let (Some(sp), Some(pruning)) = (slashing.clone(), config.pruning) {
+        tokio::spawn(prune_periodically(sp, pruning));
+    }
+    let sources = config.keys.clone();
+    let keys = tokio::task::spawn_blocking(move || KeyRing::load(&sources))
+        .await
+        .map_err(|e| StartError::Config(format!("loading keys: {e}")))?;
+    tracing::info!(keys = keys.len(), network = %config.network.name, "ready to sign");
+
+    let addr = format!("{}:{}", config.listen_host, config.listen_port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let state = Arc::new(app::AppState {
+        network: config.network,
+        keys,
+        slashing,
+        host_allowlist: config.host_allowlist,
+    });
+    let router = app::router(state);
+    let (tx, rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    // The harness and operators read the chosen port from this line (port 0 picks one).
+    tracing::info!("listening on http://{local}");
+    Ok(Running {
+        addr: local,
+        shutdown: Some(tx),
+        join,
+    })
+}
+
+/// `ensign eth2 export --to FILE`.
+pub fn export(store: &StoreConfig, to: &PathBuf) -> Result<usize, StartError> {
+    let sp = slashing::open(store)?;
+    let json = sp.export_interchange()?;
+    std::fs::write(to, &json)
+        .map_err(|e| StartError::Config(format!("cannot write {}: {e}", to.display())))?;
+    Ok(json.len())
+}
+
+/// `ensign eth2 import --from FILE`.
+pub fn import(store: &StoreConfig, from: &PathBuf) -> Result<slashing::ImportSummary, StartError> {
+    let json = std::fs::read_to_string(from)
+        .map_err(|e| StartError::Config(format!("cannot read {}: {e}", from.display())))?;
+    let sp = slashing::open(store)?;
+    Ok(sp.import_interchange(&json)?)
+}
+
+/// Runs pruning every `interval` (first run at start-up when `at_boot`). A failed run is
+/// logged and retried at the next interval: pruning only ever deletes below a raised low
+/// watermark, so a missed run costs disk space, never safety.
+async fn prune_periodically(sp: Arc<dyn SlashingProtection>, p: Pruning) {
+    let mut first = true;
+    loop {
+        if !first || p.at_boot {
+            let sp = sp.clone();
+            match tokio::task::spawn_blocking(move || sp.prune(p.epochs_to_keep, p.slots_per_epoch))
+                .await
+            {
+                Ok(Ok(summary)) => tracing::info!(?summary, "slashing protection pruned"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "slashing protection pruning failed"),
+                Err(e) => tracing::error!(error = %e, "slashing protection pruning task failed"),
+            }
+        }
+        first = false;
+        tokio::time::sleep(p.interval).await;
+    }
+}

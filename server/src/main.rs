@@ -1,0 +1,87 @@
+//! The `ensign` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use server::cli::{Cli, Eth2Command, Mode};
+use server::{Config, StartError};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(level: &str) {
+    let directive = match level.to_ascii_uppercase().as_str() {
+        "ALL" => "trace".to_string(),
+        "FATAL" => "error".to_string(),
+        "OFF" | "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE" => level.to_ascii_lowercase(),
+        _ => level.to_string(),
+    };
+    let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global.logging);
+    let Mode::Eth2(eth2) = &cli.mode;
+    let result = match &eth2.command {
+        Some(Eth2Command::Export { to }) => server::store_config(&cli.global.data_path, eth2)
+            .and_then(|store| server::export(&store, to))
+            .map(|bytes| {
+                eprintln!(
+                    "exported slashing protection to {} ({bytes} bytes)",
+                    to.display()
+                )
+            }),
+        Some(Eth2Command::Import { from }) => server::store_config(&cli.global.data_path, eth2)
+            .and_then(|store| server::import(&store, from))
+            .map(|summary| eprintln!("imported {}: {summary:?}", from.display())),
+        None => serve(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ensign: {e}");
+            ExitCode::from(match e {
+                StartError::Config(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn serve(cli: &Cli) -> Result<(), StartError> {
+    let Mode::Eth2(eth2) = &cli.mode;
+    let config = Config::from_cli(&cli.global, eth2)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Config(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let running = server::start(config).await?;
+        shutdown_signal().await;
+        // Graceful: stop accepting, let in-flight requests (and their records) finish.
+        running
+            .stop()
+            .await
+            .map_err(|e| StartError::Config(format!("server failed: {e}")))
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

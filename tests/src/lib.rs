@@ -1,0 +1,463 @@
+//! End-to-end harness for ensign.
+//!
+//! Purpose: start a signer the way an operator would — same command line — either in-process
+//! (port 0, fresh data directory per test) or as the release binary, and drive both through
+//! the same request helpers, so every end-to-end test can run against the shipped binary.
+//!
+//! Invariants: no fixed ports (port 0, the bound port read back), no sleeps where readiness can
+//! be awaited (the binary's "listening on" line, then `/upcheck`), every signer gets its own
+//! temporary directory, removed when the handle drops.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap_free::parse_cli;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A response, reduced to what tests assert on.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Resp {
+    /// The body as JSON (panics with the body when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A deterministic BLS secret key from a seed byte string (EIP-2333 `KeyGen`, test use only).
+pub fn test_secret(seed: &[u8]) -> [u8; 32] {
+    let mut ikm = [0u8; 32];
+    for (i, b) in seed.iter().enumerate() {
+        ikm[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    blst::min_pk::SecretKey::key_gen(&ikm, &[])
+        .expect("32-byte ikm")
+        .to_bytes()
+}
+
+/// The compressed public key of a secret key, as lowercase 0x hex.
+pub fn pubkey_hex(secret: &[u8; 32]) -> String {
+    let sk = blst::min_pk::SecretKey::from_bytes(secret).expect("valid secret");
+    format!("0x{}", hex::encode(sk.sk_to_pk().compress()))
+}
+
+/// How to run the signer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// `server::start` inside the test process.
+    InProcess,
+    /// The release binary as a child process.
+    Binary,
+}
+
+/// Builds a signer's command line and files.
+pub struct SignerBuilder {
+    network: String,
+    raw_keys: Vec<[u8; 32]>,
+    keystores: Vec<(String, String, String)>,
+    global_args: Vec<String>,
+    eth2_args: Vec<String>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Default for SignerBuilder {
+    fn default() -> Self {
+        SignerBuilder {
+            network: "mainnet".into(),
+            raw_keys: vec![],
+            keystores: vec![],
+            global_args: vec![],
+            eth2_args: vec![],
+            data_dir: None,
+        }
+    }
+}
+
+impl SignerBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `--network`.
+    pub fn network(mut self, n: &str) -> Self {
+        self.network = n.into();
+        self
+    }
+
+    /// Keys written as `file-raw` key configuration files in `--key-store-path`.
+    pub fn raw_keys(mut self, keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        self.raw_keys.extend(keys);
+        self
+    }
+
+    /// An EIP-2335 keystore (file name stem, keystore JSON, password) for `--keystores-path`.
+    pub fn keystore(mut self, stem: &str, json: String, password: &str) -> Self {
+        self.keystores.push((stem.into(), json, password.into()));
+        self
+    }
+
+    /// Extra global options.
+    pub fn global_arg(mut self, a: &str) -> Self {
+        self.global_args.push(a.into());
+        self
+    }
+
+    /// Extra eth2 options.
+    pub fn eth2_arg(mut self, a: &str) -> Self {
+        self.eth2_args.push(a.into());
+        self
+    }
+
+    /// Use this data directory instead of a fresh one (to restart on the same database).
+    pub fn data_dir(mut self, p: &Path) -> Self {
+        self.data_dir = Some(p.to_path_buf());
+        self
+    }
+
+    fn prepare(&self, dir: &Path) -> Vec<String> {
+        let keys_dir = dir.join("keys");
+        std::fs::create_dir_all(&keys_dir).unwrap();
+        for (i, k) in self.raw_keys.iter().enumerate() {
+            let yaml = format!(
+                "type: file-raw\nkeyType: BLS\nprivateKey: \"0x{}\"\n",
+                hex::encode(k)
+            );
+            std::fs::write(keys_dir.join(format!("key-{i}.yaml")), yaml).unwrap();
+        }
+        let data = self.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+        let mut args: Vec<String> = vec![
+            "ensign".into(),
+            "--http-listen-port".into(),
+            "0".into(),
+            "--key-store-path".into(),
+            keys_dir.display().to_string(),
+            "--data-path".into(),
+            data.display().to_string(),
+        ];
+        args.extend(self.global_args.iter().cloned());
+        args.push("eth2".into());
+        args.push("--network".into());
+        args.push(self.network.clone());
+        if !self.keystores.is_empty() {
+            let ks = dir.join("keystores");
+            let pw = dir.join("passwords");
+            std::fs::create_dir_all(&ks).unwrap();
+            std::fs::create_dir_all(&pw).unwrap();
+            for (stem, json, password) in &self.keystores {
+                std::fs::write(ks.join(format!("{stem}.json")), json).unwrap();
+                std::fs::write(pw.join(format!("{stem}.txt")), password).unwrap();
+            }
+            args.extend([
+                "--keystores-path".into(),
+                ks.display().to_string(),
+                "--keystores-passwords-path".into(),
+                pw.display().to_string(),
+            ]);
+        }
+        args.extend(self.eth2_args.iter().cloned());
+        args
+    }
+
+    /// Starts the signer with `runner` and waits until `/upcheck` answers.
+    pub async fn start(self, runner: Runner) -> TestSigner {
+        let dir = TempDir::new().unwrap();
+        let args = self.prepare(dir.path());
+        let (base, inner) = match runner {
+            Runner::InProcess => {
+                let (global, eth2) = parse_cli(&args);
+                let config = server::Config::from_cli(&global, &eth2).expect("valid test config");
+                let running = server::start(config).await.expect("server starts");
+                (
+                    format!("http://{}", running.addr),
+                    Inner::InProcess(Some(running)),
+                )
+            }
+            Runner::Binary => {
+                let (child, addr) = spawn_binary(&args[1..])
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                (format!("http://{addr}"), Inner::Process(child))
+            }
+        };
+        let signer = TestSigner {
+            base,
+            client: reqwest::Client::new(),
+            inner,
+            _dir: dir,
+        };
+        signer.await_ready().await;
+        signer
+    }
+}
+
+mod clap_free {
+    use clap::Parser;
+    use server::cli::{Cli, Eth2Options, GlobalOptions, Mode};
+
+    /// The same parser the binary uses.
+    pub fn parse_cli(args: &[String]) -> (GlobalOptions, Eth2Options) {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("bad test arguments: {e}"));
+        let Mode::Eth2(eth2) = cli.mode;
+        (cli.global, eth2)
+    }
+}
+
+/// The release binary: `$ENSIGN_BIN`, else `release/ensign` in this test's target directory.
+pub fn binary_path() -> PathBuf {
+    if let Ok(p) = std::env::var("ENSIGN_BIN") {
+        return PathBuf::from(p);
+    }
+    // <target>/<profile>/deps/<test-exe>
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    target.join("release").join("ensign")
+}
+
+/// Runs the binary with `args` and returns it with the address it logged.
+pub async fn spawn_binary(args: &[String]) -> Result<(Child, String), String> {
+    let bin = binary_path();
+    if !bin.exists() {
+        return Err(format!(
+            "{} does not exist: build it with `cargo build --release -p server` (or set ENSIGN_BIN)",
+            bin.display()
+        ));
+    }
+    let mut child = Command::new(&bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let (tx, rx) = mpsc::channel::<Result<String, String>>();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    // Keep draining both pipes for the life of the child so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(Ok(addr.trim().to_string()));
+            }
+            if std::env::var_os("ENSIGN_TEST_ECHO").is_some() {
+                eprintln!("[ensign] {line}");
+            }
+        }
+        let _ = tx.send(Err("ensign exited before listening".into()));
+    });
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[ensign stderr] {line}");
+            all.push_str(&line);
+            all.push('\n');
+        }
+        let _ = tx2.send(Err(format!("ensign stderr closed: {all}")));
+    });
+    let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(120)))
+        .await
+        .map_err(|e| e.to_string())?;
+    match got {
+        Ok(Ok(addr)) => Ok((child, addr)),
+        Ok(Err(e)) => {
+            let _ = child.kill();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = child.kill();
+            Err("ensign did not report its address within 120 s".into())
+        }
+    }
+}
+
+enum Inner {
+    InProcess(Option<server::Running>),
+    Process(Child),
+}
+
+/// A running signer and the request helpers that drive it.
+pub struct TestSigner {
+    pub base: String,
+    client: reqwest::Client,
+    inner: Inner,
+    _dir: TempDir,
+}
+
+impl TestSigner {
+    async fn await_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/upcheck", self.base))
+                .send()
+                .await
+            {
+                if r.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("signer at {} never answered /upcheck", self.base);
+    }
+
+    async fn finish(r: reqwest::Response) -> Resp {
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = r.text().await.unwrap_or_default();
+        Resp {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Resp {
+        Self::finish(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
+    }
+
+    /// GET `path` with a Host header.
+    pub async fn get_with_host(&self, path: &str, host: &str) -> Resp {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("host", host)
+            .send()
+            .await;
+        Self::finish(r.expect("GET")).await
+    }
+
+    /// POST raw bytes to the sign endpoint of `identifier`, with an optional Accept header.
+    /// Without one, the request goes out with no Accept header at all (as Teku sends it),
+    /// which reqwest cannot do: it adds `Accept: */*` by default.
+    pub async fn sign_raw(&self, identifier: &str, body: Vec<u8>, accept: Option<&str>) -> Resp {
+        let Some(accept) = accept else {
+            return self
+                .post_without_accept(&format!("/api/v1/eth2/sign/{identifier}"), &body)
+                .await;
+        };
+        let req = self
+            .client
+            .post(format!("{}/api/v1/eth2/sign/{identifier}", self.base))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(body);
+        Self::finish(req.send().await.expect("POST")).await
+    }
+
+    /// A minimal HTTP/1.1 POST over a fresh connection, with exactly the headers written here.
+    async fn post_without_accept(&self, path: &str, body: &[u8]) -> Resp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stream.write_all(body).await.expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            })
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        Resp {
+            status,
+            content_type,
+            body: body.to_string(),
+        }
+    }
+
+    /// POST a JSON sign request, asking for JSON.
+    pub async fn sign(&self, identifier: &str, body: &Value) -> Resp {
+        self.sign_raw(
+            identifier,
+            serde_json::to_vec(body).unwrap(),
+            Some("application/json"),
+        )
+        .await
+    }
+
+    /// The signature of a 200 JSON sign response.
+    pub async fn signature(&self, identifier: &str, body: &Value) -> String {
+        let r = self.sign(identifier, body).await;
+        assert_eq!(r.status, 200, "sign failed: {}", r.body);
+        r.json()["signature"]
+            .as_str()
+            .expect("signature field")
+            .to_string()
+    }
+
+    /// Stops the signer gracefully (SIGTERM for the binary) and waits for it.
+    pub async fn stop(mut self) {
+        match &mut self.inner {
+            Inner::InProcess(r) => {
+                if let Some(r) = r.take() {
+                    r.stop().await.expect("clean stop");
+                }
+            }
+            Inner::Process(child) => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Kills the binary with SIGKILL (crash tests).
+    pub fn kill9(&mut self) {
+        if let Inner::Process(child) = &mut self.inner {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestSigner {
+    fn drop(&mut self) {
+        if let Inner::Process(child) = &mut self.inner {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The HTTP contract: endpoints, content negotiation and one test per error status, each run
+//! in-process and against the release binary with the same helpers.
+
+use serde_json::{json, Value};
+use tests::{pubkey_hex, test_secret, Runner, SignerBuilder, TestSigner};
+
+const GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+
+fn fork_info() -> Value {
+    json!({
+        "fork": {"previous_version": "0x04000000", "current_version": "0x05000000", "epoch": "364032"},
+        "genesis_validators_root": GVR,
+    })
+}
+
+fn attestation(source: u64, target: u64, root_byte: u8) -> Value {
+    json!({
+        "type": "ATTESTATION",
+        "fork_info": fork_info(),
+        "attestation": {
+            "slot": (target * 32).to_string(),
+            "index": "0",
+            "beacon_block_root": format!("0x{}", hex::encode([root_byte; 32])),
+            "source": {"epoch": source.to_string(), "root": format!("0x{}", hex::encode([1u8; 32]))},
+            "target": {"epoch": target.to_string(), "root": format!("0x{}", hex::encode([2u8; 32]))},
+        }
+    })
+}
+
+fn block_header(slot: u64, root_byte: u8) -> Value {
+    json!({
+        "type": "BLOCK_V2",
+        "fork_info": fork_info(),
+        "beacon_block": {
+            "version": "ELECTRA",
+            "block_header": {
+                "slot": slot.to_string(),
+                "proposer_index": "5",
+                "parent_root": format!("0x{}", hex::encode([root_byte; 32])),
+                "state_root": format!("0x{}", hex::encode([3u8; 32])),
+                "body_root": format!("0x{}", hex::encode([4u8; 32])),
+            }
+        }
+    })
+}
+
+async fn two_key_signer(runner: Runner) -> (TestSigner, String, String) {
+    let (a, b) = (test_secret(b"api-a"), test_secret(b"api-b"));
+    let signer = SignerBuilder::new().raw_keys([a, b]).start(runner).await;
+    (signer, pubkey_hex(&a), pubkey_hex(&b))
+}
+
+async fn assert_still_serving(s: &TestSigner) {
+    let up = s.get("/upcheck").await;
+    assert_eq!((up.status, up.body.as_str()), (200, "OK"));
+}
+
+async fn endpoints(runner: Runner) {
+    let (s, a, b) = two_key_signer(runner).await;
+
+    let up = s.get("/upcheck").await;
+    assert_eq!(up.status, 200);
+    assert!(up.content_type.starts_with("text/plain"));
+    assert_eq!(up.body, "OK");
+
+    let keys = s.get("/api/v1/eth2/publicKeys").await;
+    assert_eq!(keys.status, 200);
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(keys.json(), json!(expected));
+
+    let health = s.get("/healthcheck").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let h = health.json();
+    assert_eq!(h["status"], "UP");
+    assert_eq!(h["outcome"], "UP");
+    let checks = h["checks"].as_array().unwrap();
+    let keys_check = checks
+        .iter()
+        .find(|c| c["id"] == "keys-check")
+        .expect("keys-check");
+    let files = &keys_check["checks"].as_array().unwrap()[0];
+    assert_eq!(files["id"], "config-files-loading");
+    assert_eq!(files["data"]["keys-loaded"], 2);
+    assert_eq!(files["data"]["error-count"], 0);
+    let db = checks
+        .iter()
+        .find(|c| c["id"] == "slashing-protection-db-health-check")
+        .expect("db check");
+    assert_eq!(db["status"], "UP");
+
+    // Accept negotiation, and identifiers without 0x / in upper case.
+    let body = serde_json::to_vec(&attestation(1, 2, 9)).unwrap();
+    let text = s.sign_raw(&a, body.clone(), None).await;
+    assert_eq!(text.status, 200, "{}", text.body);
+    assert!(text.content_type.starts_with("text/plain"));
+    assert!(
+        text.body.starts_with("0x") && text.body.len() == 2 + 192,
+        "{}",
+        text.body
+    );
+    let json_resp = s.sign_raw(&a, body.clone(), Some("*/*")).await;
+    assert!(json_resp.content_type.starts_with("application/json"));
+    assert_eq!(json_resp.json()["signature"], text.body.as_str());
+    let upper = a.trim_start_matches("0x").to_uppercase();
+    let again = s.sign_raw(&upper, body, Some("text/plain")).await;
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (200, text.body.as_str()),
+        "identical re-sign"
+    );
+    s.stop().await;
+}
+
+async fn error_statuses(runner: Runner) {
+    let (s, a, _) = two_key_signer(runner).await;
+
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("malformed JSON", b"{\"type\": \"ATTESTATION\",".to_vec(), 400),
+        ("unknown type", br#"{"type": "NOT_A_TYPE"}"#.to_vec(), 400),
+        ("missing type", br#"{"attestation": {}}"#.to_vec(), 400),
+        (
+            "wrong field type",
+            serde_json::to_vec(&json!({"type": "AGGREGATION_SLOT", "fork_info": fork_info(), "aggregation_slot": {"slot": [1]}})).unwrap(),
+            400,
+        ),
+        ("payload missing", br#"{"type": "RANDAO_REVEAL"}"#.to_vec(), 400),
+        ("10 MB body", vec![b' '; 10 * 1024 * 1024], 413),
+        (
+            "missing fork_info",
+            serde_json::to_vec(&json!({"type": "RANDAO_REVEAL", "randao_reveal": {"epoch": "3"}})).unwrap(),
+            500,
+        ),
+    ];
+    for (what, body, status) in cases {
+        let r = s.sign_raw(&a, body, Some("application/json")).await;
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        assert!(
+            r.body.len() < 300,
+            "{what}: error body should be short: {}",
+            r.body
+        );
+        assert_still_serving(&s).await;
+    }
+
+    // Unknown key: 404.
+    let other = pubkey_hex(&test_secret(b"not loaded"));
+    let r = s.sign(&other, &attestation(1, 2, 1)).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = s.sign("0x1234", &attestation(1, 2, 1)).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // A signingRoot that does not match the payload: 500, nothing signed.
+    let mut bad = attestation(1, 2, 1);
+    bad["signingRoot"] = json!(format!("0x{}", "00".repeat(32)));
+    let r = s.sign(&a, &bad).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+
+    // Slashing refusal: 412 for a double block proposal and a double vote.
+    assert_eq!(s.sign(&a, &block_header(100, 1)).await.status, 200);
+    let r = s.sign(&a, &block_header(100, 2)).await;
+    assert_eq!(r.status, 412, "{}", r.body);
+    assert_eq!(s.sign(&a, &attestation(3, 4, 1)).await.status, 200);
+    assert_eq!(s.sign(&a, &attestation(3, 4, 2)).await.status, 412);
+    // The refused messages never produced a signature; an identical repeat still signs.
+    assert_eq!(s.sign(&a, &block_header(100, 1)).await.status, 200);
+
+    // Host allow-list: 403 with Web3Signer's JSON body.
+    let r = s.get_with_host("/upcheck", "evil.example").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json(), json!({"message": "Host not authorized."}));
+
+    assert_still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_in_process() {
+    endpoints(Runner::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_release_binary() {
+    endpoints(Runner::Binary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_in_process() {
+    error_statuses(Runner::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_release_binary() {
+    error_statuses(Runner::Binary).await;
+}
+
+/// EIP-2335 keystores from `--keystores-path` with per-keystore password files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystores_path_release_binary() {
+    let secret = test_secret(b"keystore key");
+    let key = keystore::ValidatorKey::from_secret_bytes(&secret).expect("valid secret");
+    let json =
+        keystore::encrypt(&key, "correct horse", keystore::Kdf::Pbkdf2 { c: 16 }).expect("encrypt");
+    let s = SignerBuilder::new()
+        .keystore("validator-1", json, "correct horse")
+        .start(Runner::Binary)
+        .await;
+    let pk = pubkey_hex(&secret);
+    let keys = s.get("/api/v1/eth2/publicKeys").await.json();
+    assert!(
+        keys.as_array().unwrap().iter().any(|k| k == &json!(pk)),
+        "{keys}"
+    );
+    let sig = s.signature(&pk, &attestation(5, 6, 1)).await;
+    assert_eq!(sig.len(), 2 + 192);
+    let health = s.get("/healthcheck").await.json();
+    let ks = health["checks"][1]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "keystores-bulk-loading")
+        .cloned()
+        .expect("keystores-bulk-loading check");
+    assert_eq!(ks["data"]["keys-loaded"], 1);
+    s.stop().await;
+}
