@@ -336,6 +336,23 @@ impl Keystore {
         self.pubkey
     }
 
+    /// Bytes of working memory one decryption of this keystore needs: for
+    /// scrypt the ROMix table of `n` blocks plus the `p` input blocks and
+    /// one scratch block, each `128 · r` bytes (RFC 7914 §5, matching what
+    /// the `scrypt` crate allocates); 0 for PBKDF2, whose state is a few
+    /// hundred bytes. Used to bound concurrent derivations by a memory
+    /// budget.
+    pub fn kdf_memory(&self) -> u64 {
+        match &self.kdf {
+            KdfParams::Scrypt { log_n, r, p, .. } => {
+                let blocks = (1u128 << log_n) + u128::from(*p) + 1;
+                let bytes = 128 * u128::from(*r) * blocks;
+                u64::try_from(bytes).unwrap_or(u64::MAX)
+            }
+            KdfParams::Pbkdf2 { .. } => 0,
+        }
+    }
+
     /// Decrypt with a user password (normalised here per EIP-2335).
     ///
     /// Errors: [`Error::WrongPassword`] on checksum mismatch,
@@ -722,6 +739,19 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&hex::encode(other.pubkey())));
         assert!(!msg.contains(&SECRET[8..]));
+    }
+
+    #[test]
+    fn kdf_memory_matches_scrypt_allocation() {
+        let ks = parse(&small_scrypt_json()).unwrap();
+        // n = 16, r = 8, p = 1: (16 + 1 + 1) blocks of 1 KiB.
+        assert_eq!(ks.kdf_memory(), 18 * 1024);
+        let json = encrypt(&key(), "pw", Kdf::Pbkdf2 { c: 16 }).unwrap();
+        assert_eq!(Keystore::from_json(&json).unwrap().kdf_memory(), 0);
+        // The EIP-2335 default (n = 2^18, r = 8) is the familiar 256 MiB.
+        let mut v = small_scrypt_json();
+        v["crypto"]["kdf"]["params"]["n"] = serde_json::json!(1u64 << 18);
+        assert_eq!(parse(&v).unwrap().kdf_memory(), (256 << 20) + 2 * 1024);
     }
 
     #[test]

@@ -123,9 +123,37 @@ pub enum Error {
     #[error("duplicate pubkey 0x{pubkey}, already loaded from {first}")]
     DuplicatePubkey { pubkey: String, first: PathBuf },
 
-    /// The OS random number generator failed (encryption only).
+    /// The OS random number generator failed (encryption and cache
+    /// sealing only).
     #[error("random number generator failed: {0}")]
     Random(String),
+
+    /// The key cache file's integrity checksum or layout is wrong (torn
+    /// write, truncation, bit rot, a file that is not a cache). The cache
+    /// holds nothing that cannot be rebuilt from the keystores, so callers
+    /// may treat this as "no cache" and start a fresh one.
+    #[error("key cache {path} is corrupt: {reason}")]
+    CacheCorrupt { path: PathBuf, reason: &'static str },
+
+    /// The key cache file is intact but was sealed with a different
+    /// operator secret. Kept apart from [`Error::CacheCorrupt`] because it is
+    /// usually a misconfiguration the operator should hear about, and
+    /// because decrypting with the wrong key must never yield keys.
+    #[error("key cache {path} was sealed with a different operator secret")]
+    CacheWrongSecret { path: PathBuf },
+
+    /// An empty operator secret would seal the cache with a key anyone can
+    /// derive.
+    #[error("key cache operator secret must not be empty")]
+    CacheEmptySecret,
+
+    /// Writing the key cache failed.
+    #[error("cannot write key cache {path}: {source}")]
+    CacheWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Render a byte count the way humans read memory sizes ("64 GiB").

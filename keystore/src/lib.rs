@@ -8,8 +8,11 @@
 //! - holds a BLS signing key as a [`ValidatorKey`];
 //! - loads keys the way Web3Signer does, from a directory of YAML key
 //!   configs ([`load_key_configs`]) or of keystores plus passwords
-//!   ([`load_keystores_dir`]), decrypting on all cores and reporting
-//!   per-file errors in a [`LoadReport`].
+//!   ([`load_keystores_dir`]), decrypting on all cores under a memory
+//!   budget for scrypt ([`LoadOptions`]) and reporting per-file errors and
+//!   [`LoadStats`] in a [`LoadReport`];
+//! - optionally keeps decrypted keys in a restart cache sealed with an
+//!   operator secret ([`KeyCache`]), so restarts skip the KDFs.
 //!
 //! Invariants:
 //! - Secret material (secret keys, passwords, KDF output, plaintexts, file
@@ -23,22 +26,27 @@
 //!   against it, never trusted.
 //! - A wrong password is always [`Error::WrongPassword`]; a garbage key is
 //!   never returned.
+//! - The restart cache never holds a secret unsealed, and a cache opened
+//!   with the wrong operator secret is an error, never a source of keys.
 //! - This crate depends on no other workspace crate.
 
+mod cache;
 mod eip2335;
 mod error;
 mod key;
 mod loader;
 mod password;
 
+pub use cache::{CacheId, KeyCache, MAX_CACHE_ENTRIES};
 pub use eip2335::{
     decrypt, encrypt, Kdf, Keystore, MAX_SALT_LEN, PBKDF2_MAX_C, SCRYPT_MAX_MEMORY, SCRYPT_MAX_P,
 };
 pub use error::Error;
 pub use key::{ValidatorKey, PUBKEY_LEN, SECRET_LEN};
 pub use loader::{
-    load_key_configs, load_keystore_file, load_keystores_dir, LoadError, LoadReport,
-    PasswordSource, MAX_CONFIG_FILE_LEN, MAX_DOCUMENTS_PER_FILE, MAX_KEYSTORE_FILE_LEN,
+    default_max_kdf_memory, load_key_configs, load_key_configs_with, load_keystore_file,
+    load_keystores_dir, load_keystores_dir_with, LoadError, LoadOptions, LoadReport, LoadStats,
+    PasswordSource, Progress, MAX_CONFIG_FILE_LEN, MAX_DOCUMENTS_PER_FILE, MAX_KEYSTORE_FILE_LEN,
     MAX_PASSWORD_FILE_LEN,
 };
 pub use password::normalize_password;

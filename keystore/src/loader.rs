@@ -3,9 +3,22 @@
 //!
 //! Loading happens in two phases. First every file is listed and the cheap
 //! parsing is done in order; then the expensive part (scrypt / PBKDF2) runs
-//! on all cores. Results are put back in file order before duplicates are
-//! removed, so "first wins" is deterministic: files are taken in byte order
-//! of their names, documents in file order.
+//! on [`LoadOptions::threads`] workers. Results are put back in file order
+//! before duplicates are removed, so "first wins" is deterministic: files
+//! are taken in byte order of their names, documents in file order.
+//!
+//! Memory: an EIP-2335 scrypt derivation at the default cost (n = 2^18,
+//! r = 8) needs 256 MiB, and a keystore may ask for up to
+//! [`crate::SCRYPT_MAX_MEMORY`]. Running one per core could exhaust a small
+//! machine, so concurrent scrypt derivations are bounded by a memory budget
+//! ([`LoadOptions::max_kdf_memory`]): a worker takes "credits" equal to its
+//! keystore's need before deriving and returns them after. PBKDF2 needs
+//! none. A keystore needing more than the whole budget takes all of it and
+//! so runs alone, rather than never.
+//!
+//! With a [`KeyCache`] in the options, keystores found in the cache skip
+//! the KDF entirely; the others are decrypted and added, and entries for
+//! keystores not seen in this load are dropped before the cache is saved.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,11 +26,12 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use serde::{Deserialize, Deserializer};
 use zeroize::Zeroizing;
 
+use crate::cache::{CacheId, KeyCache};
 use crate::eip2335::Keystore;
 use crate::key::{ValidatorKey, PUBKEY_LEN, SECRET_LEN};
 use crate::Error;
@@ -67,6 +81,109 @@ impl fmt::Display for LoadError {
 pub struct LoadReport {
     pub keys: Vec<ValidatorKey>,
     pub errors: Vec<LoadError>,
+    /// What the load cost; see [`LoadStats`].
+    pub stats: LoadStats,
+}
+
+/// Counters of one load, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// KDF derivations run: one per keystore decrypted without the cache,
+    /// whether or not its password turned out to be right.
+    pub kdf_runs: usize,
+    /// Keystores whose key came from the restart cache, with no KDF run.
+    pub cache_hits: usize,
+    /// Most scrypt derivations that were running at the same time.
+    pub max_concurrent_scrypt: usize,
+    /// Most scrypt working memory (bytes, per [`Keystore::kdf_memory`]) in
+    /// use at the same time. Never above the larger of
+    /// [`LoadOptions::max_kdf_memory`] and the single largest need.
+    pub peak_kdf_memory: u64,
+}
+
+/// Progress of a load, reported after each key source (keystore, raw key
+/// or config error) is finished. Calls are serialised, so `done` rises by
+/// one per call; `errors` counts finished sources that failed (duplicates
+/// are only found at the end and are not included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub errors: usize,
+}
+
+/// How to run a load. [`LoadOptions::default`] gives half the available
+/// memory to KDFs, one worker per core, no progress callback and no cache.
+#[derive(Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// Bytes of memory concurrent scrypt derivations may use together
+    /// (default: [`default_max_kdf_memory`]). A keystore that alone needs
+    /// more runs by itself.
+    pub max_kdf_memory: u64,
+    /// Worker threads (default: `available_parallelism`; 0 means 1).
+    pub threads: usize,
+    /// Called from worker threads as sources finish.
+    pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    /// Restart cache. One cache should serve one key source: after the
+    /// load, entries not seen in it are dropped.
+    pub cache: Option<&'a Mutex<KeyCache>>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            max_kdf_memory: default_max_kdf_memory(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            progress: None,
+            cache: None,
+        }
+    }
+}
+
+impl fmt::Debug for LoadOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("max_kdf_memory", &self.max_kdf_memory)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .field("cache", &self.cache.is_some())
+            .finish()
+    }
+}
+
+/// Smallest default KDF budget: one keystore at the
+/// [`crate::SCRYPT_MAX_MEMORY`] cap, so the default never serialises
+/// keystores that fit it.
+const MIN_DEFAULT_KDF_MEMORY: u64 = 512 * 1024 * 1024;
+
+/// The default [`LoadOptions::max_kdf_memory`]: half of `MemAvailable`
+/// from `/proc/meminfo` (leaving the rest to the signer and its
+/// neighbours), but at least 512 MiB. 512 MiB if `/proc/meminfo` cannot be
+/// read (non-Linux, restricted sandbox).
+pub fn default_max_kdf_memory() -> u64 {
+    let available = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_mem_available(&text));
+    match available {
+        Some(bytes) => (bytes / 2).max(MIN_DEFAULT_KDF_MEMORY),
+        None => MIN_DEFAULT_KDF_MEMORY,
+    }
+}
+
+/// `MemAvailable:  12345678 kB` → bytes (the kernel's "kB" is KiB).
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let mut parts = line.split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
 }
 
 /// Load every non-hidden `*.yaml` / `*.yml` file in `dir` (not recursive),
@@ -83,6 +200,11 @@ pub struct LoadReport {
 /// keystorePasswordFile: key.txt       # one trailing newline is ignored
 /// ```
 pub fn load_key_configs(dir: &Path) -> LoadReport {
+    load_key_configs_with(dir, &LoadOptions::default())
+}
+
+/// [`load_key_configs`] with explicit [`LoadOptions`].
+pub fn load_key_configs_with(dir: &Path, options: &LoadOptions<'_>) -> LoadReport {
     let mut report = LoadReport::default();
     let files = match list_dir(dir, &["yaml", "yml"], &mut report) {
         Some(f) => f,
@@ -92,12 +214,21 @@ pub fn load_key_configs(dir: &Path) -> LoadReport {
     for file in files {
         parse_config_file(&file, &mut jobs);
     }
-    finish(jobs, report)
+    finish(jobs, report, options)
 }
 
 /// Load every non-hidden `*.json` file in `dir` (not recursive) as an
 /// EIP-2335 keystore, with passwords from `passwords`.
 pub fn load_keystores_dir(dir: &Path, passwords: &PasswordSource) -> LoadReport {
+    load_keystores_dir_with(dir, passwords, &LoadOptions::default())
+}
+
+/// [`load_keystores_dir`] with explicit [`LoadOptions`].
+pub fn load_keystores_dir_with(
+    dir: &Path,
+    passwords: &PasswordSource,
+    options: &LoadOptions<'_>,
+) -> LoadReport {
     let mut report = LoadReport::default();
     let files = match list_dir(dir, &["json"], &mut report) {
         Some(f) => f,
@@ -118,7 +249,7 @@ pub fn load_keystores_dir(dir: &Path, passwords: &PasswordSource) -> LoadReport 
             Job::Keystore { keystore, password }
         })
         .collect();
-    finish(jobs, report)
+    finish(jobs, report, options)
 }
 
 /// Read, parse and decrypt one keystore file with the password in
@@ -129,10 +260,17 @@ pub fn load_keystore_file(keystore: &Path, password_file: &Path) -> Result<Valid
     // work is done.
     let json = read_limited(keystore, MAX_KEYSTORE_FILE_LEN)?;
     let ks = Keystore::from_json_bytes(&json)?;
-    let password = read_limited(password_file, MAX_PASSWORD_FILE_LEN)?;
-    let password = std::str::from_utf8(&password)
-        .map_err(|_| Error::PasswordNotUtf8(password_file.to_owned()))?;
-    ks.decrypt(trim_one_newline(password))
+    let password = read_password(password_file)?;
+    ks.decrypt(trim_one_newline(password_str(&password, password_file)?))
+}
+
+/// A password file's bytes, bounded and zeroed on drop.
+fn read_password(password_file: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    read_limited(password_file, MAX_PASSWORD_FILE_LEN)
+}
+
+fn password_str<'p>(password: &'p [u8], password_file: &Path) -> Result<&'p str, Error> {
+    std::str::from_utf8(password).map_err(|_| Error::PasswordNotUtf8(password_file.to_owned()))
 }
 
 /// Web3Signer policy: a password file's single trailing line ending is not
@@ -162,13 +300,14 @@ enum Job {
     },
 }
 
-fn finish(jobs: Vec<Job>, mut report: LoadReport) -> LoadReport {
-    let results = run_parallel(jobs);
-    let mut seen: HashMap<[u8; PUBKEY_LEN], PathBuf> = HashMap::new();
+fn finish(jobs: Vec<Job>, mut report: LoadReport, options: &LoadOptions<'_>) -> LoadReport {
+    let (results, stats, seen) = run_parallel(jobs, options);
+    report.stats = stats;
+    let mut seen_pubkeys: HashMap<[u8; PUBKEY_LEN], PathBuf> = HashMap::new();
     for (path, result) in results {
         match result {
             Ok(key) => {
-                if let Some(first) = seen.get(&key.pubkey()) {
+                if let Some(first) = seen_pubkeys.get(&key.pubkey()) {
                     report.errors.push(LoadError {
                         path,
                         error: Error::DuplicatePubkey {
@@ -177,34 +316,192 @@ fn finish(jobs: Vec<Job>, mut report: LoadReport) -> LoadReport {
                         },
                     });
                 } else {
-                    seen.insert(key.pubkey(), path);
+                    seen_pubkeys.insert(key.pubkey(), path);
                     report.keys.push(key);
                 }
             }
             Err(error) => report.errors.push(LoadError { path, error }),
         }
     }
+    if let Some(cache) = options.cache {
+        let mut cache = lock(cache);
+        // Entries of keystores that were removed, changed or failed this
+        // time must not outlive them in the cache.
+        let removed = cache.retain_only(&seen.ids);
+        if removed > 0 || seen.inserted > 0 {
+            if let Err(error) = cache.save() {
+                report.errors.push(LoadError {
+                    path: cache.path().to_owned(),
+                    error,
+                });
+            }
+        }
+    }
     report
 }
 
-/// Decrypt on all cores: scrypt/PBKDF2 at EIP-2335 default cost take
-/// ~0.1–1 s each, which dominates start-up for hundreds of keys. Output order
-/// equals input order.
-///
-/// Note: each concurrent scrypt may use up to `SCRYPT_MAX_MEMORY`, so peak
-/// memory is bounded by workers × that limit.
-fn run_parallel(jobs: Vec<Job>) -> Vec<(PathBuf, Result<ValidatorKey, Error>)> {
+/// Cache bookkeeping of one load.
+#[derive(Default)]
+struct Seen {
+    /// Ids of every keystore that loaded (from the cache or by KDF).
+    ids: Vec<CacheId>,
+    /// Entries added in this load.
+    inserted: usize,
+}
+
+/// Bounds the memory of concurrent scrypt derivations: a counting
+/// semaphore over bytes ("credits"), plus the statistics of what it let
+/// through.
+struct MemoryBudget {
+    capacity: u64,
+    state: Mutex<BudgetState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    /// Credits held; at most `capacity`.
+    credits: u64,
+    /// Derivations holding credits, and the bytes they really need.
+    running: usize,
+    bytes: u64,
+    max_running: usize,
+    peak_bytes: u64,
+}
+
+struct BudgetGuard<'a> {
+    budget: &'a MemoryBudget,
+    credits: u64,
+    bytes: u64,
+}
+
+impl MemoryBudget {
+    fn new(capacity: u64) -> Self {
+        MemoryBudget {
+            // A zero budget would let every derivation through for free;
+            // one byte makes every scrypt run alone instead.
+            capacity: capacity.max(1),
+            state: Mutex::new(BudgetState::default()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Block until `need` bytes fit in the budget; `None` (no wait) for a
+    /// KDF that needs no budget (PBKDF2).
+    fn acquire(&self, need: u64) -> Option<BudgetGuard<'_>> {
+        if need == 0 {
+            return None;
+        }
+        // Clamped so an oversized keystore can still start: it waits until
+        // nothing else holds credits, then holds them all.
+        let credits = need.min(self.capacity);
+        let mut st = lock(&self.state);
+        while st.credits + credits > self.capacity {
+            st = self.freed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.credits += credits;
+        st.running += 1;
+        st.bytes = st.bytes.saturating_add(need);
+        st.max_running = st.max_running.max(st.running);
+        st.peak_bytes = st.peak_bytes.max(st.bytes);
+        Some(BudgetGuard {
+            budget: self,
+            credits,
+            bytes: need,
+        })
+    }
+}
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.budget.state);
+        st.credits -= self.credits;
+        st.running -= 1;
+        st.bytes -= self.bytes;
+        drop(st);
+        // Wake everyone: waiters need different amounts, and the one that
+        // now fits may not be first in line.
+        self.budget.freed.notify_all();
+    }
+}
+
+/// Shared state of the workers of one load.
+struct Ctx<'a> {
+    budget: MemoryBudget,
+    cache: Option<&'a Mutex<KeyCache>>,
+    kdf_runs: AtomicUsize,
+    cache_hits: AtomicUsize,
+    seen: Mutex<Seen>,
+}
+
+/// Read, parse and decrypt one keystore, through the cache and the memory
+/// budget.
+fn load_keystore_job(
+    keystore: &Path,
+    password_file: &Path,
+    ctx: &Ctx<'_>,
+) -> Result<ValidatorKey, Error> {
+    // Same order as `load_keystore_file`: parse (and bound) first.
+    let json = read_limited(keystore, MAX_KEYSTORE_FILE_LEN)?;
+    let ks = Keystore::from_json_bytes(&json)?;
+    let password = read_password(password_file)?;
+    let password = trim_one_newline(password_str(&password, password_file)?);
+
+    let id = ctx.cache.map(|cache| lock(cache).id(&json, password));
+    if let (Some(cache), Some(id)) = (ctx.cache, id) {
+        // Unseal under the lock, derive the pubkey outside it.
+        let secret = lock(cache).unseal(&id);
+        if let Some(key) = secret.and_then(|s| ValidatorKey::from_secret_bytes(&*s).ok()) {
+            // Same rule as `Keystore::decrypt`: the pubkey field must agree.
+            if ks.claimed_pubkey().is_none_or(|pk| pk == key.pubkey()) {
+                ctx.cache_hits.fetch_add(1, Ordering::Relaxed);
+                lock(&ctx.seen).ids.push(id);
+                return Ok(key);
+            }
+        }
+    }
+
+    let key = {
+        let _credits = ctx.budget.acquire(ks.kdf_memory());
+        ctx.kdf_runs.fetch_add(1, Ordering::Relaxed);
+        ks.decrypt(password)?
+    };
+    if let (Some(cache), Some(id)) = (ctx.cache, id) {
+        // Failing to cache (only an RNG failure) costs a KDF run on the
+        // next start, not this key.
+        if lock(cache).insert_by_id(id, &key).is_ok() {
+            let mut seen = lock(&ctx.seen);
+            seen.ids.push(id);
+            seen.inserted += 1;
+        }
+    }
+    Ok(key)
+}
+
+type Outcome = (PathBuf, Result<ValidatorKey, Error>);
+
+/// Decrypt on `options.threads` workers: scrypt/PBKDF2 at EIP-2335 default
+/// cost take ~0.1–1 s each, which dominates start-up for hundreds of keys.
+/// Output order equals input order. Peak scrypt memory is bounded by
+/// `options.max_kdf_memory` (see [`MemoryBudget`]).
+fn run_parallel(jobs: Vec<Job>, options: &LoadOptions<'_>) -> (Vec<Outcome>, LoadStats, Seen) {
+    let total = jobs.len();
     let pending = jobs
         .iter()
         .filter(|j| matches!(j, Job::Keystore { .. }))
         .count();
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(pending)
-        .max(1);
+    let workers = options.threads.max(1).min(pending).max(1);
 
-    type Outcome = (PathBuf, Result<ValidatorKey, Error>);
+    let ctx = Ctx {
+        budget: MemoryBudget::new(options.max_kdf_memory),
+        cache: options.cache,
+        kdf_runs: AtomicUsize::new(0),
+        cache_hits: AtomicUsize::new(0),
+        seen: Mutex::new(Seen::default()),
+    };
+    // (done, errors), under a lock so progress calls are serialised and
+    // `done` never goes backwards.
+    let progress_state = Mutex::new((0usize, 0usize));
     let slots: Vec<Mutex<Option<Job>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
     let results: Vec<Mutex<Option<Outcome>>> = slots.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
@@ -220,19 +517,43 @@ fn run_parallel(jobs: Vec<Job>) -> Vec<(PathBuf, Result<ValidatorKey, Error>)> {
                 let outcome = match job {
                     Job::Done { path, result } => (path, result),
                     Job::Keystore { keystore, password } => {
-                        let result = load_keystore_file(&keystore, &password);
+                        let result = load_keystore_job(&keystore, &password, &ctx);
                         (keystore, result)
                     }
                 };
+                let failed = outcome.1.is_err();
                 *lock(&results[i]) = Some(outcome);
+                if let Some(report) = options.progress {
+                    let mut st = lock(&progress_state);
+                    st.0 += 1;
+                    st.1 += usize::from(failed);
+                    report(Progress {
+                        done: st.0,
+                        total,
+                        errors: st.1,
+                    });
+                }
             });
         }
     });
 
-    results
+    let budget = ctx
+        .budget
+        .state
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let stats = LoadStats {
+        kdf_runs: ctx.kdf_runs.into_inner(),
+        cache_hits: ctx.cache_hits.into_inner(),
+        max_concurrent_scrypt: budget.max_running,
+        peak_kdf_memory: budget.peak_bytes,
+    };
+    let seen = ctx.seen.into_inner().unwrap_or_else(|e| e.into_inner());
+    let outcomes = results
         .into_iter()
         .filter_map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .collect()
+        .collect();
+    (outcomes, stats, seen)
 }
 
 /// A poisoned lock here only means another worker panicked mid-job; the
@@ -547,6 +868,32 @@ mod tests {
         assert_eq!(trim_one_newline("pw\n\n"), "pw\n");
         assert_eq!(trim_one_newline(" pw "), " pw ");
         assert_eq!(trim_one_newline("pw\r"), "pw\r");
+    }
+
+    #[test]
+    fn mem_available_parsing() {
+        let text = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   16000000 kB\n";
+        assert_eq!(parse_mem_available(text), Some(16_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: x kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: 5 MB\n"), None);
+        assert!(default_max_kdf_memory() >= MIN_DEFAULT_KDF_MEMORY);
+    }
+
+    #[test]
+    fn budget_clamps_oversized_and_zero() {
+        let budget = MemoryBudget::new(0);
+        assert_eq!(budget.capacity, 1);
+        assert!(budget.acquire(0).is_none());
+        {
+            // Larger than the whole budget: still admitted when idle.
+            let g = budget.acquire(1 << 30).unwrap();
+            assert_eq!(g.credits, 1);
+            assert_eq!(lock(&budget.state).credits, 1);
+        }
+        let st = lock(&budget.state);
+        assert_eq!((st.credits, st.running, st.bytes), (0, 0, 0));
+        assert_eq!(st.peak_bytes, 1 << 30);
     }
 
     #[test]
