@@ -18,6 +18,67 @@ use clap_free::parse_cli;
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// Request bodies shared by the end-to-end tests (mainnet, Electra fork).
+pub mod body {
+    use serde_json::{json, Value};
+
+    /// Mainnet's genesis validators root.
+    pub const GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+
+    /// A mainnet Electra `fork_info`.
+    pub fn fork_info() -> Value {
+        json!({
+            "fork": {"previous_version": "0x04000000", "current_version": "0x05000000", "epoch": "364032"},
+            "genesis_validators_root": GVR,
+        })
+    }
+
+    fn root(b: u64) -> String {
+        format!("0x{b:064x}")
+    }
+
+    /// An ATTESTATION request; `root` varies the beacon block root (and so the signing root).
+    pub fn attestation(source: u64, target: u64, root_n: u64) -> Value {
+        json!({
+            "type": "ATTESTATION",
+            "fork_info": fork_info(),
+            "attestation": {
+                "slot": (target * 32).to_string(),
+                "index": "0",
+                "beacon_block_root": root(root_n),
+                "source": {"epoch": source.to_string(), "root": root(1)},
+                "target": {"epoch": target.to_string(), "root": root(2)},
+            }
+        })
+    }
+
+    /// A BLOCK_V2 (Electra header) request; `root_n` varies the parent root.
+    pub fn block_header(slot: u64, root_n: u64) -> Value {
+        json!({
+            "type": "BLOCK_V2",
+            "fork_info": fork_info(),
+            "beacon_block": {
+                "version": "ELECTRA",
+                "block_header": {
+                    "slot": slot.to_string(),
+                    "proposer_index": "5",
+                    "parent_root": root(root_n),
+                    "state_root": root(3),
+                    "body_root": root(4),
+                }
+            }
+        })
+    }
+
+    /// The signing root ensign computes for a request on mainnet (via `api-spec`).
+    pub fn signing_root(request: &Value) -> [u8; 32] {
+        let network = api_spec::network::Network::by_name("mainnet").unwrap();
+        let req =
+            api_spec::sign::SignRequest::parse(&serde_json::to_vec(request).unwrap()).unwrap();
+        req.signable(&network).unwrap().signing_root.0
+    }
+}
+
 /// A response, reduced to what tests assert on.
 #[derive(Debug, Clone)]
 pub struct Resp {
@@ -169,22 +230,28 @@ impl SignerBuilder {
 
     /// Starts the signer with `runner` and waits until `/upcheck` answers.
     pub async fn start(self, runner: Runner) -> TestSigner {
+        self.try_start(runner)
+            .await
+            .unwrap_or_else(|e| panic!("signer did not start: {e}"))
+    }
+
+    /// Like [`start`](Self::start), but a start-up failure is returned (its message, or the
+    /// binary's stderr) instead of panicking.
+    pub async fn try_start(self, runner: Runner) -> Result<TestSigner, String> {
         let dir = TempDir::new().unwrap();
         let args = self.prepare(dir.path());
         let (base, inner) = match runner {
             Runner::InProcess => {
                 let (global, eth2) = parse_cli(&args);
-                let config = server::Config::from_cli(&global, &eth2).expect("valid test config");
-                let running = server::start(config).await.expect("server starts");
+                let config = server::Config::from_cli(&global, &eth2).map_err(|e| e.to_string())?;
+                let running = server::start(config).await.map_err(|e| e.to_string())?;
                 (
                     format!("http://{}", running.addr),
                     Inner::InProcess(Some(running)),
                 )
             }
             Runner::Binary => {
-                let (child, addr) = spawn_binary(&args[1..])
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let (child, addr) = spawn_binary(&args[1..]).await?;
                 (format!("http://{addr}"), Inner::Process(child))
             }
         };
@@ -195,7 +262,13 @@ impl SignerBuilder {
             _dir: dir,
         };
         signer.await_ready().await;
-        signer
+        Ok(signer)
+    }
+
+    /// The argument list (without the program name) this builder runs, with its files written
+    /// under `dir`; for driving `ensign eth2 import/export` with the same options.
+    pub fn args_in(&self, dir: &Path) -> Vec<String> {
+        self.prepare(dir)[1..].to_vec()
     }
 }
 
@@ -256,7 +329,7 @@ pub async fn spawn_binary(args: &[String]) -> Result<(Child, String), String> {
                 eprintln!("[ensign] {line}");
             }
         }
-        let _ = tx.send(Err("ensign exited before listening".into()));
+        // EOF: the stderr reader reports the exit, with what ensign said.
     });
     std::thread::spawn(move || {
         let mut all = String::new();
@@ -458,6 +531,131 @@ impl Drop for TestSigner {
         if let Inner::Process(child) = &mut self.inner {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion; returns its exit code and its stderr.
+pub fn run_binary(args: &[String]) -> (i32, String) {
+    let out = Command::new(binary_path())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run ensign");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The PostgreSQL server the tests use (`ENSIGN_TEST_PG_URL`, default the local `test` db).
+pub fn pg_base_url() -> String {
+    std::env::var("ENSIGN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, uniquely named PostgreSQL schema per test, dropped on drop; signers given
+/// [`PgSchema::url`] see only it.
+pub struct PgSchema {
+    pub name: String,
+}
+
+/// Runs `sql` on the test server from a plain thread: the synchronous `postgres` client runs
+/// its own runtime, which must not be started or dropped inside the tests' async runtime.
+fn pg_admin(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&pg_base_url(), postgres::NoTls)
+            .map_err(|e| e.to_string())?;
+        c.batch_execute(&sql).map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "admin thread panicked".to_string())?
+}
+
+impl PgSchema {
+    /// `None` after a loud notice when PostgreSQL is unreachable, unless `ENSIGN_REQUIRE_PG`
+    /// is set (CI), in which case it panics: CI must never skip these tests.
+    pub fn new(test: &str) -> Option<PgSchema> {
+        let name = format!(
+            "ensign_e2e_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        match pg_admin(format!("CREATE SCHEMA {name}")) {
+            Ok(()) => Some(PgSchema { name }),
+            Err(e) if std::env::var_os("ENSIGN_REQUIRE_PG").is_some() => {
+                panic!(
+                    "ENSIGN_REQUIRE_PG is set but PostgreSQL at {} is unusable: {e}",
+                    pg_base_url()
+                )
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: {test}: PostgreSQL at {} unusable ({e}); set ENSIGN_REQUIRE_PG=1 to fail instead", pg_base_url());
+                None
+            }
+        }
+    }
+
+    /// A URL whose sessions use only this schema, optionally reached through `host_port`
+    /// (a [`TcpProxy`]) instead of the server's own address.
+    pub fn url_via(&self, host_port: Option<&str>) -> String {
+        let mut base = pg_base_url();
+        if let Some(hp) = host_port {
+            base = base.replace("127.0.0.1:5432", hp);
+        }
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}options=-c%20search_path%3D{}", self.name)
+    }
+
+    /// [`url_via`](Self::url_via) without a proxy.
+    pub fn url(&self) -> String {
+        self.url_via(None)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = pg_admin(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// A loopback TCP proxy to `target` that can be cut (every connection dropped, new ones
+/// refused) to simulate a database going away mid-run.
+pub struct TcpProxy {
+    pub addr: String,
+    task: tokio::task::JoinHandle<()>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding a fresh loopback port to `target`.
+    pub async fn start(target: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().unwrap().to_string();
+        let target = target.to_string();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tracked = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().unwrap().push(h);
+            }
+        });
+        TcpProxy { addr, task, conns }
+    }
+
+    /// Drops every connection and stops listening.
+    pub fn cut(&self) {
+        self.task.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
         }
     }
 }

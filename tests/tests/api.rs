@@ -1,48 +1,9 @@
 //! The HTTP contract: endpoints, content negotiation and one test per error status, each run
 //! in-process and against the release binary with the same helpers.
 
-use serde_json::{json, Value};
+use serde_json::json;
+use tests::body::{attestation, block_header, fork_info};
 use tests::{pubkey_hex, test_secret, Runner, SignerBuilder, TestSigner};
-
-const GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
-
-fn fork_info() -> Value {
-    json!({
-        "fork": {"previous_version": "0x04000000", "current_version": "0x05000000", "epoch": "364032"},
-        "genesis_validators_root": GVR,
-    })
-}
-
-fn attestation(source: u64, target: u64, root_byte: u8) -> Value {
-    json!({
-        "type": "ATTESTATION",
-        "fork_info": fork_info(),
-        "attestation": {
-            "slot": (target * 32).to_string(),
-            "index": "0",
-            "beacon_block_root": format!("0x{}", hex::encode([root_byte; 32])),
-            "source": {"epoch": source.to_string(), "root": format!("0x{}", hex::encode([1u8; 32]))},
-            "target": {"epoch": target.to_string(), "root": format!("0x{}", hex::encode([2u8; 32]))},
-        }
-    })
-}
-
-fn block_header(slot: u64, root_byte: u8) -> Value {
-    json!({
-        "type": "BLOCK_V2",
-        "fork_info": fork_info(),
-        "beacon_block": {
-            "version": "ELECTRA",
-            "block_header": {
-                "slot": slot.to_string(),
-                "proposer_index": "5",
-                "parent_root": format!("0x{}", hex::encode([root_byte; 32])),
-                "state_root": format!("0x{}", hex::encode([3u8; 32])),
-                "body_root": format!("0x{}", hex::encode([4u8; 32])),
-            }
-        }
-    })
-}
 
 async fn two_key_signer(runner: Runner) -> (TestSigner, String, String) {
     let (a, b) = (test_secret(b"api-a"), test_secret(b"api-b"));

@@ -1,0 +1,353 @@
+//! Slashing protection through the real server: one winner among concurrent conflicting
+//! requests (also across two processes sharing PostgreSQL), crash safety, import/export, and
+//! clear failures when the database is missing, locked or gone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tests::body::{attestation, block_header, signing_root, GVR};
+use tests::{
+    pubkey_hex, run_binary, test_secret, PgSchema, Runner, SignerBuilder, TcpProxy, TestSigner,
+};
+
+/// Sends `bodies` concurrently, request `i` to `signers[i % len]`; returns the statuses.
+async fn race(signers: &[Arc<TestSigner>], pubkey: &str, bodies: Vec<Value>) -> Vec<u16> {
+    let mut tasks = vec![];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let s = signers[i % signers.len()].clone();
+        let pk = pubkey.to_string();
+        tasks.push(tokio::spawn(async move { s.sign(&pk, &body).await.status }));
+    }
+    let mut out = vec![];
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], code: u16) -> usize {
+    statuses.iter().filter(|&&s| s == code).count()
+}
+
+/// 200 different attestations with one target epoch for one validator: exactly one is signed,
+/// every other one is refused with 412; the same for 200 different blocks at one slot.
+async fn one_winner(signers: &[Arc<TestSigner>], pubkey: &str) {
+    let atts = (0..200).map(|i| attestation(10, 20, 1000 + i)).collect();
+    let statuses = race(signers, pubkey, atts).await;
+    assert_eq!(count(&statuses, 200), 1, "attestations: {statuses:?}");
+    assert_eq!(count(&statuses, 412), 199, "attestations: {statuses:?}");
+    let blocks = (0..200).map(|i| block_header(777, 1000 + i)).collect();
+    let statuses = race(signers, pubkey, blocks).await;
+    assert_eq!(count(&statuses, 200), 1, "blocks: {statuses:?}");
+    assert_eq!(count(&statuses, 412), 199, "blocks: {statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_winner_sqlite_release_binary() {
+    let key = test_secret(b"one winner sqlite");
+    let s = Arc::new(
+        SignerBuilder::new()
+            .raw_keys([key])
+            .start(Runner::Binary)
+            .await,
+    );
+    one_winner(&[s], &pubkey_hex(&key)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_winner_two_processes_sharing_postgres() {
+    let Some(pg) = PgSchema::new("one_winner_two_processes_sharing_postgres") else {
+        return;
+    };
+    let key = test_secret(b"one winner pg");
+    let start = || {
+        SignerBuilder::new()
+            .raw_keys([key])
+            .eth2_arg("--slashing-protection-db-url")
+            .eth2_arg(&pg.url())
+            .start(Runner::Binary)
+    };
+    let a = Arc::new(start().await);
+    let b = Arc::new(start().await);
+    one_winner(&[a, b], &pubkey_hex(&key)).await;
+}
+
+/// `kill -9` while signing under load, restart on the same database: every signature a client
+/// received is recorded (a conflicting message for it is refused, the identical one re-signs to
+/// the same signature, and the export lists it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_under_load_loses_no_record() {
+    let data = tempfile::TempDir::new().unwrap();
+    let keys: Vec<[u8; 32]> = (0..8u8).map(|i| test_secret(&[b'c', i])).collect();
+    let pubkeys: Vec<String> = keys.iter().map(pubkey_hex).collect();
+    let builder = || {
+        SignerBuilder::new()
+            .raw_keys(keys.clone())
+            .data_dir(data.path())
+    };
+    let mut signer = builder().start(Runner::Binary).await;
+    let shared = Arc::new(tokio::sync::Mutex::new(Vec::<(usize, Value, String)>::new()));
+    let signer_ref = Arc::new(signer.base.clone());
+
+    // One client task per validator, each advancing its epochs; signatures received are kept.
+    let mut tasks = vec![];
+    for (v, pk) in pubkeys.iter().enumerate() {
+        let (pk, got, base) = (pk.clone(), shared.clone(), signer_ref.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for epoch in 1..10_000u64 {
+                let body = attestation(epoch - 1, epoch, v as u64);
+                let r = client
+                    .post(format!("{base}/api/v1/eth2/sign/{pk}"))
+                    .header("accept", "application/json")
+                    .json(&body)
+                    .send()
+                    .await;
+                let Ok(r) = r else { return };
+                if r.status() != 200 {
+                    return;
+                }
+                let Ok(v2) = r.json::<Value>().await else {
+                    return;
+                };
+                got.lock()
+                    .await
+                    .push((v, body, v2["signature"].as_str().unwrap().to_string()));
+            }
+        }));
+    }
+    // Crash once a good number of signatures has been handed out.
+    loop {
+        if shared.lock().await.len() >= 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    signer.kill9();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let received = shared.lock().await.clone();
+    assert!(received.len() >= 200);
+
+    let signer = builder().start(Runner::Binary).await;
+    for (v, body, sig) in &received {
+        let pk = &pubkeys[*v];
+        // Same message: re-signed identically (it is in the database as this very root).
+        assert_eq!(&signer.signature(pk, body).await, sig);
+        // A different root for the same target: a double vote, refused.
+        let src = body["attestation"]["source"]["epoch"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        let conflicting = attestation(src, src + 1, 9_999);
+        assert_eq!(
+            signer.sign(pk, &conflicting).await.status,
+            412,
+            "validator {v} epoch {src}"
+        );
+    }
+    signer.stop().await;
+
+    // The export (while no server holds the database) lists every received signature's root.
+    let export = data.path().join("export.json");
+    let work = tempfile::TempDir::new().unwrap();
+    let mut args = builder().args_in(work.path());
+    args.extend(["export".into(), "--to".into(), export.display().to_string()]);
+    let (code, stderr) = run_binary(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    let mut recorded: HashMap<(String, String), String> = HashMap::new();
+    for d in doc["data"].as_array().unwrap() {
+        for a in d["signed_attestations"].as_array().unwrap() {
+            recorded.insert(
+                (
+                    d["pubkey"].as_str().unwrap().to_string(),
+                    a["target_epoch"].as_str().unwrap().to_string(),
+                ),
+                a["signing_root"].as_str().unwrap_or("").to_string(),
+            );
+        }
+    }
+    for (v, body, _) in &received {
+        let target = body["attestation"]["target"]["epoch"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let root = format!("0x{}", hex::encode(signing_root(body)));
+        assert_eq!(recorded.get(&(pubkeys[*v].clone(), target)), Some(&root));
+    }
+    eprintln!(
+        "crash test: {} signatures received before kill -9, all recorded",
+        received.len()
+    );
+}
+
+/// `eth2 export` then `eth2 import` into a fresh database: the history moves with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_import_round_trip_through_cli() {
+    let key = test_secret(b"export import");
+    let pk = pubkey_hex(&key);
+    let (d1, d2, work) = (
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    );
+    let s = SignerBuilder::new()
+        .raw_keys([key])
+        .data_dir(d1.path())
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(s.sign(&pk, &attestation(5, 6, 1)).await.status, 200);
+    assert_eq!(s.sign(&pk, &block_header(300, 1)).await.status, 200);
+    s.stop().await;
+
+    let file = work.path().join("interchange.json");
+    let mut args = SignerBuilder::new()
+        .data_dir(d1.path())
+        .args_in(work.path());
+    args.extend(["export".into(), "--to".into(), file.display().to_string()]);
+    let (code, err) = run_binary(&args);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(doc["metadata"]["interchange_format_version"], "5");
+    assert_eq!(doc["metadata"]["genesis_validators_root"], GVR);
+
+    let mut args = SignerBuilder::new()
+        .data_dir(d2.path())
+        .args_in(work.path());
+    args.extend(["import".into(), "--from".into(), file.display().to_string()]);
+    let (code, err) = run_binary(&args);
+    assert_eq!(code, 0, "{err}");
+
+    let s = SignerBuilder::new()
+        .raw_keys([key])
+        .data_dir(d2.path())
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(
+        s.sign(&pk, &attestation(5, 6, 2)).await.status,
+        412,
+        "double vote after import"
+    );
+    assert_eq!(
+        s.sign(&pk, &block_header(300, 2)).await.status,
+        412,
+        "double block after import"
+    );
+    assert_eq!(s.sign(&pk, &attestation(6, 7, 2)).await.status, 200);
+    s.stop().await;
+
+    // A file for another chain is refused as a whole, with a clear message and exit code.
+    let mut other = doc.clone();
+    other["metadata"]["genesis_validators_root"] = json!(format!("0x{}", "11".repeat(32)));
+    let other_file = work.path().join("other.json");
+    std::fs::write(&other_file, serde_json::to_vec(&other).unwrap()).unwrap();
+    let mut args = SignerBuilder::new()
+        .data_dir(d2.path())
+        .args_in(work.path());
+    args.extend([
+        "import".into(),
+        "--from".into(),
+        other_file.display().to_string(),
+    ]);
+    let (code, err) = run_binary(&args);
+    assert_ne!(code, 0);
+    assert!(err.to_lowercase().contains("genesis"), "{err}");
+}
+
+/// Start-up failures are clear and non-zero: an unusable data path, a database already in use
+/// by another instance, PostgreSQL not reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_databases_fail_clearly_at_start() {
+    let work = tempfile::TempDir::new().unwrap();
+    let file = work.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let err = SignerBuilder::new()
+        .data_dir(&file.join("data"))
+        .try_start(Runner::Binary)
+        .await
+        .err()
+        .expect("a data path under a file must fail");
+    assert!(err.contains("data path"), "{err}");
+
+    let data = tempfile::TempDir::new().unwrap();
+    let first = SignerBuilder::new()
+        .data_dir(data.path())
+        .start(Runner::Binary)
+        .await;
+    let err = SignerBuilder::new()
+        .data_dir(data.path())
+        .try_start(Runner::Binary)
+        .await
+        .err()
+        .expect("a second instance on the same SQLite file must fail");
+    assert!(err.contains("slashing protection"), "{err}");
+    first.stop().await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = SignerBuilder::new()
+        .eth2_arg("--slashing-protection-db-url")
+        .eth2_arg(&format!("postgresql://postgres@127.0.0.1:{port}/test"))
+        .try_start(Runner::Binary)
+        .await
+        .err()
+        .expect("an unreachable PostgreSQL must fail");
+    assert!(err.contains("slashing protection"), "{err}");
+}
+
+/// PostgreSQL going away mid-run: blocks and attestations are refused with 500, the health
+/// check is DOWN (503), types without slashing protection still sign; never a signature
+/// without a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_down_mid_run_refuses_signing() {
+    let Some(pg) = PgSchema::new("postgres_going_down_mid_run_refuses_signing") else {
+        return;
+    };
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let key = test_secret(b"pg down");
+    let pk = pubkey_hex(&key);
+    let s = SignerBuilder::new()
+        .raw_keys([key])
+        .eth2_arg("--slashing-protection-db-url")
+        .eth2_arg(&pg.url_via(Some(&proxy.addr)))
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(s.sign(&pk, &attestation(1, 2, 1)).await.status, 200);
+    assert_eq!(s.get("/healthcheck").await.status, 200);
+
+    proxy.cut();
+    for i in 0..5 {
+        let r = s.sign(&pk, &attestation(2 + i, 3 + i, 1)).await;
+        assert_eq!(
+            r.status, 500,
+            "attestation with the database down: {}",
+            r.body
+        );
+        assert_eq!(
+            r.body, "Internal Server Error",
+            "no internal detail to the client"
+        );
+        assert_eq!(s.sign(&pk, &block_header(50 + i, 1)).await.status, 500);
+    }
+    let h = s.get("/healthcheck").await;
+    assert_eq!(h.status, 503, "{}", h.body);
+    let db = h.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "slashing-protection-db-health-check")
+        .cloned()
+        .unwrap();
+    assert_eq!(db["status"], "DOWN");
+    let randao = json!({"type": "RANDAO_REVEAL", "fork_info": tests::body::fork_info(), "randao_reveal": {"epoch": "9"}});
+    assert_eq!(
+        s.sign(&pk, &randao).await.status,
+        200,
+        "unprotected types do not need the database"
+    );
+}
