@@ -50,6 +50,13 @@ async fn endpoints(runner: Runner) {
         .expect("db check");
     assert_eq!(db["status"], "UP");
 
+    let hw = s.get("/api/v1/eth2/highWatermark").await;
+    assert_eq!(
+        (hw.status, hw.json()),
+        (200, json!({})),
+        "no high watermark set"
+    );
+
     // Accept negotiation, and identifiers without 0x / in upper case.
     let body = serde_json::to_vec(&attestation(1, 2, 9)).unwrap();
     let text = s.sign_raw(&a, body.clone(), None).await;

@@ -351,3 +351,48 @@ async fn postgres_going_down_mid_run_refuses_signing() {
         "unprotected types do not need the database"
     );
 }
+
+/// On PostgreSQL an import may run while a server signs: afterwards the server refuses what
+/// the imported history makes slashable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_import_while_serving() {
+    let Some(pg) = PgSchema::new("postgres_import_while_serving") else {
+        return;
+    };
+    let key = test_secret(b"import while serving");
+    let pk = pubkey_hex(&key);
+    let with_db = |b: SignerBuilder| {
+        b.eth2_arg("--slashing-protection-db-url")
+            .eth2_arg(&pg.url())
+    };
+    let s = with_db(SignerBuilder::new().raw_keys([key]))
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(s.sign(&pk, &attestation(5, 6, 1)).await.status, 200);
+
+    let work = tempfile::TempDir::new().unwrap();
+    let file = work.path().join("in.json");
+    let doc = json!({
+        "metadata": {"interchange_format_version": "5", "genesis_validators_root": GVR},
+        "data": [{"pubkey": pk, "signed_blocks": [{"slot": "900"}],
+                  "signed_attestations": [{"source_epoch": "7", "target_epoch": "8"}]}]
+    });
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut args = with_db(SignerBuilder::new()).args_in(work.path());
+    args.extend(["import".into(), "--from".into(), file.display().to_string()]);
+    let (code, err) = run_binary(&args);
+    assert_eq!(code, 0, "{err}");
+
+    assert_eq!(
+        s.sign(&pk, &attestation(7, 8, 1)).await.status,
+        412,
+        "imported target 8"
+    );
+    assert_eq!(
+        s.sign(&pk, &block_header(900, 1)).await.status,
+        412,
+        "imported slot 900"
+    );
+    assert_eq!(s.sign(&pk, &attestation(8, 9, 1)).await.status, 200);
+    s.stop().await;
+}
