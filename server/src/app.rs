@@ -1,6 +1,6 @@
 //! HTTP routes and handlers (Web3Signer's eth2 API).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use api_spec::network::Network;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use slashing::SlashingProtection;
 
 use crate::error::ApiError;
-use crate::keys::{hex0x, parse_identifier, sign_root, KeyRing};
+use crate::keys::{hex0x, parse_identifier, sign_root, KeyRing, KeySources};
 
 /// Largest request body accepted. The largest legitimate request, a phase0/altair block with
 /// every operation list full, is a few hundred KiB of JSON.
@@ -28,19 +28,52 @@ const DB_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Shared state of the HTTP handlers.
 pub struct AppState {
     pub network: Network,
-    pub keys: KeyRing,
+    /// The current keys; replaced whole by a reload or a key manager change. In-flight requests
+    /// keep the `Arc<ValidatorKey>` they looked up, so a reload never pulls a key from under them.
+    pub keys: RwLock<Arc<KeyRing>>,
+    pub sources: KeySources,
+    pub reload: Mutex<ReloadState>,
     pub slashing: Option<Arc<dyn SlashingProtection>>,
     pub host_allowlist: Vec<String>,
+    /// Bearer token of the key manager API; `None` when the API is disabled.
+    pub key_manager_token: Option<String>,
+}
+
+impl AppState {
+    /// A snapshot of the current keys.
+    pub fn keyring(&self) -> Arc<KeyRing> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the keys.
+    pub fn set_keyring(&self, ring: KeyRing) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+}
+
+/// Web3Signer's `/reload` status.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadState {
+    pub running: bool,
+    /// `idle` before the first reload, then `completed`, `completed_with_errors` or `failed`.
+    pub last: Option<&'static str>,
+    pub last_time: Option<String>,
+    pub last_error: Option<String>,
 }
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.key_manager_token.is_some() {
+        router = router.merge(crate::keymanager::routes(state.clone()));
+    }
+    router
         .route("/upcheck", get(upcheck))
         .route("/healthcheck", get(healthcheck))
         .route("/api/v1/eth2/publicKeys", get(public_keys))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
         .route("/api/v1/eth2/highWatermark", get(high_watermark))
+        .route("/reload", post(start_reload).get(reload_status))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -54,7 +87,7 @@ async fn upcheck() -> impl IntoResponse {
 }
 
 async fn public_keys(State(st): State<Arc<AppState>>) -> Json<Vec<String>> {
-    Json(st.keys.pubkeys().iter().map(|k| hex0x(k)).collect())
+    Json(st.keyring().pubkeys().iter().map(|k| hex0x(k)).collect())
 }
 
 fn status_str(up: bool) -> &'static str {
@@ -68,9 +101,9 @@ fn status_str(up: bool) -> &'static str {
 /// Web3Signer's health document: `default-check`, a `keys-check` group with one entry per key
 /// source (`keys-loaded`, `error-count`; DOWN when a key failed), and the slashing database.
 async fn healthcheck(State(st): State<Arc<AppState>>) -> Response {
+    let ring = st.keyring();
     let mut checks = vec![json!({"id": "default-check", "status": "UP"})];
-    let key_checks: Vec<_> = st
-        .keys
+    let key_checks: Vec<_> = ring
         .sources
         .iter()
         .map(|s| {
@@ -81,7 +114,7 @@ async fn healthcheck(State(st): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
-    let keys_up = st.keys.sources.iter().all(|s| s.error_count == 0);
+    let keys_up = ring.sources.iter().all(|s| s.error_count == 0);
     checks.push(json!({"id": "keys-check", "status": status_str(keys_up), "checks": key_checks}));
     let mut all_up = keys_up;
     if let Some(sp) = st.slashing.clone() {
@@ -140,6 +173,93 @@ async fn high_watermark(State(st): State<Arc<AppState>>) -> Result<Response, Api
     Ok(Json(Value::Object(body)).into_response())
 }
 
+/// `POST /reload`: reloads every key source in the background. 202 when started, 409 while
+/// one is running (Web3Signer since 25.12).
+async fn start_reload(State(st): State<Arc<AppState>>) -> Response {
+    {
+        let mut r = st.reload.lock().unwrap_or_else(|e| e.into_inner());
+        if r.running {
+            let body = json!({"status": "error", "message": "Reload already in progress"});
+            return (StatusCode::CONFLICT, Json(body)).into_response();
+        }
+        r.running = true;
+    }
+    let state = st.clone();
+    tokio::spawn(async move {
+        let sources = state.sources.clone();
+        let outcome = tokio::task::spawn_blocking(move || KeyRing::load(&sources)).await;
+        let mut r = state.reload.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(ring) => {
+                let errors: usize = ring.sources.iter().map(|s| s.error_count).sum();
+                tracing::info!(keys = ring.len(), errors, "keys reloaded");
+                r.last = Some(if errors == 0 {
+                    "completed"
+                } else {
+                    "completed_with_errors"
+                });
+                r.last_error = (errors > 0).then(|| format!("{errors} keys failed to load"));
+                state.set_keyring(ring);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload task failed");
+                r.last = Some("failed");
+                r.last_error = Some("reload failed".into());
+            }
+        }
+        r.last_time = Some(now_rfc3339());
+        r.running = false;
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "accepted", "message": "Reload initiated"})),
+    )
+        .into_response()
+}
+
+/// `GET /reload`: Web3Signer's status document.
+async fn reload_status(State(st): State<Arc<AppState>>) -> Json<Value> {
+    let r = st.reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let status = if r.running {
+        "running"
+    } else {
+        r.last.unwrap_or("idle")
+    };
+    let mut body = json!({"status": status});
+    if let Some(t) = r.last_time {
+        body["lastOperationTime"] = json!(t);
+    }
+    if let Some(e) = r.last_error {
+        body["lastError"] = json!(e);
+    }
+    Json(body)
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time (no calendar crate needed for this).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Web3Signer's negotiation: JSON when any Accept media range is `application/json` or `*/*`;
 /// otherwise (including no Accept header, which Teku sends) the bare hex signature as text.
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -160,7 +280,7 @@ async fn sign(
     let started = Instant::now();
     let request = SignRequest::parse(&body)?;
     let key = parse_identifier(&identifier)
-        .and_then(|pk| st.keys.get(&pk))
+        .and_then(|pk| st.keyring().get(&pk))
         .ok_or_else(|| ApiError::UnknownKey(identifier.clone()))?;
     let signable = request.signable(&st.network)?;
 

@@ -182,6 +182,24 @@ pub struct Eth2Options {
     )]
     pub slashing_protection_pruning_at_boot_enabled: bool,
 
+    /// Serve the standard key manager API (`/eth/v1/keystores`), protected by a bearer token
+    /// kept in `<data-path>/api-token.txt` (created on first start).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_KEY_MANAGER_API_ENABLED",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub key_manager_api_enabled: bool,
+
+    /// Enables the restart cache of decrypted keys under --data-path, sealed with a key derived
+    /// from the secret in this file (ensign's own option: restarts skip the keystore KDFs).
+    #[arg(long, env = "ENSIGN_ETH2_KEY_CACHE_SECRET_FILE")]
+    pub key_cache_secret_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Eth2Command>,
 }

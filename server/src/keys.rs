@@ -1,10 +1,12 @@
 //! The set of loaded validator keys and BLS signing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use keystore::{LoadReport, PasswordSource, ValidatorKey};
+use keystore::{KeyCache, LoadOptions, LoadReport, PasswordSource, Progress, ValidatorKey};
+use zeroize::Zeroizing;
 
 /// Domain separation tag of the Ethereum consensus BLS signature scheme (proof-of-possession
 /// ciphersuite, consensus specs phase0 "BLS signatures").
@@ -26,12 +28,19 @@ pub struct KeySources {
     pub key_config_dir: Option<PathBuf>,
     /// `--keystores-path` with its password source.
     pub keystores: Option<(PathBuf, PasswordSource)>,
+    /// Keys imported through the key manager API (`<data-path>/keymanager`): keystores with
+    /// `<stem>.txt` passwords beside them. These are the only keys the API may delete.
+    pub key_manager_dir: Option<PathBuf>,
+    /// Restart cache: (directory for the per-source cache files, operator secret).
+    pub cache: Option<(PathBuf, Zeroizing<Vec<u8>>)>,
 }
 
-/// Loaded keys by compressed public key.
-#[derive(Default)]
+/// Loaded keys by compressed public key. Cloning is shallow (keys are shared `Arc`s).
+#[derive(Default, Clone)]
 pub struct KeyRing {
     keys: HashMap<[u8; 48], Arc<ValidatorKey>>,
+    /// Public keys that came from the key manager directory (deletable, `readonly: false`).
+    managed: HashSet<[u8; 48]>,
     pub sources: Vec<SourceReport>,
 }
 
@@ -41,17 +50,28 @@ impl KeyRing {
     pub fn load(sources: &KeySources) -> KeyRing {
         let mut ring = KeyRing::default();
         if let Some(dir) = &sources.key_config_dir {
-            let report = keystore::load_key_configs(dir);
-            ring.absorb("config-files-loading", report);
+            let report = with_options(sources, "config-files-loading", |o| {
+                keystore::load_key_configs_with(dir, o)
+            });
+            ring.absorb("config-files-loading", report, false);
         }
         if let Some((dir, passwords)) = &sources.keystores {
-            let report = keystore::load_keystores_dir(dir, passwords);
-            ring.absorb("keystores-bulk-loading", report);
+            let report = with_options(sources, "keystores-bulk-loading", |o| {
+                keystore::load_keystores_dir_with(dir, passwords, o)
+            });
+            ring.absorb("keystores-bulk-loading", report, false);
+        }
+        if let Some(dir) = &sources.key_manager_dir {
+            let passwords = PasswordSource::Dir(dir.clone());
+            let report = with_options(sources, "key-manager-loading", |o| {
+                keystore::load_keystores_dir_with(dir, &passwords, o)
+            });
+            ring.absorb("key-manager-loading", report, true);
         }
         ring
     }
 
-    fn absorb(&mut self, id: &'static str, report: LoadReport) {
+    fn absorb(&mut self, id: &'static str, report: LoadReport, managed: bool) {
         let mut loaded = 0;
         let mut errors = report.errors.len();
         for e in &report.errors {
@@ -65,12 +85,17 @@ impl KeyRing {
                 continue;
             }
             self.keys.insert(pk, Arc::new(key));
+            if managed {
+                self.managed.insert(pk);
+            }
             loaded += 1;
         }
         tracing::info!(
             source = id,
             keys_loaded = loaded,
             error_count = errors,
+            kdf_runs = report.stats.kdf_runs,
+            cache_hits = report.stats.cache_hits,
             "keys loaded"
         );
         self.sources.push(SourceReport {
@@ -78,6 +103,24 @@ impl KeyRing {
             keys_loaded: loaded,
             error_count: errors,
         });
+    }
+
+    /// Adds a key imported through the key manager.
+    pub fn insert_managed(&mut self, key: Arc<ValidatorKey>) {
+        let pk = key.pubkey();
+        self.keys.insert(pk, key);
+        self.managed.insert(pk);
+    }
+
+    /// Removes a key; true if it was loaded.
+    pub fn remove(&mut self, pubkey: &[u8; 48]) -> bool {
+        self.managed.remove(pubkey);
+        self.keys.remove(pubkey).is_some()
+    }
+
+    /// Whether the key came from the key manager (and so may be deleted through it).
+    pub fn is_managed(&self, pubkey: &[u8; 48]) -> bool {
+        self.managed.contains(pubkey)
     }
 
     /// The key for a compressed public key.
@@ -101,6 +144,60 @@ impl KeyRing {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// Runs one source's load with a progress line (at most every 5 s, and at the end) and, when
+/// configured, that source's restart cache (one cache file per source: a cache drops the
+/// entries its load did not see).
+fn with_options(
+    sources: &KeySources,
+    id: &str,
+    load: impl FnOnce(&LoadOptions<'_>) -> LoadReport,
+) -> LoadReport {
+    let started = Instant::now();
+    let last = Mutex::new(Instant::now());
+    let progress = |p: Progress| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if p.done == p.total || last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            tracing::info!(
+                source = id,
+                done = p.done,
+                total = p.total,
+                errors = p.errors,
+                "loading keys"
+            );
+        }
+    };
+    let cache = sources.cache.as_ref().and_then(|(dir, secret)| {
+        let path = dir.join(format!("key-cache.{id}.bin"));
+        match KeyCache::open(&path, secret) {
+            Ok(c) => Some(Mutex::new(c)),
+            Err(e) => {
+                // A corrupt cache is only lost time: rebuild it. A wrong secret is reported and
+                // the cache left alone, so the operator can fix the secret.
+                tracing::warn!(path = %path.display(), error = %e, "key cache not used");
+                if matches!(e, keystore::Error::CacheCorrupt { .. }) {
+                    let _ = std::fs::remove_file(&path);
+                    KeyCache::open(&path, secret).ok().map(Mutex::new)
+                } else {
+                    None
+                }
+            }
+        }
+    });
+    let mut options = LoadOptions {
+        progress: Some(&progress),
+        ..LoadOptions::default()
+    };
+    options.cache = cache.as_ref();
+    let report = load(&options);
+    tracing::debug!(
+        source = id,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "source loaded"
+    );
+    report
 }
 
 /// BLS-signs a 32-byte signing root (compressed 96-byte G2 signature). CPU-bound, about

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod cli;
 pub mod error;
+pub mod keymanager;
 pub mod keys;
 
 use std::net::SocketAddr;
@@ -59,6 +60,10 @@ pub struct Config {
     pub slashing: Option<StoreConfig>,
     /// `None` when pruning is disabled.
     pub pruning: Option<Pruning>,
+    /// `--data-path`.
+    pub data_path: PathBuf,
+    /// `--key-manager-api-enabled`.
+    pub key_manager: bool,
 }
 
 /// Periodic pruning of slashing-protection history (Web3Signer's pruning options).
@@ -98,7 +103,26 @@ impl Config {
             listen_host: global.http_listen_host.clone(),
             listen_port: global.http_listen_port,
             host_allowlist: global.http_host_allowlist.iter().map(|h| h.trim().to_string()).collect(),
-            keys: KeySources { key_config_dir: global.key_store_path.clone(), keystores },
+            keys: KeySources {
+                key_config_dir: global.key_store_path.clone(),
+                keystores,
+                key_manager_dir: eth2.key_manager_api_enabled.then(|| global.data_path.join("keymanager")),
+                cache: match &eth2.key_cache_secret_file {
+                    None => None,
+                    Some(f) => {
+                        let secret = std::fs::read(f).map_err(|e| {
+                            StartError::Config(format!("cannot read key cache secret {}: {e}", f.display()))
+                        })?;
+                        let trimmed = secret.trim_ascii_end().to_vec();
+                        if trimmed.is_empty() {
+                            return Err(StartError::Config(format!("key cache secret {} is empty", f.display())));
+                        }
+                        Some((global.data_path.clone(), zeroize::Zeroizing::new(trimmed)))
+                    }
+                },
+            },
+            data_path: global.data_path.clone(),
+            key_manager: eth2.key_manager_api_enabled,
             slashing: if eth2.slashing_protection_enabled {
                 Some(store_config(&global.data_path, eth2)?)
             } else {
@@ -186,6 +210,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let (Some(sp), Some(pruning)) = (slashing.clone(), config.pruning) {
         tokio::spawn(prune_periodically(sp, pruning));
     }
+    for dir in [
+        Some(&config.data_path),
+        config.keys.key_manager_dir.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let token = if config.key_manager {
+        Some(keymanager::load_or_create_token(&config.data_path).map_err(StartError::Config)?)
+    } else {
+        None
+    };
     let sources = config.keys.clone();
     let keys = tokio::task::spawn_blocking(move || KeyRing::load(&sources))
         .await
@@ -204,9 +243,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let state = Arc::new(app::AppState {
         network: config.network,
-        keys,
+        keys: std::sync::RwLock::new(Arc::new(keys)),
+        sources: config.keys,
+        reload: std::sync::Mutex::new(app::ReloadState::default()),
         slashing,
         host_allowlist: config.host_allowlist,
+        key_manager_token: token,
     });
     let router = app::router(state);
     let (tx, rx) = oneshot::channel::<()>();

@@ -403,6 +403,21 @@ impl TestSigner {
         }
     }
 
+    /// The signer's temporary directory (`keys/` holds its key config files).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// A request builder for anything else (methods, headers).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends a request built with [`request`](Self::request).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        Self::finish(req.send().await.expect("request")).await
+    }
+
     /// GET `path`.
     pub async fn get(&self, path: &str) -> Resp {
         Self::finish(

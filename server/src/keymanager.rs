@@ -1,0 +1,312 @@
+//! The standard key manager API (ethereum/keymanager-APIs, `/eth/v1/keystores`), as Web3Signer
+//! serves it with `--key-manager-api-enabled`, plus Lighthouse's bearer-token protection.
+//!
+//! Imported keystores are kept under `<data-path>/keymanager/` (`<pubkey>.json` and the
+//! password in `<pubkey>.txt`, both 0600) and loaded again at every start and reload. Only those
+//! keys can be deleted through the API; keys from `--key-store-path` or `--keystores-path` are
+//! read-only here. A deletion first disables the validator in the slashing database (so no
+//! instance sharing it signs for the key again), then unloads it, then exports its history.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::keys::{hex0x, parse_identifier};
+
+/// File of the bearer token under `--data-path`.
+pub const TOKEN_FILE: &str = "api-token.txt";
+
+/// One key manager change at a time: each reads the key set, changes files and the database,
+/// and writes the key set back.
+static OPERATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The routes, behind the bearer-token check.
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/eth/v1/keystores", get(list).post(import).delete(delete))
+        .route_layer(middleware::from_fn_with_state(state, authorize))
+}
+
+async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(expected) = st.key_manager_token.as_deref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "missing bearer token"})),
+        )
+            .into_response(),
+        Some(t) if constant_time_eq(t.trim().as_bytes(), expected.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "invalid bearer token"})),
+        )
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads `<data-path>/api-token.txt`, creating it (0600, 32 random bytes in hex) if absent.
+pub fn load_or_create_token(data_path: &Path) -> Result<String, String> {
+    let path = data_path.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let token = format!("api-token-0x{}", hex::encode(rand::random::<[u8; 32]>()));
+    write_private(&path, token.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "key manager API token created");
+    Ok(token)
+}
+
+/// Writes a file readable by its owner only, atomically (temp file, fsync, rename).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn managed_dir(st: &AppState) -> Result<PathBuf, ApiError> {
+    st.sources
+        .key_manager_dir
+        .clone()
+        .ok_or_else(|| ApiError::Internal("key manager directory".into()))
+}
+
+async fn list(State(st): State<Arc<AppState>>) -> Json<Value> {
+    let ring = st.keyring();
+    let data: Vec<Value> = ring
+        .pubkeys()
+        .iter()
+        .map(|pk| json!({"validating_pubkey": hex0x(pk), "derivation_path": "", "readonly": !ring.is_managed(pk)}))
+        .collect();
+    Json(json!({ "data": data }))
+}
+
+#[derive(Deserialize)]
+struct ImportBody {
+    keystores: Vec<String>,
+    passwords: Vec<String>,
+    slashing_protection: Option<String>,
+}
+
+fn bad_request(msg: &str) -> ApiError {
+    ApiError::Request(api_spec::Error::Malformed(msg.into()))
+}
+
+/// Keeps only the interchange entries of `pubkeys` (lowercase 0x hex).
+fn filter_interchange(doc: &str, pubkeys: &HashSet<String>) -> Result<Value, String> {
+    let mut v: Value =
+        serde_json::from_str(doc).map_err(|e| format!("slashing_protection is not JSON: {e}"))?;
+    let data = v
+        .get_mut("data")
+        .and_then(Value::as_array_mut)
+        .ok_or("slashing_protection has no data array")?;
+    data.retain(|d| {
+        d["pubkey"]
+            .as_str()
+            .is_some_and(|p| pubkeys.contains(&p.to_ascii_lowercase()))
+    });
+    Ok(v)
+}
+
+async fn import(
+    State(st): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: ImportBody = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(&format!("invalid request body: {e}")))?;
+    if body.keystores.len() != body.passwords.len() {
+        return Err(bad_request("keystores and passwords differ in length"));
+    }
+    let _guard = OPERATIONS.lock().await;
+    let dir = managed_dir(&st)?;
+    let parsed: Vec<Result<keystore::Keystore, keystore::Error>> = body
+        .keystores
+        .iter()
+        .map(|k| keystore::Keystore::from_json(k))
+        .collect();
+
+    // Slashing history first, all or nothing: a key must never be usable without its history.
+    if let (Some(doc), Some(sp)) = (body.slashing_protection.as_deref(), st.slashing.clone()) {
+        let pubkeys: HashSet<String> = parsed
+            .iter()
+            .flatten()
+            .filter_map(|k| k.claimed_pubkey())
+            .map(|pk| hex0x(&pk))
+            .collect();
+        let filtered = filter_interchange(doc, &pubkeys)
+            .map_err(|e| bad_request(&e))?
+            .to_string();
+        tokio::task::spawn_blocking(move || sp.import_interchange(&filtered))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| bad_request(&format!("slashing_protection not imported: {e}")))?;
+    }
+
+    let ring = st.keyring();
+    let passwords = body.passwords;
+    let keystores = body.keystores;
+    // Decryption is the KDF: seconds per scrypt keystore, so off the reactor.
+    let decrypted = tokio::task::spawn_blocking(move || {
+        parsed
+            .into_iter()
+            .zip(passwords.iter())
+            .map(|(k, pw)| k.and_then(|k| k.decrypt(pw)).map(|key| (key, pw.clone())))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+
+    let mut next = (*ring).clone();
+    let mut statuses = vec![];
+    let mut seen = HashSet::new();
+    for (outcome, json_text) in decrypted.into_iter().zip(keystores.iter()) {
+        let (key, password) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                statuses.push(json!({"status": "error", "message": e.to_string()}));
+                continue;
+            }
+        };
+        let pk = key.pubkey();
+        if next.get(&pk).is_some() || !seen.insert(pk) {
+            statuses.push(json!({"status": "duplicate", "message": ""}));
+            continue;
+        }
+        let stem = hex0x(&pk);
+        let written = write_private(&dir.join(format!("{stem}.txt")), password.as_bytes())
+            .and_then(|()| write_private(&dir.join(format!("{stem}.json")), json_text.as_bytes()));
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot persist imported keystore");
+            statuses.push(json!({"status": "error", "message": "cannot persist the keystore"}));
+            continue;
+        }
+        if let Some(sp) = st.slashing.clone() {
+            let p = slashing::Pubkey(pk);
+            let enabled =
+                tokio::task::spawn_blocking(move || sp.set_validator_enabled(p, true)).await;
+            if !matches!(enabled, Ok(Ok(()))) {
+                statuses.push(json!({"status": "error", "message": "slashing protection database unavailable"}));
+                continue;
+            }
+        }
+        tracing::info!(pubkey = %stem, "key imported through the key manager API");
+        next.insert_managed(Arc::new(key));
+        statuses.push(json!({"status": "imported", "message": ""}));
+    }
+    st.set_keyring(next);
+    Ok(Json(json!({ "data": statuses })).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeleteBody {
+    pubkeys: Vec<String>,
+}
+
+async fn delete(
+    State(st): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: DeleteBody = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(&format!("invalid request body: {e}")))?;
+    let _guard = OPERATIONS.lock().await;
+    let dir = managed_dir(&st)?;
+    let mut next = (*st.keyring()).clone();
+    let mut statuses = vec![];
+    let mut exported: HashSet<String> = HashSet::new();
+    let history = match st.slashing.clone() {
+        Some(sp) => Some(
+            tokio::task::spawn_blocking(move || sp.export_interchange())
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??,
+        ),
+        None => None,
+    };
+    let has_history = |pk: &str| {
+        history.as_deref().is_some_and(|h| {
+            filter_interchange(h, &HashSet::from([pk.to_string()]))
+                .is_ok_and(|v| v["data"].as_array().is_some_and(|d| !d.is_empty()))
+        })
+    };
+    for raw in &body.pubkeys {
+        let Some(pk) = parse_identifier(raw) else {
+            statuses.push(json!({"status": "error", "message": "not a public key"}));
+            continue;
+        };
+        let stem = hex0x(&pk);
+        if next.get(&pk).is_some() && !next.is_managed(&pk) {
+            statuses.push(json!({"status": "error", "message": "read-only key (not imported through this API)"}));
+            continue;
+        }
+        // Disable first: from here on no instance sharing the database signs for this key.
+        if let Some(sp) = st.slashing.clone() {
+            let p = slashing::Pubkey(pk);
+            match tokio::task::spawn_blocking(move || sp.set_validator_enabled(p, false)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    statuses.push(json!({"status": "error", "message": "slashing protection database unavailable"}));
+                    continue;
+                }
+            }
+        }
+        if next.remove(&pk) {
+            for ext in ["json", "txt"] {
+                let _ = std::fs::remove_file(dir.join(format!("{stem}.{ext}")));
+            }
+            tracing::info!(pubkey = %stem, "key deleted through the key manager API");
+            statuses.push(json!({"status": "deleted", "message": ""}));
+            exported.insert(stem);
+        } else if has_history(&stem) {
+            statuses.push(json!({"status": "not_active", "message": ""}));
+            exported.insert(stem);
+        } else {
+            statuses.push(json!({"status": "not_found", "message": ""}));
+        }
+    }
+    st.set_keyring(next);
+    // The export is taken after the keys were disabled, so it holds their final history.
+    let doc = match st.slashing.clone() {
+        Some(sp) => {
+            let full = tokio::task::spawn_blocking(move || sp.export_interchange())
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            filter_interchange(&full, &exported).map_err(ApiError::Internal)?
+        }
+        None => json!({"metadata": {"interchange_format_version": "5",
+            "genesis_validators_root": hex0x(&[0u8; 32])}, "data": []}),
+    };
+    Ok(Json(json!({"data": statuses, "slashing_protection": doc.to_string()})).into_response())
+}
