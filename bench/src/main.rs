@@ -102,20 +102,55 @@ fn main() -> Result<()> {
             "== {label}: attestations, {} connections, {}s",
             args.connections, args.seconds
         );
-        let att = rt.block_on(load.closed_loop(args.connections, phase, Mix::Attestations, 0))?;
-        eprintln!("   {}", att.summary(raw));
-        results.push(att.row(label, "attestations, max", raw));
+        let pid = server.child.id().to_string();
+        let cpu = |f: &dyn Fn() -> Result<Outcome>| -> Result<(Outcome, f64, f64)> {
+            let (s0, c0) = (cpu_seconds(&pid), cpu_seconds("self"));
+            let o = f()?;
+            let secs = o.elapsed.as_secs_f64();
+            Ok((
+                o,
+                (cpu_seconds(&pid) - s0) / secs,
+                (cpu_seconds("self") - c0) / secs,
+            ))
+        };
+        let (att, scpu, ccpu) =
+            cpu(&|| rt.block_on(load.closed_loop(args.connections, phase, Mix::Attestations, 0)))?;
+        eprintln!(
+            "   {} | cores busy: server {scpu:.2}, client {ccpu:.2}",
+            att.summary(raw)
+        );
+        results.push(with_cpu(
+            att.row(label, "attestations, max", raw),
+            scpu,
+            ccpu,
+        ));
         let offset = att.requests + 1;
         let half = att.throughput() / 2.0;
         eprintln!("== {label}: attestations at half of max ({half:.0}/s)");
-        let paced = rt.block_on(load.open_loop(half, args.connections, phase, offset))?;
-        eprintln!("   {}", paced.summary(raw));
-        results.push(paced.row(label, "attestations, half of max", raw));
+        let (paced, scpu, ccpu) =
+            cpu(&|| rt.block_on(load.open_loop(half, args.connections, phase, offset)))?;
+        eprintln!(
+            "   {} | cores busy: server {scpu:.2}, client {ccpu:.2}",
+            paced.summary(raw)
+        );
+        results.push(with_cpu(
+            paced.row(label, "attestations, half of max", raw),
+            scpu,
+            ccpu,
+        ));
         let offset = offset + paced.requests + 1;
         eprintln!("== {label}: mix of all types");
-        let mix = rt.block_on(load.closed_loop(args.connections, phase, Mix::All, offset))?;
-        eprintln!("   {}", mix.summary(raw));
-        results.push(mix.row(label, "mixed types, max", raw));
+        let (mix, scpu, ccpu) =
+            cpu(&|| rt.block_on(load.closed_loop(args.connections, phase, Mix::All, offset)))?;
+        eprintln!(
+            "   {} | cores busy: server {scpu:.2}, client {ccpu:.2}",
+            mix.summary(raw)
+        );
+        results.push(with_cpu(
+            mix.row(label, "mixed types, max", raw),
+            scpu,
+            ccpu,
+        ));
         let rss = server.peak_rss_kib();
         for r in results.iter_mut().filter(|r| r["store"] == label) {
             r["server_peak_rss_kib"] = json!(rss);
@@ -142,11 +177,27 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+fn with_cpu(mut row: Value, server: f64, client: f64) -> Value {
+    row["server_cores_busy"] = json!(server);
+    row["client_cores_busy"] = json!(client);
+    row
+}
+
 fn default_ensign() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.parent()
         .map(|d| d.join("ensign"))
         .unwrap_or_else(|| PathBuf::from("ensign"))
+}
+
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Signs 32-byte messages on `threads` threads for `d`; returns signatures per second.
@@ -510,11 +561,11 @@ fn markdown(doc: &Value) -> String {
         doc["connections"],
         doc["seconds_per_phase"]
     );
-    s.push_str("| store | phase | signatures/s | ratio to raw | p50 ms | p90 ms | p99 ms | max ms | errors | server peak RSS MiB |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| store | phase | signatures/s | ratio to raw | p50 ms | p90 ms | p99 ms | max ms | errors | server cores busy | client cores busy | server peak RSS MiB |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in doc["results"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {} |\n",
             r["store"].as_str().unwrap_or(""),
             r["phase"].as_str().unwrap_or(""),
             r["throughput"].as_f64().unwrap_or(0.0),
@@ -524,6 +575,8 @@ fn markdown(doc: &Value) -> String {
             r["p99_ms"].as_f64().unwrap_or(0.0),
             r["max_ms"].as_f64().unwrap_or(0.0),
             r["errors"],
+            r["server_cores_busy"].as_f64().unwrap_or(0.0),
+            r["client_cores_busy"].as_f64().unwrap_or(0.0),
             r["server_peak_rss_kib"]
                 .as_u64()
                 .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),

@@ -147,6 +147,26 @@ pub enum Error {
     #[error("key cache operator secret must not be empty")]
     CacheEmptySecret,
 
+    /// A call to an AWS service failed (unreachable endpoint, access
+    /// denied, invalid ciphertext, missing secret or key, ...). `message` is
+    /// short and quotes only AWS error codes and messages, names, regions
+    /// and endpoints — never a secret value or plaintext.
+    #[error("AWS {service} {operation}: {message}")]
+    Aws {
+        service: &'static str,
+        operation: &'static str,
+        message: String,
+    },
+
+    /// An AWS Secrets Manager secret's value is not a list of BLS keys.
+    /// `reason` never quotes the value.
+    #[error("AWS secret `{name}`: {reason}")]
+    AwsSecretValue { name: String, reason: String },
+
+    /// A key configuration type that this build was compiled without.
+    #[error("key type `{kind}` needs the `{feature}` feature, which this build lacks")]
+    FeatureDisabled { kind: String, feature: &'static str },
+
     /// Writing the key cache failed.
     #[error("cannot write key cache {path}: {source}")]
     CacheWrite {

@@ -11,6 +11,9 @@
 //!   ([`load_keystores_dir`]), decrypting on all cores under a memory
 //!   budget for scrypt ([`LoadOptions`]) and reporting per-file errors and
 //!   [`LoadStats`] in a [`LoadReport`];
+//! - with the `aws` feature (default), loads keys from AWS Secrets Manager
+//!   (`aws-secret` configs, [`load_aws_secrets_bulk`]) and KMS-encrypted
+//!   keys or keystore passwords (`aws-kms-encrypted` configs); see [`aws`];
 //! - optionally keeps decrypted keys in a restart cache sealed with an
 //!   operator secret ([`KeyCache`]), so restarts skip the KDFs.
 //!
@@ -30,6 +33,8 @@
 //!   with the wrong operator secret is an error, never a source of keys.
 //! - This crate depends on no other workspace crate.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 mod cache;
 mod eip2335;
 mod error;
@@ -50,3 +55,6 @@ pub use loader::{
     MAX_PASSWORD_FILE_LEN,
 };
 pub use password::normalize_password;
+
+#[cfg(feature = "aws")]
+pub use aws::{load_aws_secrets_bulk, AwsAuth, AwsSecretsBulk};

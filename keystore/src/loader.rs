@@ -199,6 +199,11 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 /// keystoreFile: key.json              # relative to this file's directory
 /// keystorePasswordFile: key.txt       # one trailing newline is ignored
 /// ```
+///
+/// With the `aws` feature (default), also `aws-secret` and
+/// `aws-kms-encrypted`: see [`crate::aws`]. Those make AWS calls on a
+/// runtime of their own, so this function blocks; call it from a blocking
+/// thread (e.g. `tokio::task::spawn_blocking`), not from an async task.
 pub fn load_key_configs(dir: &Path) -> LoadReport {
     load_key_configs_with(dir, &LoadOptions::default())
 }
@@ -210,11 +215,11 @@ pub fn load_key_configs_with(dir: &Path, options: &LoadOptions<'_>) -> LoadRepor
         Some(f) => f,
         None => return report,
     };
-    let mut jobs = Vec::new();
+    let mut pending = Vec::new();
     for file in files {
-        parse_config_file(&file, &mut jobs);
+        parse_config_file(&file, &mut pending);
     }
-    finish(jobs, report, options)
+    finish(resolve_pending(pending), report, options)
 }
 
 /// Load every non-hidden `*.json` file in `dir` (not recursive) as an
@@ -246,7 +251,10 @@ pub fn load_keystores_dir_with(
                     d.join(name)
                 }
             };
-            Job::Keystore { keystore, password }
+            Job::Keystore {
+                keystore,
+                password: Password::File(password),
+            }
         })
         .collect();
     finish(jobs, report, options)
@@ -296,8 +304,99 @@ enum Job {
     /// A keystore still to be read and decrypted.
     Keystore {
         keystore: PathBuf,
-        password: PathBuf,
+        password: Password,
     },
+}
+
+/// Where a keystore's password is.
+enum Password {
+    /// A password file (one trailing line ending ignored).
+    File(PathBuf),
+    /// Already in memory (decrypted with KMS).
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    Value(Zeroizing<String>),
+}
+
+/// A config document's job before any network calls: either ready for the
+/// decryption phase, or still needing an AWS call.
+enum Pending {
+    Ready(Job),
+    #[cfg(feature = "aws")]
+    Aws {
+        path: PathBuf,
+        /// Set for the keystore + `passwordCiphertext` variant.
+        keystore: Option<PathBuf>,
+        conn: crate::aws::Conn,
+        request: crate::aws::Request,
+    },
+}
+
+/// Make every AWS call of the load (one runtime, requests in parallel) and
+/// turn the answers into jobs, keeping document order.
+fn resolve_pending(pending: Vec<Pending>) -> Vec<Job> {
+    #[cfg(feature = "aws")]
+    {
+        use crate::aws::Answer;
+        let mut slots = Vec::new();
+        let mut requests = Vec::new();
+        for p in pending {
+            match p {
+                Pending::Ready(j) => slots.push(Ok(j)),
+                Pending::Aws {
+                    path,
+                    keystore,
+                    conn,
+                    request,
+                } => {
+                    slots.push(Err((path, keystore)));
+                    requests.push((conn, request));
+                }
+            }
+        }
+        let mut answers = crate::aws::resolve(requests).into_iter();
+        let mut jobs = Vec::new();
+        for slot in slots {
+            match slot {
+                Ok(job) => jobs.push(job),
+                Err((path, keystore)) => match (answers.next(), keystore) {
+                    (Some(Answer::Keys(keys)), _) => {
+                        jobs.extend(keys.into_iter().map(|result| Job::Done {
+                            path: path.clone(),
+                            result,
+                        }));
+                    }
+                    (Some(Answer::Password(Ok(password))), Some(keystore)) => {
+                        jobs.push(Job::Keystore {
+                            keystore,
+                            password: Password::Value(password),
+                        });
+                    }
+                    (Some(Answer::Password(Err(e))), _) => jobs.push(Job::Done {
+                        path,
+                        result: Err(e),
+                    }),
+                    (Some(Answer::Password(Ok(_))), None) | (None, _) => jobs.push(Job::Done {
+                        path,
+                        result: Err(Error::Aws {
+                            service: "runtime",
+                            operation: "run",
+                            message: "no answer for this request".into(),
+                        }),
+                    }),
+                },
+            }
+        }
+        jobs
+    }
+    #[cfg(not(feature = "aws"))]
+    {
+        pending
+            .into_iter()
+            .map(|p| match p {
+                Pending::Ready(j) => j,
+            })
+            .collect()
+    }
 }
 
 fn finish(jobs: Vec<Job>, mut report: LoadReport, options: &LoadOptions<'_>) -> LoadReport {
@@ -438,14 +537,20 @@ struct Ctx<'a> {
 /// budget.
 fn load_keystore_job(
     keystore: &Path,
-    password_file: &Path,
+    password: &Password,
     ctx: &Ctx<'_>,
 ) -> Result<ValidatorKey, Error> {
     // Same order as `load_keystore_file`: parse (and bound) first.
     let json = read_limited(keystore, MAX_KEYSTORE_FILE_LEN)?;
     let ks = Keystore::from_json_bytes(&json)?;
-    let password = read_password(password_file)?;
-    let password = trim_one_newline(password_str(&password, password_file)?);
+    let from_file;
+    let password: &str = match password {
+        Password::File(password_file) => {
+            from_file = read_password(password_file)?;
+            trim_one_newline(password_str(&from_file, password_file)?)
+        }
+        Password::Value(p) => p.as_str(),
+    };
 
     let id = ctx.cache.map(|cache| lock(cache).id(&json, password));
     if let (Some(cache), Some(id)) = (ctx.cache, id) {
@@ -661,6 +766,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, Error> {
 /// put key material into an error message.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 struct RawKeyConfig {
     #[serde(rename = "type")]
     kind: String,
@@ -672,6 +778,31 @@ struct RawKeyConfig {
     keystore_file: Option<PathBuf>,
     #[serde(default)]
     keystore_password_file: Option<PathBuf>,
+    // AWS (`aws-secret`, `aws-kms-encrypted`); see `crate::aws`.
+    #[serde(default)]
+    authentication_mode: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<SecretString>,
+    #[serde(default)]
+    endpoint_override: Option<String>,
+    #[serde(default)]
+    secret_name: Option<String>,
+    #[serde(default)]
+    ciphertext: Option<String>,
+    #[serde(default)]
+    ciphertext_file: Option<PathBuf>,
+    #[serde(default)]
+    password_ciphertext: Option<String>,
+    #[serde(default)]
+    password_ciphertext_file: Option<PathBuf>,
+    #[serde(default)]
+    encryption_context: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    kms_key_id: Option<String>,
 }
 
 /// A string holding secret material: zeroed on drop, redacted in `Debug`,
@@ -687,7 +818,7 @@ impl fmt::Debug for SecretString {
 impl<'de> Deserialize<'de> for SecretString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const MSG: &str = "privateKey must be a hex string";
+        const MSG: &str = "secret fields (privateKey, secretAccessKey) must be strings";
         impl serde::de::Visitor<'_> for V {
             type Value = SecretString;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -728,12 +859,12 @@ impl<'de> Deserialize<'de> for SecretString {
 }
 
 /// Parse one config file into jobs (one per document).
-fn parse_config_file(path: &Path, jobs: &mut Vec<Job>) {
-    let done = |jobs: &mut Vec<Job>, result| {
-        jobs.push(Job::Done {
+fn parse_config_file(path: &Path, jobs: &mut Vec<Pending>) {
+    let done = |jobs: &mut Vec<Pending>, result| {
+        jobs.push(Pending::Ready(Job::Done {
             path: path.to_owned(),
             result,
-        })
+        }))
     };
     let bytes = match read_limited(path, MAX_CONFIG_FILE_LEN) {
         Ok(b) => b,
@@ -793,8 +924,22 @@ fn parse_config_file(path: &Path, jobs: &mut Vec<Job>) {
         match config_to_job(raw, document, base) {
             Ok(ConfigKey::Raw(key)) => done(jobs, Ok(key)),
             Ok(ConfigKey::Keystore { keystore, password }) => {
-                jobs.push(Job::Keystore { keystore, password })
+                jobs.push(Pending::Ready(Job::Keystore {
+                    keystore,
+                    password: Password::File(password),
+                }))
             }
+            #[cfg(feature = "aws")]
+            Ok(ConfigKey::Aws {
+                keystore,
+                conn,
+                request,
+            }) => jobs.push(Pending::Aws {
+                path: path.to_owned(),
+                keystore,
+                conn,
+                request,
+            }),
             Err(e) => done(jobs, Err(e)),
         }
     }
@@ -815,6 +960,12 @@ enum ConfigKey {
         keystore: PathBuf,
         password: PathBuf,
     },
+    #[cfg(feature = "aws")]
+    Aws {
+        keystore: Option<PathBuf>,
+        conn: crate::aws::Conn,
+        request: crate::aws::Request,
+    },
 }
 
 fn config_to_job(raw: RawKeyConfig, document: usize, base: &Path) -> Result<ConfigKey, Error> {
@@ -822,15 +973,27 @@ fn config_to_job(raw: RawKeyConfig, document: usize, base: &Path) -> Result<Conf
         document,
         reason: reason.to_owned(),
     };
-    // Web3Signer's signer types; only the local-file ones exist here so far.
-    if raw.kind != "file-raw" && raw.kind != "file-keystore" {
-        return Err(Error::UnsupportedKeyType(raw.kind));
+    // Web3Signer's signer types we support, plus our `aws-kms-encrypted`.
+    match raw.kind.as_str() {
+        "file-raw" | "file-keystore" => {}
+        "aws-secret" | "aws-kms-encrypted" if !cfg!(feature = "aws") => {
+            return Err(Error::FeatureDisabled {
+                kind: raw.kind,
+                feature: "aws",
+            })
+        }
+        "aws-secret" | "aws-kms-encrypted" => {}
+        _ => return Err(Error::UnsupportedKeyType(raw.kind)),
     }
     // Web3Signer defaults keyType to BLS; SECP256K1 is for Eth1 signing.
-    if let Some(kt) = raw.key_type {
+    if let Some(kt) = &raw.key_type {
         if kt != "BLS" {
-            return Err(Error::UnsupportedKeyAlgorithm(kt));
+            return Err(Error::UnsupportedKeyAlgorithm(kt.clone()));
         }
+    }
+    #[cfg(feature = "aws")]
+    if raw.kind.starts_with("aws-") {
+        return aws_config_to_job(raw, document, base);
     }
     if raw.kind == "file-raw" {
         let pk = raw
@@ -855,6 +1018,149 @@ fn config_to_job(raw: RawKeyConfig, document: usize, base: &Path) -> Result<Conf
         keystore: base.join(keystore),
         password: base.join(password),
     })
+}
+
+/// `aws-secret` / `aws-kms-encrypted` document → an AWS request.
+#[cfg(feature = "aws")]
+fn aws_config_to_job(raw: RawKeyConfig, document: usize, base: &Path) -> Result<ConfigKey, Error> {
+    use crate::aws::{AwsAuth, Conn, KmsCiphertext, Request};
+    let invalid = |reason: String| Error::InvalidConfig { document, reason };
+    let kind = raw.kind.as_str();
+    let auth = match raw.authentication_mode.as_deref().unwrap_or("SPECIFIED") {
+        "SPECIFIED" => AwsAuth::Specified {
+            access_key_id: raw.access_key_id.clone().ok_or_else(|| {
+                invalid(format!(
+                    "{kind} with authenticationMode SPECIFIED requires accessKeyId"
+                ))
+            })?,
+            secret_access_key: raw
+                .secret_access_key
+                .as_ref()
+                .map(|s| s.0.clone())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{kind} with authenticationMode SPECIFIED requires secretAccessKey"
+                    ))
+                })?,
+        },
+        "ENVIRONMENT" => AwsAuth::Environment,
+        other => {
+            return Err(invalid(format!(
+                "authenticationMode must be SPECIFIED or ENVIRONMENT, got `{other}`"
+            )))
+        }
+    };
+    if matches!(auth, AwsAuth::Specified { .. }) && raw.region.is_none() {
+        return Err(invalid(format!(
+            "{kind} with authenticationMode SPECIFIED requires region"
+        )));
+    }
+    let conn = Conn {
+        auth,
+        region: raw.region.clone(),
+        endpoint_override: raw.endpoint_override.clone(),
+    };
+    if kind == "aws-secret" {
+        let name = raw
+            .secret_name
+            .ok_or_else(|| invalid("aws-secret requires secretName".into()))?;
+        return Ok(ConfigKey::Aws {
+            keystore: None,
+            conn,
+            request: Request::Secret { name },
+        });
+    }
+    // aws-kms-encrypted: exactly one of the two shapes.
+    let key_shape = raw.ciphertext.is_some() || raw.ciphertext_file.is_some();
+    let keystore_shape = raw.keystore_file.is_some()
+        || raw.password_ciphertext.is_some()
+        || raw.password_ciphertext_file.is_some();
+    let blob = |inline: Option<String>, file: Option<PathBuf>, field: &str| match (inline, file) {
+        (Some(b64), None) => decode_base64(b64.as_bytes())
+            .ok_or_else(|| invalid(format!("{field} is not valid base64"))),
+        (None, Some(file)) => {
+            let bytes = read_limited(&base.join(file), MAX_KEYSTORE_FILE_LEN)?;
+            Ok(decode_base64(&bytes).unwrap_or_else(|| bytes.to_vec()))
+        }
+        (Some(_), Some(_)) => Err(invalid(format!(
+            "give either {field} or {field}File, not both"
+        ))),
+        (None, None) => Err(invalid(format!("{field} or {field}File is required"))),
+    };
+    let (keystore, request) = match (key_shape, keystore_shape) {
+        (true, false) => {
+            let ct = blob(raw.ciphertext, raw.ciphertext_file, "ciphertext")?;
+            (
+                None,
+                Request::KmsKey(kms(ct, raw.encryption_context, raw.kms_key_id)),
+            )
+        }
+        (false, true) => {
+            let keystore = raw.keystore_file.ok_or_else(|| {
+                invalid("aws-kms-encrypted with passwordCiphertext requires keystoreFile".into())
+            })?;
+            let ct = blob(
+                raw.password_ciphertext,
+                raw.password_ciphertext_file,
+                "passwordCiphertext",
+            )?;
+            (
+                Some(base.join(keystore)),
+                Request::KmsPassword(kms(ct, raw.encryption_context, raw.kms_key_id)),
+            )
+        }
+        (true, true) => {
+            return Err(invalid(
+                "aws-kms-encrypted takes either ciphertext or keystoreFile + \
+                 passwordCiphertext, not both"
+                    .into(),
+            ))
+        }
+        (false, false) => {
+            return Err(invalid(
+                "aws-kms-encrypted requires ciphertext (or ciphertextFile), or keystoreFile + \
+                 passwordCiphertext"
+                    .into(),
+            ))
+        }
+    };
+    fn kms(
+        blob: Vec<u8>,
+        context: Option<std::collections::BTreeMap<String, String>>,
+        key_id: Option<String>,
+    ) -> KmsCiphertext {
+        KmsCiphertext {
+            blob,
+            context: context.unwrap_or_default(),
+            key_id,
+        }
+    }
+    Ok(ConfigKey::Aws {
+        keystore,
+        conn,
+        request,
+    })
+}
+
+/// Standard base64 (padding optional, whitespace ignored), or `None` if
+/// the bytes are not base64 text (e.g. a raw binary ciphertext file).
+#[cfg(feature = "aws")]
+fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return None;
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(compact).ok()
 }
 
 #[cfg(test)]
@@ -894,6 +1200,17 @@ mod tests {
         let st = lock(&budget.state);
         assert_eq!((st.credits, st.running, st.bytes), (0, 0, 0));
         assert_eq!(st.peak_bytes, 1 << 30);
+    }
+
+    #[cfg(not(feature = "aws"))]
+    #[test]
+    fn aws_types_need_the_feature() {
+        for kind in ["aws-secret", "aws-kms-encrypted"] {
+            let doc = format!("type: {kind}\nsecretName: x\n");
+            let raw: RawKeyConfig = serde_yaml::from_str(&doc).unwrap();
+            let err = config_to_job(raw, 0, Path::new(".")).err().unwrap();
+            assert!(matches!(err, Error::FeatureDisabled { .. }), "{err}");
+        }
     }
 
     #[test]

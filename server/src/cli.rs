@@ -6,6 +6,25 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+/// A secret command-line value (password, secret access key): zeroized on drop and printed as
+/// `***` by `Debug`, so no configuration dump can leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretArg(pub Zeroizing<String>);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretArg(Zeroizing::new(s.to_string())))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
 
 /// ensign: a remote signer for Ethereum validators, compatible with Web3Signer's eth2 API.
 #[derive(Debug, Parser)]
@@ -134,7 +153,7 @@ pub struct Eth2Options {
         env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_PASSWORD",
         hide_env_values = true
     )]
-    pub slashing_protection_db_password: Option<String>,
+    pub slashing_protection_db_password: Option<SecretArg>,
 
     /// Periodically delete slashing-protection history older than
     /// --slashing-protection-pruning-epochs-to-keep, raising each validator's low watermark
@@ -200,8 +219,80 @@ pub struct Eth2Options {
     #[arg(long, env = "ENSIGN_ETH2_KEY_CACHE_SECRET_FILE")]
     pub key_cache_secret_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub aws: AwsSecretsOptions,
+
     #[command(subcommand)]
     pub command: Option<Eth2Command>,
+}
+
+/// Web3Signer's bulk loading of keys from AWS Secrets Manager: every secret (filtered by name
+/// prefix and tags) holds one or more hex BLS secret keys, one per line.
+#[derive(Debug, Args, Clone)]
+pub struct AwsSecretsOptions {
+    /// Load keys from AWS Secrets Manager.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_AWS_SECRETS_ENABLED",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub aws_secrets_enabled: bool,
+
+    /// SPECIFIED (the access key below) or ENVIRONMENT (the standard AWS credential chain).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_AWS_SECRETS_AUTH_MODE",
+        default_value = "SPECIFIED"
+    )]
+    pub aws_secrets_auth_mode: String,
+
+    /// Access key id (SPECIFIED mode).
+    #[arg(long, env = "ENSIGN_ETH2_AWS_SECRETS_ACCESS_KEY_ID")]
+    pub aws_secrets_access_key_id: Option<String>,
+
+    /// Secret access key (SPECIFIED mode).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_AWS_SECRETS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub aws_secrets_secret_access_key: Option<SecretArg>,
+
+    /// AWS region.
+    #[arg(long, env = "ENSIGN_ETH2_AWS_SECRETS_REGION")]
+    pub aws_secrets_region: Option<String>,
+
+    /// Only secrets whose names start with one of these prefixes (comma-separated).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_AWS_SECRETS_PREFIXES_FILTER",
+        value_delimiter = ','
+    )]
+    pub aws_secrets_prefixes_filter: Vec<String>,
+
+    /// Only secrets with one of these tag keys (comma-separated).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_AWS_SECRETS_TAG_NAMES_FILTER",
+        value_delimiter = ','
+    )]
+    pub aws_secrets_tag_names_filter: Vec<String>,
+
+    /// Only secrets with one of these tag values (comma-separated).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_AWS_SECRETS_TAG_VALUES_FILTER",
+        value_delimiter = ','
+    )]
+    pub aws_secrets_tag_values_filter: Vec<String>,
+
+    /// Endpoint of the AWS APIs (for a local stand-in such as moto or LocalStack).
+    #[arg(long, env = "ENSIGN_ETH2_AWS_ENDPOINT_OVERRIDE")]
+    pub aws_endpoint_override: Option<String>,
 }
 
 /// Commands of the eth2 mode besides serving.
@@ -249,5 +340,25 @@ mod tests {
         let Mode::Eth2(eth2) = cli.mode;
         assert!(!eth2.slashing_protection_enabled);
         assert_eq!(eth2.network, "hoodi");
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let cli = Cli::try_parse_from([
+            "ensign",
+            "eth2",
+            "--slashing-protection-db-password",
+            "hunter2-db",
+            "--aws-secrets-secret-access-key",
+            "hunter2-aws",
+        ])
+        .unwrap();
+        let dump = format!("{cli:?}");
+        assert!(!dump.contains("hunter2"), "{dump}");
     }
 }

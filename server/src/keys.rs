@@ -31,8 +31,20 @@ pub struct KeySources {
     /// Keys imported through the key manager API (`<data-path>/keymanager`): keystores with
     /// `<stem>.txt` passwords beside them. These are the only keys the API may delete.
     pub key_manager_dir: Option<PathBuf>,
+    /// `--aws-secrets-enabled` and its options.
+    pub aws_secrets: Option<crate::cli::AwsSecretsOptions>,
     /// Restart cache: (directory for the per-source cache files, operator secret).
-    pub cache: Option<(PathBuf, Zeroizing<Vec<u8>>)>,
+    pub cache: Option<(PathBuf, CacheSecret)>,
+}
+
+/// The operator secret of the restart cache; `Debug` prints `***`.
+#[derive(Clone)]
+pub struct CacheSecret(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for CacheSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Loaded keys by compressed public key. Cloning is shallow (keys are shared `Arc`s).
@@ -60,6 +72,9 @@ impl KeyRing {
                 keystore::load_keystores_dir_with(dir, passwords, o)
             });
             ring.absorb("keystores-bulk-loading", report, false);
+        }
+        if let Some(aws) = &sources.aws_secrets {
+            ring.absorb("aws-bulk-loading", load_aws_bulk(aws), false);
         }
         if let Some(dir) = &sources.key_manager_dir {
             let passwords = PasswordSource::Dir(dir.clone());
@@ -146,6 +161,45 @@ impl KeyRing {
     }
 }
 
+#[cfg(feature = "aws")]
+fn load_aws_bulk(o: &crate::cli::AwsSecretsOptions) -> LoadReport {
+    let auth = if o.aws_secrets_auth_mode.eq_ignore_ascii_case("ENVIRONMENT") {
+        keystore::AwsAuth::Environment
+    } else {
+        keystore::AwsAuth::Specified {
+            access_key_id: o.aws_secrets_access_key_id.clone().unwrap_or_default(),
+            secret_access_key: o
+                .aws_secrets_secret_access_key
+                .clone()
+                .map(|s| s.0)
+                .unwrap_or_default(),
+        }
+    };
+    keystore::load_aws_secrets_bulk(&keystore::AwsSecretsBulk {
+        auth,
+        region: o.aws_secrets_region.clone(),
+        endpoint_override: o.aws_endpoint_override.clone(),
+        prefixes: o.aws_secrets_prefixes_filter.clone(),
+        tag_names: o.aws_secrets_tag_names_filter.clone(),
+        tag_values: o.aws_secrets_tag_values_filter.clone(),
+    })
+}
+
+#[cfg(not(feature = "aws"))]
+fn load_aws_bulk(_: &crate::cli::AwsSecretsOptions) -> LoadReport {
+    tracing::error!("--aws-secrets-enabled needs a build with the `aws` feature");
+    LoadReport {
+        errors: vec![keystore::LoadError {
+            path: "aws-secretsmanager:*".into(),
+            error: keystore::Error::FeatureDisabled {
+                kind: "aws-secrets-enabled".into(),
+                feature: "aws",
+            },
+        }],
+        ..LoadReport::default()
+    }
+}
+
 /// Runs one source's load with a progress line (at most every 5 s, and at the end) and, when
 /// configured, that source's restart cache (one cache file per source: a cache drops the
 /// entries its load did not see).
@@ -171,7 +225,7 @@ fn with_options(
     };
     let cache = sources.cache.as_ref().and_then(|(dir, secret)| {
         let path = dir.join(format!("key-cache.{id}.bin"));
-        match KeyCache::open(&path, secret) {
+        match KeyCache::open(&path, &secret.0) {
             Ok(c) => Some(Mutex::new(c)),
             Err(e) => {
                 // A corrupt cache is only lost time: rebuild it. A wrong secret is reported and
@@ -179,7 +233,7 @@ fn with_options(
                 tracing::warn!(path = %path.display(), error = %e, "key cache not used");
                 if matches!(e, keystore::Error::CacheCorrupt { .. }) {
                     let _ = std::fs::remove_file(&path);
-                    KeyCache::open(&path, secret).ok().map(Mutex::new)
+                    KeyCache::open(&path, &secret.0).ok().map(Mutex::new)
                 } else {
                     None
                 }
@@ -204,6 +258,51 @@ fn with_options(
 /// 0.8 ms: call it from a blocking thread, never on the async reactor.
 pub fn sign_root(key: &ValidatorKey, signing_root: &[u8; 32]) -> [u8; 96] {
     key.secret().sign(signing_root, DST, &[]).compress()
+}
+
+type SignJob = (
+    Arc<ValidatorKey>,
+    [u8; 32],
+    tokio::sync::oneshot::Sender<[u8; 96]>,
+);
+
+/// A fixed set of threads, one per core, that do nothing but BLS signing, fed first-in
+/// first-out. Signing is CPU-bound: more threads than cores only adds switching, and a FIFO
+/// queue keeps latency even under load (unlike many blocking-pool threads sharing the CPU).
+#[derive(Clone)]
+pub struct SigningPool {
+    jobs: std::sync::mpsc::Sender<SignJob>,
+}
+
+impl SigningPool {
+    /// Starts `threads` signing threads (they end when the pool is dropped).
+    pub fn new(threads: usize) -> SigningPool {
+        let (tx, rx) = std::sync::mpsc::channel::<SignJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("ensign-sign-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((key, root, reply)) = job else { return };
+                    let _ = reply.send(sign_root(&key, &root));
+                })
+                .expect("spawn signing thread");
+        }
+        SigningPool { jobs: tx }
+    }
+
+    /// Queues a signature; the future resolves to it (an error only if the pool is gone).
+    pub fn sign(
+        &self,
+        key: Arc<ValidatorKey>,
+        signing_root: [u8; 32],
+    ) -> tokio::sync::oneshot::Receiver<[u8; 96]> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.jobs.send((key, signing_root, tx));
+        rx
+    }
 }
 
 /// Parses a sign-request identifier: a public key with or without `0x`, in any case

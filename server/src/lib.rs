@@ -107,6 +107,17 @@ impl Config {
                 key_config_dir: global.key_store_path.clone(),
                 keystores,
                 key_manager_dir: eth2.key_manager_api_enabled.then(|| global.data_path.join("keymanager")),
+                aws_secrets: {
+                    let a = &eth2.aws;
+                    let mode = a.aws_secrets_auth_mode.to_ascii_uppercase();
+                    if a.aws_secrets_enabled && mode != "SPECIFIED" && mode != "ENVIRONMENT" {
+                        return Err(StartError::Config(format!(
+                            "--aws-secrets-auth-mode must be SPECIFIED or ENVIRONMENT, not {:?}",
+                            a.aws_secrets_auth_mode
+                        )));
+                    }
+                    a.aws_secrets_enabled.then(|| a.clone())
+                },
                 cache: match &eth2.key_cache_secret_file {
                     None => None,
                     Some(f) => {
@@ -117,7 +128,7 @@ impl Config {
                         if trimmed.is_empty() {
                             return Err(StartError::Config(format!("key cache secret {} is empty", f.display())));
                         }
-                        Some((global.data_path.clone(), zeroize::Zeroizing::new(trimmed)))
+                        Some((global.data_path.clone(), keys::CacheSecret(zeroize::Zeroizing::new(trimmed))))
                     }
                 },
             },
@@ -159,7 +170,10 @@ pub fn store_config(
         Some(url) => Ok(StoreConfig::Postgres {
             url: url.clone(),
             username: eth2.slashing_protection_db_username.clone(),
-            password: eth2.slashing_protection_db_password.clone(),
+            password: eth2
+                .slashing_protection_db_password
+                .as_ref()
+                .map(|p| p.0.to_string()),
         }),
         None => {
             std::fs::create_dir_all(data_path).map_err(|e| {
@@ -248,6 +262,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         reload: std::sync::Mutex::new(app::ReloadState::default()),
         slashing,
         host_allowlist: config.host_allowlist,
+        signer: keys::SigningPool::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         key_manager_token: token,
     });
     let router = app::router(state);

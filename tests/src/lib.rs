@@ -124,6 +124,7 @@ pub enum Runner {
 pub struct SignerBuilder {
     network: String,
     raw_keys: Vec<[u8; 32]>,
+    key_configs: Vec<(String, String)>,
     keystores: Vec<(String, String, String)>,
     global_args: Vec<String>,
     eth2_args: Vec<String>,
@@ -135,6 +136,7 @@ impl Default for SignerBuilder {
         SignerBuilder {
             network: "mainnet".into(),
             raw_keys: vec![],
+            key_configs: vec![],
             keystores: vec![],
             global_args: vec![],
             eth2_args: vec![],
@@ -157,6 +159,12 @@ impl SignerBuilder {
     /// Keys written as `file-raw` key configuration files in `--key-store-path`.
     pub fn raw_keys(mut self, keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
         self.raw_keys.extend(keys);
+        self
+    }
+
+    /// A key configuration file (name, YAML) written into `--key-store-path`.
+    pub fn key_config(mut self, name: &str, yaml: &str) -> Self {
+        self.key_configs.push((name.into(), yaml.into()));
         self
     }
 
@@ -193,6 +201,9 @@ impl SignerBuilder {
                 hex::encode(k)
             );
             std::fs::write(keys_dir.join(format!("key-{i}.yaml")), yaml).unwrap();
+        }
+        for (name, yaml) in &self.key_configs {
+            std::fs::write(keys_dir.join(name), yaml).unwrap();
         }
         let data = self.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let mut args: Vec<String> = vec![
