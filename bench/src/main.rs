@@ -48,6 +48,12 @@ struct Args {
     /// The ensign binary (default: release/ensign next to this tool).
     #[arg(long)]
     ensign: Option<PathBuf>,
+    /// Skip the start-up (key loading) benchmarks.
+    #[arg(long)]
+    no_startup: bool,
+    /// Skip the signing benchmarks.
+    #[arg(long)]
+    no_signing: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     json_out: PathBuf,
@@ -71,17 +77,37 @@ fn main() -> Result<()> {
         .unwrap_or(1);
     let phase = Duration::from_secs(args.seconds);
 
-    eprintln!(
-        "== raw BLS signing rate on {cores} cores ({}s)",
-        args.seconds
-    );
-    let raw = raw_signing_rate(cores, phase);
-    eprintln!("   {raw:.0} signatures/s");
+    let raw = if args.no_signing {
+        0.0
+    } else {
+        eprintln!(
+            "== raw BLS signing rate on {cores} cores ({}s)",
+            args.seconds
+        );
+        let raw = raw_signing_rate(cores, phase);
+        eprintln!("   {raw:.0} signatures/s");
+        raw
+    };
 
     let mut results = vec![];
+    let startup_rows = if args.no_startup {
+        vec![]
+    } else {
+        let (pbkdf2_n, scrypt_n, cache_n) = if args.smoke {
+            (4, 2, 20)
+        } else if args.quick {
+            (100, 10, 1000)
+        } else {
+            (1000, 100, 10_000)
+        };
+        startup::run(&ensign, cores, pbkdf2_n, scrypt_n, cache_n)?
+    };
     let mut stores: Vec<(&str, Store)> = vec![("sqlite", Store::Sqlite), ("off", Store::Off)];
     if !args.quick && !args.postgres.is_empty() {
         stores.push(("postgres", Store::Postgres(args.postgres.clone())));
+    }
+    if args.no_signing {
+        stores.clear();
     }
     for (label, store) in stores {
         let server = match Server::start(&ensign, args.validators, &store) {
@@ -165,10 +191,11 @@ fn main() -> Result<()> {
         "seconds_per_phase": args.seconds,
         "raw_signing_rate": raw,
         "results": results,
+        "startup": startup_rows,
     });
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&doc)?)?;
     println!("{}", markdown(&doc));
-    if results.is_empty() {
+    if results.is_empty() && doc["startup"].as_array().is_none_or(|a| a.is_empty()) {
         bail!("no phase ran");
     }
     if results.iter().any(|r| r["ok"].as_u64() == Some(0)) {
@@ -317,7 +344,12 @@ impl Server {
 
     /// Peak resident set (VmHWM) of the server, KiB.
     fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        Server::rss_of(self.child.id())
+    }
+
+    /// Peak resident set (VmHWM) of process `pid`, KiB.
+    fn rss_of(pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
     }
@@ -553,6 +585,34 @@ impl Load {
 }
 
 fn markdown(doc: &Value) -> String {
+    let mut s = signing_markdown(doc);
+    let rows = doc["startup"].as_array().cloned().unwrap_or_default();
+    if !rows.is_empty() {
+        s.push_str("\n| start-up case | keys | time to serve s | KDF lower bound s | ratio | keys loaded | server peak RSS MiB |\n|---|---|---|---|---|---|---|\n");
+        for r in rows {
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {} | {} | {} | {:.1} |\n",
+                r["case"].as_str().unwrap_or(""),
+                r["keys"],
+                r["seconds"].as_f64().unwrap_or(0.0),
+                r["lower_bound_seconds"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.2}")),
+                r["ratio_to_lower_bound"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.2}")),
+                r["keys_loaded"],
+                r["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            ));
+        }
+    }
+    s
+}
+
+fn signing_markdown(doc: &Value) -> String {
+    if doc["results"].as_array().is_none_or(|r| r.is_empty()) {
+        return String::new();
+    }
     let mut s = format!(
         "Raw BLS signing rate: {:.0}/s on {} cores. {} validators, {} connections, {} s per phase.\n\n",
         doc["raw_signing_rate"].as_f64().unwrap_or(0.0),
@@ -583,4 +643,182 @@ fn markdown(doc: &Value) -> String {
         ));
     }
     s
+}
+
+/// Start-up: time until ensign serves with N keystores, against the pure key-derivation time
+/// of the same machine (the lower bound), and restarts with the sealed key cache.
+mod startup {
+    use super::*;
+
+    const PASSWORD: &str = "bench password";
+
+    /// Seconds one KDF-bound decryption takes on one thread (best of `reps`).
+    fn kdf_seconds(keystore_json: &str, reps: usize) -> f64 {
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                keystore::decrypt(keystore_json, PASSWORD).expect("decrypt");
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    }
+
+    /// Writes `n` keystores with `kdf` into a new directory, on every core.
+    fn write_keystores(dir: &Path, n: usize, kdf: keystore::Kdf, cores: usize) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let next = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..cores {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        return;
+                    }
+                    let mut ikm = [7u8; 32];
+                    ikm[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                    let sk = blst::min_pk::SecretKey::key_gen(&ikm, &[]).expect("ikm");
+                    let key = keystore::ValidatorKey::from_secret(sk);
+                    let json = keystore::encrypt(&key, PASSWORD, kdf).expect("encrypt");
+                    std::fs::write(dir.join(format!("keystore-{i:05}.json")), json).expect("write");
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts ensign on the keystores; returns (seconds until it serves, keys loaded, peak RSS KiB).
+    fn time_to_serve(
+        bin: &Path,
+        work: &Path,
+        keystores: &Path,
+        cache: bool,
+    ) -> Result<(f64, u64, u64)> {
+        let pw = work.join("password.txt");
+        std::fs::write(&pw, PASSWORD)?;
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--http-listen-port",
+            "0",
+            "--logging",
+            "WARN,server=info",
+            "--data-path",
+        ])
+        .arg(work.join("data"))
+        .args([
+            "eth2",
+            "--slashing-protection-enabled=false",
+            "--keystores-path",
+        ])
+        .arg(keystores)
+        .arg("--keystores-password-file")
+        .arg(&pw);
+        if cache {
+            let secret = work.join("cache-secret");
+            std::fs::write(&secret, "bench operator secret")?;
+            cmd.arg("--key-cache-secret-file").arg(secret);
+        }
+        let started = Instant::now();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut addr = None;
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(a) = line.split("listening on http://").nth(1) {
+                addr = Some(a.trim().to_string());
+                break;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        std::thread::spawn(move || for _ in lines {});
+        let addr = addr.context("ensign did not start")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let keys: Vec<String> = rt.block_on(async {
+            reqwest::get(format!("http://{addr}/api/v1/eth2/publicKeys"))
+                .await?
+                .json()
+                .await
+        })?;
+        let server = Server::rss_of(child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        Ok((seconds, keys.len() as u64, server.unwrap_or(0)))
+    }
+
+    fn row(case: &str, keys: usize, t: (f64, u64, u64), lower: Option<f64>) -> Value {
+        eprintln!(
+            "   {case}: {:.2} s to serve {} keys{}",
+            t.0,
+            t.1,
+            lower.map_or(String::new(), |l| format!(
+                " (KDF lower bound {l:.2} s, ratio {:.2})",
+                t.0 / l
+            ))
+        );
+        json!({"case": case, "keys": keys, "seconds": t.0, "keys_loaded": t.1, "peak_rss_kib": t.2,
+               "lower_bound_seconds": lower, "ratio_to_lower_bound": lower.map(|l| t.0 / l)})
+    }
+
+    pub fn run(
+        bin: &Path,
+        cores: usize,
+        pbkdf2_n: usize,
+        scrypt_n: usize,
+        cache_n: usize,
+    ) -> Result<Vec<Value>> {
+        let work = tempfile::TempDir::new()?;
+        let mut rows = vec![];
+        for (label, n, kdf) in [
+            (
+                "pbkdf2 c=262144",
+                pbkdf2_n,
+                keystore::Kdf::Pbkdf2 { c: 262_144 },
+            ),
+            (
+                "scrypt n=262144",
+                scrypt_n,
+                keystore::Kdf::Scrypt { n: 262_144 },
+            ),
+        ] {
+            eprintln!("== start-up: {n} keystores, {label}");
+            let dir = work.path().join(label.split(' ').next().unwrap_or("ks"));
+            write_keystores(&dir, n, kdf, cores)?;
+            let one = std::fs::read_to_string(dir.join("keystore-00000.json"))?;
+            let per_key = kdf_seconds(&one, 3);
+            // The lower bound: every key derived once, all cores busy, nothing else done.
+            let lower = per_key * n as f64 / cores as f64;
+            let case_dir = tempfile::TempDir::new()?;
+            rows.push(row(
+                &format!("{n} keystores, {label}"),
+                n,
+                time_to_serve(bin, case_dir.path(), &dir, false)?,
+                Some(lower),
+            ));
+        }
+        // The restart cache: the KDF cost of the keystores does not matter once cached, so a
+        // cheap KDF keeps the first (cache-filling) start short.
+        eprintln!("== start-up: {cache_n} keystores with the restart cache");
+        let dir = work.path().join("cached");
+        write_keystores(&dir, cache_n, keystore::Kdf::Pbkdf2 { c: 1024 }, cores)?;
+        let case_dir = tempfile::TempDir::new()?;
+        let first = time_to_serve(bin, case_dir.path(), &dir, true)?;
+        rows.push(row(
+            &format!("{cache_n} keystores, first start filling the cache (pbkdf2 c=1024)"),
+            cache_n,
+            first,
+            None,
+        ));
+        let again = time_to_serve(bin, case_dir.path(), &dir, true)?;
+        rows.push(row(
+            &format!("{cache_n} keystores, restart from the cache"),
+            cache_n,
+            again,
+            None,
+        ));
+        Ok(rows)
+    }
 }
