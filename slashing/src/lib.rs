@@ -165,8 +165,8 @@ pub struct PruneSummary {
     pub attestations_deleted: u64,
 }
 
-/// Where the slashing-protection database lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the slashing-protection database lives. `Debug` never prints the password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// SQLite file (created if missing; its directory must exist).
     Sqlite { path: PathBuf },
@@ -178,6 +178,29 @@ pub enum StoreConfig {
         username: Option<String>,
         password: Option<String>,
     },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            // The URL may carry a password too (`postgresql://user:pw@host/db`): show only
+            // what follows the last '@'.
+            StoreConfig::Postgres {
+                url,
+                username,
+                password,
+            } => f
+                .debug_struct("Postgres")
+                .field(
+                    "url",
+                    &url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host),
+                )
+                .field("username", username)
+                .field("password", &password.as_ref().map(|_| "***"))
+                .finish(),
+        }
+    }
 }
 
 /// The interface the server signs through. Blocking: call it off the reactor.
@@ -236,5 +259,21 @@ pub fn open(config: &StoreConfig) -> Result<Arc<dyn SlashingProtection>, Error> 
             username.as_deref(),
             password.as_deref(),
         )?)),
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::StoreConfig;
+
+    #[test]
+    fn store_config_debug_hides_passwords() {
+        let c = StoreConfig::Postgres {
+            url: "postgresql://u:hunter2@db:5432/x".into(),
+            username: Some("u".into()),
+            password: Some("hunter3".into()),
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2") && !s.contains("hunter3"), "{s}");
     }
 }

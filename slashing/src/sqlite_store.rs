@@ -13,7 +13,24 @@
 //! `locking_mode=EXCLUSIVE` keeps the file locked for the life of the store:
 //! a second process (or a second store in this one) cannot open it, which is
 //! what makes the single writer the only decider.
+//!
+//! # Fast path
+//!
+//! Because the writer thread is the only decider, it can keep an in-memory
+//! [`Summary`] per validator (maxima of what is recorded, low watermarks,
+//! enabled flag, row id) plus the pinned genesis validators root and the high
+//! watermark. The cache always equals the database *as seen inside the
+//! current transaction*: it is loaded lazily from the database, updated after
+//! each write a signing request makes, dropped for a validator whose request
+//! failed, cleared entirely by every other writing request (import, prune,
+//! enable/disable, high watermark, GVR pin) and by any failed batch. A
+//! signing request that is provably `New` from the summary alone (see
+//! [`try_fast`]) is decided with one `INSERT` and no savepoint (a single
+//! statement is atomic: if it fails, it undoes only itself and only its own
+//! request fails). Everything else takes the full path in `store.rs` inside a
+//! savepoint, exactly as before.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -23,7 +40,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::rules::{LowWatermarks, SignedAttestation, SignedBlock};
+use crate::rules::{self, LowWatermarks, SignedAttestation, SignedBlock};
 use crate::store::{self, sql, LockKind, Txn};
 use crate::{
     Error, HighWatermark, ImportSummary, Permit, PruneSummary, Pubkey, Root, SlashingProtection,
@@ -62,21 +79,64 @@ where
     }
 
     fn finish(self: Box<Self>, commit: Result<(), &str>) {
-        let out = match (self.result, commit) {
-            // A result is released only after the commit covering it returned.
-            (Some(Ok(v)), Ok(())) => Ok(v),
-            (Some(Err(e)), _) => Err(e),
-            (Some(Ok(_)), Err(msg)) | (None, Err(msg)) => Err(Error::Store(msg.to_owned())),
-            (None, Ok(())) => Err(Error::Store("request was not executed".into())),
-        };
         // The caller may have gone away; nothing to do then.
-        let _ = self.reply.send(out);
+        let _ = self.reply.send(outcome(self.result, commit));
+    }
+}
+
+/// What the caller gets once the batch's fate is known.
+fn outcome<R>(result: Option<Result<R, Error>>, commit: Result<(), &str>) -> Result<R, Error> {
+    match (result, commit) {
+        // A result is released only after the commit covering it returned.
+        (Some(Ok(v)), Ok(())) => Ok(v),
+        (Some(Err(e)), _) => Err(e),
+        (Some(Ok(_)), Err(msg)) | (None, Err(msg)) => Err(Error::Store(msg.to_owned())),
+        (None, Ok(())) => Err(Error::Store("request was not executed".into())),
+    }
+}
+
+/// The message a signing request is about.
+#[derive(Debug, Clone, Copy)]
+enum Duty {
+    Block { slot: u64 },
+    Attestation { source: u64, target: u64 },
+}
+
+/// A signing request (the only kind the fast path can decide).
+struct SignJob {
+    gvr: Root,
+    pubkey: Pubkey,
+    duty: Duty,
+    signing_root: Root,
+    result: Option<Result<Permit, Error>>,
+    reply: SyncSender<Result<Permit, Error>>,
+}
+
+/// What callers send to the writer thread.
+enum Msg {
+    Sign(SignJob),
+    /// Any other request. `writes`: it may change what the cache summarises
+    /// (the whole cache is then dropped after it ran).
+    Other {
+        job: Box<dyn Job>,
+        writes: bool,
+    },
+}
+
+impl Msg {
+    fn finish(self, commit: Result<(), &str>) {
+        match self {
+            Msg::Sign(j) => {
+                let _ = j.reply.send(outcome(j.result, commit));
+            }
+            Msg::Other { job, .. } => job.finish(commit),
+        }
     }
 }
 
 /// The SQLite slashing-protection store (see the module docs).
 pub struct SqliteStore {
-    sender: Option<Sender<Box<dyn Job>>>,
+    sender: Option<Sender<Msg>>,
     writer: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
     path: Option<PathBuf>,
@@ -175,13 +235,22 @@ impl SqliteStore {
             Error::Store(m) => open_err(&shown, m),
             other => other,
         })?;
+        // Every statement the store uses stays prepared (about 30).
+        conn.set_prepared_statement_cache_capacity(64);
 
         let commits = Arc::new(AtomicU64::new(0));
-        let (sender, receiver) = mpsc::channel::<Box<dyn Job>>();
+        let (sender, receiver) = mpsc::channel::<Msg>();
         let c = Arc::clone(&commits);
         let writer = std::thread::Builder::new()
             .name("slashing-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, receiver, c))
+            .spawn(move || {
+                Writer {
+                    conn,
+                    cache: Cache::default(),
+                    commits: c,
+                }
+                .run(receiver)
+            })
             .map_err(|err| Error::Open(format!("spawning the SQLite writer thread: {err}")))?;
         Ok(SqliteStore {
             sender: Some(sender),
@@ -201,7 +270,9 @@ impl SqliteStore {
         self.path.as_deref()
     }
 
-    fn submit<R, F>(&self, f: F) -> Result<R, Error>
+    /// Run `f` in the writer thread; `writes`: `f` may change anything the
+    /// writer's cache summarises (GVR, high watermark, validators, history).
+    fn submit<R, F>(&self, writes: bool, f: F) -> Result<R, Error>
     where
         R: Send + 'static,
         F: FnOnce(&mut SqlTx<'_>) -> Result<R, Error> + Send + 'static,
@@ -212,16 +283,39 @@ impl SqliteStore {
             result: None,
             reply,
         });
-        let sender = self
-            .sender
-            .as_ref()
-            .ok_or_else(|| Error::Store("store is closed".into()))?;
-        sender
-            .send(job)
-            .map_err(|_| Error::Store("SQLite writer thread has stopped".into()))?;
+        self.send(Msg::Other { job, writes })?;
         answer
             .recv()
             .map_err(|_| Error::Store("SQLite writer thread stopped before answering".into()))?
+    }
+
+    fn submit_sign(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        duty: Duty,
+        signing_root: Root,
+    ) -> Result<Permit, Error> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Msg::Sign(SignJob {
+            gvr,
+            pubkey,
+            duty,
+            signing_root,
+            result: None,
+            reply,
+        }))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Store("SQLite writer thread stopped before answering".into()))?
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), Error> {
+        self.sender
+            .as_ref()
+            .ok_or_else(|| Error::Store("store is closed".into()))?
+            .send(msg)
+            .map_err(|_| Error::Store("SQLite writer thread has stopped".into()))
     }
 }
 
@@ -263,61 +357,359 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     tx.commit().map_err(db)
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Box<dyn Job>>, commits: Arc<AtomicU64>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+/// The pinned genesis validators root and the global high watermark.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    gvr: Option<Root>,
+    high: Option<HighWatermark>,
+}
+
+/// What the writer knows about one registered validator, equal to the
+/// database as seen inside the current transaction.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    id: i64,
+    enabled: bool,
+    /// Highest recorded block slot (None: no block recorded).
+    max_slot: Option<u64>,
+    /// Highest recorded source and highest recorded target; taken
+    /// independently (they may come from different rows).
+    max_source: Option<u64>,
+    max_target: Option<u64>,
+    low: LowWatermarks,
+}
+
+/// The writer thread's cache (see the module docs for when it is dropped).
+#[derive(Default)]
+struct Cache {
+    meta: Option<Meta>,
+    validators: HashMap<Pubkey, Summary>,
+}
+
+/// One validator's summary from the database (with `sql::LOW`); no row if
+/// not registered. Each MAX is a single index seek. (No LEFT JOIN with
+/// `low_watermarks`: SQLite re-prepares such a statement in every
+/// transaction, which costs more than a second query.)
+const SUMMARY: &str = "SELECT v.id, v.enabled, \
+    (SELECT MAX(slot) FROM signed_blocks WHERE validator_id = v.id), \
+    (SELECT MAX(source_epoch) FROM signed_attestations WHERE validator_id = v.id), \
+    (SELECT MAX(target_epoch) FROM signed_attestations WHERE validator_id = v.id) \
+    FROM validators v WHERE v.public_key = ?1";
+
+type SummaryRow = (i64, bool, Option<i64>, Option<i64>, Option<i64>);
+
+impl Cache {
+    fn clear(&mut self) {
+        self.meta = None;
+        self.validators.clear();
+    }
+
+    fn meta(&mut self, conn: &Connection) -> Result<Meta, Error> {
+        if let Some(m) = self.meta {
+            return Ok(m);
+        }
+        let mut tx = SqlTx(conn);
+        let m = Meta {
+            gvr: tx.gvr()?,
+            high: tx.high_watermark()?,
+        };
+        self.meta = Some(m);
+        Ok(m)
+    }
+
+    fn summary(&mut self, conn: &Connection, pk: &Pubkey) -> Result<Option<&mut Summary>, Error> {
+        use std::collections::hash_map::Entry;
+        match self.validators.entry(*pk) {
+            Entry::Occupied(e) => Ok(Some(e.into_mut())),
+            Entry::Vacant(e) => {
+                let row: Option<SummaryRow> = conn
+                    .prepare_cached(SUMMARY)
+                    .map_err(db)?
+                    .query_row([pk.0.as_slice()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()
+                    .map_err(db)?;
+                // Unregistered: the full path registers it (not cached until
+                // then, so that a refused first request leaves nothing).
+                let Some((id, enabled, max_slot, max_s, max_t)) = row else {
+                    return Ok(None);
+                };
+                let low = SqlTx(conn).low(id)?;
+                Ok(Some(e.insert(Summary {
+                    id,
+                    enabled,
+                    max_slot: store::opt_u64(max_slot)?,
+                    max_source: store::opt_u64(max_s)?,
+                    max_target: store::opt_u64(max_t)?,
+                    low,
+                })))
             }
         }
-        run_batch(&mut conn, batch, &commits);
+    }
+
+    /// After the full path permitted `job` (its savepoint was released).
+    fn after_full_path(&mut self, job: &SignJob, verdict: Permit) {
+        // The full path pins the GVR on first use.
+        if matches!(self.meta, Some(Meta { gvr: None, .. })) {
+            self.meta = None;
+        }
+        if verdict != Permit::New {
+            return; // nothing was written
+        }
+        // Mirror exactly what `store::sign_block` / `sign_attestation` wrote.
+        if let Some(s) = self.validators.get_mut(&job.pubkey) {
+            match job.duty {
+                Duty::Block { slot } => {
+                    s.max_slot = Some(s.max_slot.map_or(slot, |m| m.max(slot)));
+                    s.low.slot = rules::low_after_block(s.low.slot, slot);
+                }
+                Duty::Attestation { source, target } => {
+                    s.max_source = Some(s.max_source.map_or(source, |m| m.max(source)));
+                    s.max_target = Some(s.max_target.map_or(target, |m| m.max(target)));
+                    s.low.epochs = rules::low_after_attestation(s.low.epochs, source, target);
+                }
+            }
+        }
     }
 }
 
-fn run_batch(conn: &mut Connection, mut batch: Vec<Box<dyn Job>>, commits: &AtomicU64) {
-    let fail_all = |batch: Vec<Box<dyn Job>>, msg: String| {
-        for j in batch {
-            j.finish(Err(&msg));
-        }
-    };
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(batch, format!("sqlite: BEGIN IMMEDIATE: {e}")),
-    };
-    for job in batch.iter_mut() {
-        let sp = match tx.savepoint() {
-            Ok(sp) => sp,
-            Err(e) => {
-                // `tx` rolls back when dropped on return.
-                return fail_all(batch, format!("sqlite: SAVEPOINT: {e}"));
-            }
-        };
-        if job.run(&sp) {
-            if let Err(e) = sp.commit() {
-                return fail_all(batch, format!("sqlite: RELEASE: {e}"));
-            }
-        }
-        // Not kept: dropping the savepoint rolls it back.
+/// Decide `job` from the cache alone if it is provably [`Permit::New`], and
+/// record it with a single `INSERT`. `None`: take the full path (which also
+/// produces every refusal; the fast path never refuses).
+///
+/// Why no history needs to be read (phase0 `is_slashable_attestation_data`:
+/// slashable iff `(d1 != d2 && d1.target == d2.target)` or
+/// `(d1.source < d2.source && d2.target < d1.target)`): let the new vote be
+/// `(s, t)` with `s <= t`, `s >= max_source` and `t > max_target`, and let
+/// `(s', t')` be any recorded vote, so `s' <= max_source <= s` and
+/// `t' <= max_target < t`.
+/// * double vote needs `t' == t`: impossible, `t' < t`;
+/// * recorded surrounds new needs `t < t'`: impossible, `t' < t`;
+/// * new surrounds recorded needs `s < s'`: impossible, `s' <= s`.
+///
+/// So [`rules::attestation_is_relevant`] holds for no recorded row, and
+/// [`rules::check_attestation`] on an empty history returns `New` once the
+/// low watermarks pass (`s >= low source`, `t > low target`); those are
+/// already set, so `low_after_attestation` leaves them unchanged and the
+/// only write is the row itself. With no recorded row at all the history is
+/// empty by definition. Blocks: `slot > max_slot` means no recorded block
+/// shares the slot (phase0 `process_proposer_slashing` needs equal slots),
+/// and `slot > low slot` passes EIP-3076 condition 3. The remaining checks
+/// mirror the full path: same pinned GVR, validator enabled, below the high
+/// watermark, values representable as i64.
+fn try_fast(conn: &Connection, cache: &mut Cache, job: &SignJob) -> Option<Result<Permit, Error>> {
+    // A load error just means "full path", which reports it properly.
+    let meta = cache.meta(conn).ok()?;
+    if meta.gvr != Some(job.gvr) {
+        return None;
     }
-    match tx.commit() {
-        Ok(()) => {
-            commits.fetch_add(1, Ordering::Relaxed);
-            for j in batch {
-                j.finish(Ok(()));
+    let s = cache.summary(conn, &job.pubkey).ok()??;
+    if !s.enabled {
+        return None;
+    }
+    let root = job.signing_root.0.as_slice();
+    let inserted = match job.duty {
+        Duty::Block { slot } => {
+            let low = s.low.slot?;
+            if slot <= low
+                || s.max_slot.is_some_and(|m| slot <= m)
+                || rules::check_high_block(meta.high, slot).is_err()
+            {
+                return None;
+            }
+            let slot_i = store::to_i64(slot).ok()?;
+            let r = conn
+                .prepare_cached(sql::INSERT_BLOCK)
+                .and_then(|mut st| st.execute(params![s.id, slot_i, root]));
+            if r.is_ok() {
+                s.max_slot = Some(slot);
+            }
+            r
+        }
+        Duty::Attestation { source, target } => {
+            let (low_source, low_target) = s.low.epochs?;
+            if source > target
+                || source < low_source
+                || target <= low_target
+                || s.max_source.is_some_and(|m| source < m)
+                || s.max_target.is_some_and(|m| target <= m)
+                || rules::check_high_attestation(meta.high, source, target).is_err()
+            {
+                return None;
+            }
+            let (source_i, target_i) = (store::to_i64(source).ok()?, store::to_i64(target).ok()?);
+            let r = conn
+                .prepare_cached(sql::INSERT_ATT)
+                .and_then(|mut st| st.execute(params![s.id, source_i, target_i, root]));
+            if r.is_ok() {
+                s.max_source = Some(source);
+                s.max_target = Some(target);
+            }
+            r
+        }
+    };
+    Some(match inserted {
+        Ok(_) => Ok(Permit::New),
+        Err(e) => {
+            // Cannot happen while the summary is right; re-read it next time.
+            cache.validators.remove(&job.pubkey);
+            Err(db(e))
+        }
+    })
+}
+
+/// The full path for a signing request (inside the caller's savepoint).
+fn full_path(conn: &Connection, job: &SignJob) -> Result<Permit, Error> {
+    let tx = &mut SqlTx(conn);
+    match job.duty {
+        Duty::Block { slot } => store::sign_block(tx, job.gvr, job.pubkey, slot, job.signing_root),
+        Duty::Attestation { source, target } => {
+            store::sign_attestation(tx, job.gvr, job.pubkey, source, target, job.signing_root)
+        }
+    }
+}
+
+/// Transaction-control statements, kept prepared.
+const BEGIN: &str = "BEGIN IMMEDIATE";
+const COMMIT: &str = "COMMIT";
+const ROLLBACK: &str = "ROLLBACK";
+const SAVEPOINT: &str = "SAVEPOINT job";
+const RELEASE: &str = "RELEASE job";
+const ROLLBACK_TO: &str = "ROLLBACK TO job";
+
+struct Writer {
+    conn: Connection,
+    cache: Cache,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(drop)
+    }
+
+    /// Run `f` in a savepoint, kept iff `f` returns `Ok`. `Err(msg)`: the
+    /// savepoint could not be opened or closed, the batch must fail.
+    fn in_savepoint<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> R,
+        ok: impl Fn(&R) -> bool,
+    ) -> Result<R, String> {
+        self.exec(SAVEPOINT)
+            .map_err(|e| format!("sqlite: SAVEPOINT: {e}"))?;
+        let r = f(&self.conn);
+        if ok(&r) {
+            self.exec(RELEASE)
+                .map_err(|e| format!("sqlite: RELEASE: {e}"))?;
+        } else {
+            // Not kept: undo everything the request did.
+            self.exec(ROLLBACK_TO)
+                .and_then(|()| self.exec(RELEASE))
+                .map_err(|e| format!("sqlite: ROLLBACK TO: {e}"))?;
+        }
+        Ok(r)
+    }
+
+    /// Fail every request of the batch; nothing of it is kept.
+    fn fail_all(&mut self, batch: Vec<Msg>, msg: String) {
+        if !self.conn.is_autocommit() {
+            let _ = self.exec(ROLLBACK);
+        }
+        self.cache.clear();
+        for m in batch {
+            m.finish(Err(&msg));
+        }
+    }
+
+    fn run_batch(&mut self, mut batch: Vec<Msg>) {
+        if let Err(e) = self.exec(BEGIN) {
+            return self.fail_all(batch, format!("sqlite: BEGIN IMMEDIATE: {e}"));
+        }
+        for m in batch.iter_mut() {
+            let failed = match m {
+                Msg::Sign(job) => {
+                    let r = match try_fast(&self.conn, &mut self.cache, job) {
+                        Some(r) => r,
+                        None => match self.in_savepoint(|c| full_path(c, job), |r| r.is_ok()) {
+                            Ok(r) => {
+                                if let Ok(v) = &r {
+                                    self.cache.after_full_path(job, *v);
+                                }
+                                r
+                            }
+                            Err(msg) => return self.fail_all(batch, msg),
+                        },
+                    };
+                    let failed = r.is_err();
+                    job.result = Some(r);
+                    failed
+                }
+                Msg::Other { job, writes } => {
+                    let kept = match self.in_savepoint(|c| job.run(c), |kept| *kept) {
+                        Ok(kept) => kept,
+                        Err(msg) => return self.fail_all(batch, msg),
+                    };
+                    if *writes {
+                        self.cache.clear();
+                    }
+                    !kept
+                }
+            };
+            // Some errors (I/O, disk full) make SQLite roll back the whole
+            // transaction: the earlier requests' writes are gone.
+            if failed && self.conn.is_autocommit() {
+                return self.fail_all(
+                    batch,
+                    "sqlite: the transaction was rolled back, nothing recorded".into(),
+                );
             }
         }
-        Err(e) => fail_all(
-            batch,
-            format!("sqlite: COMMIT failed, nothing recorded: {e}"),
-        ),
+        match self.exec(COMMIT) {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                for m in batch {
+                    m.finish(Ok(()));
+                }
+            }
+            Err(e) => self.fail_all(
+                batch,
+                format!("sqlite: COMMIT failed, nothing recorded: {e}"),
+            ),
+        }
     }
 }
 
 fn db(e: rusqlite::Error) -> Error {
     Error::Store(format!("sqlite: {e}"))
 }
+
+/// `sql::RELEVANT_ATTS` with index hints: the unary `+` stops SQLite from
+/// using the `source_epoch` index for "recorded target above" (`source_epoch
+/// < ?2` matches almost the whole history, so that plan scanned every row of
+/// the validator on every request) and the target index for "recorded source
+/// above". Each part is then a range seek over the few rows above the new
+/// vote.
+const RELEVANT_ATTS: &str =
+    "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations \
+        WHERE validator_id = ?1 AND target_epoch = ?3 \
+    UNION ALL SELECT source_epoch, target_epoch, signing_root FROM signed_attestations \
+        WHERE validator_id = ?1 AND target_epoch > ?3 AND +source_epoch < ?2 \
+    UNION ALL SELECT source_epoch, target_epoch, signing_root FROM signed_attestations \
+        WHERE validator_id = ?1 AND source_epoch > ?2 AND +target_epoch < ?3";
 
 /// [`Txn`] over the writer's connection (inside the batch savepoint).
 pub(crate) struct SqlTx<'a>(&'a Connection);
@@ -457,11 +849,9 @@ impl Txn for SqlTx<'_> {
         source: i64,
         target: i64,
     ) -> Result<Vec<SignedAttestation>, Error> {
-        atts(
-            self.rows(sql::RELEVANT_ATTS, params![id, source, target], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?,
-        )
+        atts(self.rows(RELEVANT_ATTS, params![id, source, target], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?)
     }
 
     fn low(&mut self, id: i64) -> Result<LowWatermarks, Error> {
@@ -488,7 +878,7 @@ impl Txn for SqlTx<'_> {
     fn insert_block(&mut self, id: i64, slot: i64, root: Option<Root>) -> Result<(), Error> {
         self.exec(
             sql::INSERT_BLOCK,
-            params![id, slot, root.map(|r| r.0.to_vec())],
+            params![id, slot, root.as_ref().map(|r| r.0.as_slice())],
         )
         .map(drop)
     }
@@ -496,7 +886,7 @@ impl Txn for SqlTx<'_> {
     fn set_block_root(&mut self, id: i64, slot: i64, root: Option<Root>) -> Result<(), Error> {
         self.exec(
             sql::SET_BLOCK_ROOT,
-            params![id, slot, root.map(|r| r.0.to_vec())],
+            params![id, slot, root.as_ref().map(|r| r.0.as_slice())],
         )
         .map(drop)
     }
@@ -510,7 +900,7 @@ impl Txn for SqlTx<'_> {
     ) -> Result<(), Error> {
         self.exec(
             sql::INSERT_ATT,
-            params![id, source, target, root.map(|r| r.0.to_vec())],
+            params![id, source, target, root.as_ref().map(|r| r.0.as_slice())],
         )
         .map(drop)
     }
@@ -523,7 +913,7 @@ impl Txn for SqlTx<'_> {
     ) -> Result<(), Error> {
         self.exec(
             sql::SET_ATT_ROOT,
-            params![id, target, root.map(|r| r.0.to_vec())],
+            params![id, target, root.as_ref().map(|r| r.0.as_slice())],
         )
         .map(drop)
     }
@@ -573,7 +963,7 @@ impl SlashingProtection for SqliteStore {
         slot: u64,
         signing_root: Root,
     ) -> Result<Permit, Error> {
-        self.submit(move |tx| store::sign_block(tx, gvr, pubkey, slot, signing_root))
+        self.submit_sign(gvr, pubkey, Duty::Block { slot }, signing_root)
     }
 
     fn sign_attestation(
@@ -584,46 +974,50 @@ impl SlashingProtection for SqliteStore {
         target_epoch: u64,
         signing_root: Root,
     ) -> Result<Permit, Error> {
-        self.submit(move |tx| {
-            store::sign_attestation(tx, gvr, pubkey, source_epoch, target_epoch, signing_root)
-        })
+        let duty = Duty::Attestation {
+            source: source_epoch,
+            target: target_epoch,
+        };
+        self.submit_sign(gvr, pubkey, duty, signing_root)
     }
 
     fn health_check(&self) -> Result<(), Error> {
-        self.submit(|tx| tx.health())
+        self.submit(false, |tx| tx.health())
     }
 
     fn high_watermark(&self) -> Result<Option<HighWatermark>, Error> {
-        self.submit(|tx| tx.high_watermark())
+        self.submit(false, |tx| tx.high_watermark())
     }
 
     fn set_high_watermark(&self, hw: Option<HighWatermark>) -> Result<(), Error> {
-        self.submit(move |tx| tx.set_high_watermark(hw))
+        self.submit(true, move |tx| tx.set_high_watermark(hw))
     }
 
     fn import_interchange(&self, json: &str) -> Result<ImportSummary, Error> {
         // Parse outside the writer thread; a bad file never reaches the DB.
         let parsed = crate::interchange::parse(json)?;
-        self.submit(move |tx| store::import(tx, &parsed))
+        self.submit(true, move |tx| store::import(tx, &parsed))
     }
 
     fn export_interchange(&self) -> Result<String, Error> {
-        self.submit(|tx| store::export(tx))
+        self.submit(false, |tx| store::export(tx))
     }
 
     fn genesis_validators_root(&self) -> Result<Option<Root>, Error> {
-        self.submit(|tx| tx.gvr())
+        self.submit(false, |tx| tx.gvr())
     }
 
     fn pin_genesis_validators_root(&self, gvr: Root) -> Result<(), Error> {
-        self.submit(move |tx| store::check_gvr(tx, gvr))
+        self.submit(true, move |tx| store::check_gvr(tx, gvr))
     }
 
     fn set_validator_enabled(&self, pubkey: Pubkey, enabled: bool) -> Result<(), Error> {
-        self.submit(move |tx| store::set_enabled(tx, pubkey, enabled))
+        self.submit(true, move |tx| store::set_enabled(tx, pubkey, enabled))
     }
 
     fn prune(&self, epochs_to_keep: u64, slots_per_epoch: u64) -> Result<PruneSummary, Error> {
-        self.submit(move |tx| store::prune(tx, epochs_to_keep, slots_per_epoch))
+        self.submit(true, move |tx| {
+            store::prune(tx, epochs_to_keep, slots_per_epoch)
+        })
     }
 }
