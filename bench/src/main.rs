@@ -303,6 +303,7 @@ impl Server {
                     format!("CREATE DATABASE {db}"),
                 ] {
                     let ok = Command::new("psql")
+                        .env("PGOPTIONS", "--client-min-messages=warning")
                         .args([&admin, "-q", "-c", &sql])
                         .status()?
                         .success();

@@ -53,6 +53,20 @@ struct Pool {
     shown: String,
 }
 
+// `postgres::Client` closes its connection by blocking on its own runtime when dropped, which
+// panics (and, inside a destructor, aborts) if the drop happens on an async runtime's thread —
+// as it does when a server holding the store shuts down. So the pool's connections are always
+// dropped on a plain thread of their own.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle =
+            std::mem::take(&mut self.state.get_mut().unwrap_or_else(|p| p.into_inner()).idle);
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 impl Pool {
     fn connect(&self) -> Result<Conn, Error> {
         let client = self.config.connect(NoTls).map_err(|e| {

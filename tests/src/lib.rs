@@ -470,6 +470,49 @@ impl TestSigner {
         Self::finish(req.send().await.expect("POST")).await
     }
 
+    /// POSTs a body of `len` spaces over a raw connection and returns the answer. The server
+    /// may answer (413) and close before the body is fully written, so write errors are
+    /// ignored; what counts is the response it sent.
+    pub async fn post_oversized(&self, path: &str, len: usize) -> Resp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Accept: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            if stream
+                .write_all(&chunk[..chunk.len().min(len - sent)])
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Resp {
+            status,
+            content_type: String::new(),
+            body,
+        }
+    }
+
     /// A minimal HTTP/1.1 POST over a fresh connection, with exactly the headers written here.
     async fn post_without_accept(&self, path: &str, body: &[u8]) -> Resp {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -538,7 +581,9 @@ impl TestSigner {
                 let _ = Command::new("kill")
                     .args(["-TERM", &child.id().to_string()])
                     .status();
-                let _ = child.wait();
+                let status = child.wait().expect("wait for ensign");
+                // A graceful stop is part of the contract: exit 0, no panic on the way out.
+                assert!(status.success(), "ensign did not stop cleanly: {status}");
             }
         }
     }

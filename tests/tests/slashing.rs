@@ -396,3 +396,28 @@ async fn postgres_import_while_serving() {
     assert_eq!(s.sign(&pk, &attestation(8, 9, 1)).await.status, 200);
     s.stop().await;
 }
+
+/// Stopping a server that holds a PostgreSQL store is clean, in-process and as the binary (the
+/// synchronous client must not be dropped on an async thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_stops_cleanly() {
+    let Some(pg) = PgSchema::new("postgres_server_stops_cleanly") else {
+        return;
+    };
+    let key = test_secret(b"clean stop");
+    for (runner, target) in [(Runner::InProcess, 2), (Runner::Binary, 3)] {
+        let s = SignerBuilder::new()
+            .raw_keys([key])
+            .eth2_arg("--slashing-protection-db-url")
+            .eth2_arg(&pg.url())
+            .start(runner)
+            .await;
+        assert_eq!(
+            s.sign(&pubkey_hex(&key), &attestation(target - 1, target, 1))
+                .await
+                .status,
+            200
+        );
+        s.stop().await;
+    }
+}
