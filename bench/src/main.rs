@@ -66,6 +66,19 @@ fn main() -> Result<()> {
         args.seconds = if args.smoke { 1 } else { 3 };
     }
     let ensign = args.ensign.clone().unwrap_or_else(default_ensign);
+    if !ensign.exists() && args.ensign.is_none() {
+        // Under `cargo run -p bench`, build the signer too: cargo builds only this package.
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            eprintln!("== building the ensign release binary");
+            let ok = Command::new(cargo)
+                .args(["build", "--release", "-p", "server"])
+                .status()?
+                .success();
+            if !ok {
+                bail!("cargo build --release -p server failed");
+            }
+        }
+    }
     if !ensign.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p server`",
