@@ -173,6 +173,9 @@ pub struct SignRequest {
     pub payload: Payload,
 }
 
+/// (object root, domain, slot, epoch, slashing check) of a message, before its signing root.
+type Parts = (Root, Root, Option<u64>, Option<u64>, Option<SlashingCheck>);
+
 /// What slashing protection must check before the signature may be released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlashingCheck {
@@ -275,7 +278,6 @@ impl SignRequest {
     /// Fails with [`Error::MissingForkInfo`] where the domain needs `fork_info` and it is
     /// absent, and with [`Error::SigningRootMismatch`] when a supplied root differs from ours.
     pub fn signable(&self, network: &Network) -> Result<Signable, Error> {
-        let spe = |slot: &Quoted| network.epoch_at_slot(slot.0);
         let fork_info = || self.fork_info.as_ref().ok_or(Error::MissingForkInfo);
         // Domain from fork_info at `epoch`: phase0 `get_domain` with the client's fork.
         let with_fork = |domain_type: [u8; 4], epoch: u64| -> Result<Root, Error> {
@@ -286,148 +288,91 @@ impl SignRequest {
                 fi.genesis_validators_root,
             ))
         };
-        let (object_root, domain, slot, epoch, slashing): (
-            Root,
-            Root,
-            Option<u64>,
-            u64,
-            Option<SlashingCheck>,
-        ) = match &self.payload {
-            Payload::Phase0Block(b) => {
-                let e = spe(&b.slot);
-                let r = b.tree_hash_root().into();
-                (
-                    r,
-                    with_fork(domain::BEACON_PROPOSER, e)?,
-                    Some(b.slot.0),
-                    e,
-                    Some(SlashingCheck::Block { slot: b.slot.0 }),
-                )
-            }
-            Payload::AltairBlock(b) => {
-                let e = spe(&b.slot);
-                let r = b.tree_hash_root().into();
-                (
-                    r,
-                    with_fork(domain::BEACON_PROPOSER, e)?,
-                    Some(b.slot.0),
-                    e,
-                    Some(SlashingCheck::Block { slot: b.slot.0 }),
-                )
-            }
-            Payload::BlockHeader(_, h) => {
-                // hash_tree_root(BeaconBlock) == hash_tree_root(BeaconBlockHeader) when
-                // body_root = hash_tree_root(body): a container's root only sees field roots.
-                let e = spe(&h.slot);
-                let r = h.tree_hash_root().into();
-                (
-                    r,
-                    with_fork(domain::BEACON_PROPOSER, e)?,
-                    Some(h.slot.0),
-                    e,
-                    Some(SlashingCheck::Block { slot: h.slot.0 }),
-                )
-            }
+        // Most messages take their domain at the epoch of their slot.
+        let at_slot =
+            |object_root: Root, domain_type: [u8; 4], slot: Quoted| -> Result<Parts, Error> {
+                let epoch = network.epoch_at_slot(slot.0);
+                Ok((
+                    object_root,
+                    with_fork(domain_type, epoch)?,
+                    Some(slot.0),
+                    Some(epoch),
+                    None,
+                ))
+            };
+        let block = |object_root: Root, slot: Quoted| -> Result<Parts, Error> {
+            let mut parts = at_slot(object_root, domain::BEACON_PROPOSER, slot)?;
+            parts.4 = Some(SlashingCheck::Block { slot: slot.0 });
+            Ok(parts)
+        };
+        let (object_root, domain, slot, epoch, slashing) = match &self.payload {
+            Payload::Phase0Block(b) => block(b.tree_hash_root().into(), b.slot)?,
+            Payload::AltairBlock(b) => block(b.tree_hash_root().into(), b.slot)?,
+            // hash_tree_root(BeaconBlock) == hash_tree_root(BeaconBlockHeader) when
+            // body_root = hash_tree_root(body): a container's root only sees its fields' roots.
+            Payload::BlockHeader(_, h) => block(h.tree_hash_root().into(), h.slot)?,
             Payload::Attestation(a) => {
                 // phase0 `get_attestation_signature`: the domain is taken at the target epoch.
                 let e = a.target.epoch.0;
                 let check = SlashingCheck::Attestation {
                     source_epoch: a.source.epoch.0,
-                    target_epoch: a.target.epoch.0,
+                    target_epoch: e,
                 };
+                let d = with_fork(domain::BEACON_ATTESTER, e)?;
                 (
                     a.tree_hash_root().into(),
-                    with_fork(domain::BEACON_ATTESTER, e)?,
+                    d,
                     Some(a.slot.0),
-                    e,
+                    Some(e),
                     Some(check),
                 )
             }
             Payload::AggregationSlot(s) => {
-                let e = spe(s);
-                (
-                    s.tree_hash_root().into(),
-                    with_fork(domain::SELECTION_PROOF, e)?,
-                    Some(s.0),
-                    e,
-                    None,
-                )
+                at_slot(s.tree_hash_root().into(), domain::SELECTION_PROOF, *s)?
             }
-            Payload::AggregateAndProof(a) => {
-                let s = a.aggregate.data.slot;
-                let e = spe(&s);
-                (
-                    a.tree_hash_root().into(),
-                    with_fork(domain::AGGREGATE_AND_PROOF, e)?,
-                    Some(s.0),
-                    e,
-                    None,
-                )
-            }
-            Payload::ElectraAggregateAndProof(a) => {
-                let s = a.aggregate.data.slot;
-                let e = spe(&s);
-                (
-                    a.tree_hash_root().into(),
-                    with_fork(domain::AGGREGATE_AND_PROOF, e)?,
-                    Some(s.0),
-                    e,
-                    None,
-                )
-            }
+            Payload::AggregateAndProof(a) => at_slot(
+                a.tree_hash_root().into(),
+                domain::AGGREGATE_AND_PROOF,
+                a.aggregate.data.slot,
+            )?,
+            Payload::ElectraAggregateAndProof(a) => at_slot(
+                a.tree_hash_root().into(),
+                domain::AGGREGATE_AND_PROOF,
+                a.aggregate.data.slot,
+            )?,
             Payload::Deposit(msg, genesis_fork_version) => {
                 // phase0 `process_deposit`: deposits are valid across forks, so the domain
                 // uses the genesis fork version and a zero genesis validators root.
                 let d = compute_domain(domain::DEPOSIT, *genesis_fork_version, Root::ZERO);
-                (msg.tree_hash_root().into(), d, None, 0, None)
+                (msg.tree_hash_root().into(), d, None, None, None)
             }
             Payload::RandaoReveal(e) => (
                 e.tree_hash_root().into(),
                 with_fork(domain::RANDAO, e.0)?,
                 None,
-                e.0,
+                Some(e.0),
                 None,
             ),
             Payload::VoluntaryExit(exit) => {
                 let e = exit.epoch.0;
                 let d = voluntary_exit_domain(network, fork_info()?, e);
-                (exit.tree_hash_root().into(), d, None, e, None)
+                (exit.tree_hash_root().into(), d, None, Some(e), None)
             }
+            // altair validator guide `get_sync_committee_message`: the object is the root itself.
             Payload::SyncCommitteeMessage {
                 beacon_block_root,
                 slot,
-            } => {
-                // altair validator guide `get_sync_committee_message`: the object is the root.
-                let e = spe(slot);
-                (
-                    *beacon_block_root,
-                    with_fork(domain::SYNC_COMMITTEE, e)?,
-                    Some(slot.0),
-                    e,
-                    None,
-                )
-            }
-            Payload::SyncCommitteeSelectionProof(d) => {
-                let e = spe(&d.slot);
-                (
-                    d.tree_hash_root().into(),
-                    with_fork(domain::SYNC_COMMITTEE_SELECTION_PROOF, e)?,
-                    Some(d.slot.0),
-                    e,
-                    None,
-                )
-            }
-            Payload::SyncCommitteeContributionAndProof(c) => {
-                let s = c.contribution.slot;
-                let e = spe(&s);
-                (
-                    c.tree_hash_root().into(),
-                    with_fork(domain::CONTRIBUTION_AND_PROOF, e)?,
-                    Some(s.0),
-                    e,
-                    None,
-                )
-            }
+            } => at_slot(*beacon_block_root, domain::SYNC_COMMITTEE, *slot)?,
+            Payload::SyncCommitteeSelectionProof(d) => at_slot(
+                d.tree_hash_root().into(),
+                domain::SYNC_COMMITTEE_SELECTION_PROOF,
+                d.slot,
+            )?,
+            Payload::SyncCommitteeContributionAndProof(c) => at_slot(
+                c.tree_hash_root().into(),
+                domain::CONTRIBUTION_AND_PROOF,
+                c.contribution.slot,
+            )?,
             Payload::ValidatorRegistration(r) => {
                 // builder-specs `compute_builder_domain`: the network's genesis fork version
                 // and a zero genesis validators root, whatever the current fork.
@@ -436,7 +381,7 @@ impl SignRequest {
                     network.genesis_fork_version(),
                     Root::ZERO,
                 );
-                (r.tree_hash_root().into(), d, None, 0, None)
+                (r.tree_hash_root().into(), d, None, None, None)
             }
         };
         let signing_root = compute_signing_root(object_root, domain);
@@ -448,14 +393,9 @@ impl SignRequest {
                 });
             }
         }
-        let slashing = match slashing {
-            Some(check) => Some((fork_info()?.genesis_validators_root, check)),
-            None => None,
-        };
-        let epoch = match self.payload {
-            Payload::Deposit(..) | Payload::ValidatorRegistration(_) => None,
-            _ => Some(epoch),
-        };
+        let slashing = slashing
+            .map(|check| fork_info().map(|fi| (fi.genesis_validators_root, check)))
+            .transpose()?;
         Ok(Signable {
             signing_root,
             slashing,
