@@ -49,6 +49,7 @@ impl AppState {
 
     /// Replaces the keys.
     pub fn set_keyring(&self, ring: KeyRing) {
+        metrics::gauge!("signing_signers_loaded_count").set(ring.len() as f64);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
     }
 }
@@ -77,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/eth2/highWatermark", get(high_watermark))
         .route("/reload", post(start_reload).get(reload_status))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(middleware::from_fn(crate::metrics::track_http))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             host_allowlist,
@@ -280,10 +282,48 @@ async fn sign(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let request = SignRequest::parse(&body)?;
-    let key = parse_identifier(&identifier)
+    let mut sign_type = "unknown";
+    let result = sign_inner(&st, &identifier, &headers, &body, started, &mut sign_type).await;
+    let outcome = match &result {
+        Ok(_) => {
+            let secs = started.elapsed().as_secs_f64();
+            metrics::histogram!("signing_bls_signing_duration").record(secs);
+            metrics::histogram!("ensign_signing_duration_seconds", "type" => sign_type)
+                .record(secs);
+            "signed"
+        }
+        Err(ApiError::Refused(_)) => "refused",
+        Err(e) => {
+            match e {
+                ApiError::Request(api_spec::Error::Malformed(_)) => {
+                    metrics::counter!("http_bls_malformed_request_count_total").increment(1)
+                }
+                ApiError::UnknownKey(_) => {
+                    metrics::counter!("signing_bls_missing_identifier_count_total").increment(1)
+                }
+                _ => {}
+            }
+            "error"
+        }
+    };
+    metrics::counter!("ensign_signing_requests_total", "type" => sign_type, "outcome" => outcome)
+        .increment(1);
+    result
+}
+
+async fn sign_inner(
+    st: &Arc<AppState>,
+    identifier: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    started: Instant,
+    sign_type: &mut &'static str,
+) -> Result<Response, ApiError> {
+    let request = SignRequest::parse(body)?;
+    *sign_type = request.sign_type.name();
+    let key = parse_identifier(identifier)
         .and_then(|pk| st.keyring().get(&pk))
-        .ok_or_else(|| ApiError::UnknownKey(identifier.clone()))?;
+        .ok_or_else(|| ApiError::UnknownKey(identifier.to_string()))?;
     let signable = request.signable(&st.network)?;
 
     // The BLS signature (CPU, ~0.4-0.8 ms) is computed while slashing protection checks and
@@ -295,6 +335,11 @@ async fn sign(
         let pubkey = slashing::Pubkey(key.pubkey());
         let gvr = slashing::Root(gvr.0);
         let root = slashing::Root(signable.signing_root.0);
+        let db_started = Instant::now();
+        let operation = match check {
+            SlashingCheck::Block { .. } => "block",
+            SlashingCheck::Attestation { .. } => "attestation",
+        };
         let verdict = tokio::task::spawn_blocking(move || match check {
             SlashingCheck::Block { slot } => sp.sign_block(gvr, pubkey, slot, root),
             SlashingCheck::Attestation {
@@ -304,6 +349,11 @@ async fn sign(
         })
         .await
         .map_err(|e| ApiError::Internal(format!("slashing task: {e}")))?;
+        metrics::histogram!("eth2_slashingprotection_database_duration", "signingOperation" => operation)
+            .record(db_started.elapsed().as_secs_f64());
+        if matches!(verdict, Err(slashing::Error::Refused(_))) {
+            metrics::counter!("eth2_slashingprotection_prevented_signings_total").increment(1);
+        }
         if let Err(e) = verdict {
             let e = ApiError::from(e);
             tracing::warn!(
@@ -320,6 +370,10 @@ async fn sign(
     let signature = signing
         .await
         .map_err(|_| ApiError::Internal("signing pool stopped".into()))?;
+    if st.slashing.is_some() {
+        // Web3Signer counts every permitted request, of any type.
+        metrics::counter!("eth2_slashingprotection_permitted_signings_total").increment(1);
+    }
     let signature = hex0x(&signature);
     tracing::debug!(
         r#type = request.sign_type.name(),
@@ -329,7 +383,7 @@ async fn sign(
         duration_us = started.elapsed().as_micros() as u64,
         "signed"
     );
-    Ok(if wants_json(&headers) {
+    Ok(if wants_json(headers) {
         Json(json!({ "signature": signature })).into_response()
     } else {
         (

@@ -85,6 +85,37 @@ pub struct GlobalOptions {
     )]
     pub data_path: PathBuf,
 
+    /// Serve Prometheus metrics on their own listener.
+    #[arg(
+        long,
+        env = "ENSIGN_METRICS_ENABLED",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        global = true
+    )]
+    pub metrics_enabled: bool,
+
+    /// Address of the metrics listener.
+    #[arg(
+        long,
+        env = "ENSIGN_METRICS_HOST",
+        default_value = "127.0.0.1",
+        global = true
+    )]
+    pub metrics_host: String,
+
+    /// Port of the metrics listener (0 picks a free one; the chosen port is logged).
+    #[arg(
+        long,
+        env = "ENSIGN_METRICS_PORT",
+        default_value_t = 9001,
+        global = true
+    )]
+    pub metrics_port: u16,
+
     /// Log level: OFF, ERROR, WARN, INFO, DEBUG, TRACE (or a tracing filter directive).
     #[arg(long, env = "ENSIGN_LOGGING", default_value = "INFO", global = true)]
     pub logging: String,

@@ -211,6 +211,9 @@ fn with_options(
     let started = Instant::now();
     let last = Mutex::new(Instant::now());
     let progress = |p: Progress| {
+        metrics::gauge!("ensign_key_loading_processed", "source" => id.to_string())
+            .set(p.done as f64);
+        metrics::gauge!("ensign_key_loading_keys", "source" => id.to_string()).set(p.total as f64);
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         if p.done == p.total || last.elapsed() >= Duration::from_secs(5) {
             *last = Instant::now();

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod error;
 pub mod keymanager;
 pub mod keys;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ pub struct Config {
     pub data_path: PathBuf,
     /// `--key-manager-api-enabled`.
     pub key_manager: bool,
+    /// `host:port` of the metrics listener when `--metrics-enabled`.
+    pub metrics: Option<String>,
 }
 
 /// Periodic pruning of slashing-protection history (Web3Signer's pruning options).
@@ -134,6 +137,9 @@ impl Config {
             },
             data_path: global.data_path.clone(),
             key_manager: eth2.key_manager_api_enabled,
+            metrics: global
+                .metrics_enabled
+                .then(|| format!("{}:{}", global.metrics_host, global.metrics_port)),
             slashing: if eth2.slashing_protection_enabled {
                 Some(store_config(&global.data_path, eth2)?)
             } else {
@@ -193,6 +199,8 @@ pub fn store_config(
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The metrics listener's address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<std::io::Result<()>>,
 }
@@ -239,6 +247,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } else {
         None
     };
+    let metrics_addr = match &config.metrics {
+        Some(addr) => Some(
+            metrics::serve(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        ),
+        None => {
+            metrics::install();
+            None
+        }
+    };
     let sources = config.keys.clone();
     let keys = tokio::task::spawn_blocking(move || KeyRing::load(&sources))
         .await
@@ -257,7 +279,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let state = Arc::new(app::AppState {
         network: config.network,
-        keys: std::sync::RwLock::new(Arc::new(keys)),
+        keys: {
+            ::metrics::gauge!("signing_signers_loaded_count").set(keys.len() as f64);
+            std::sync::RwLock::new(Arc::new(keys))
+        },
         sources: config.keys,
         reload: std::sync::Mutex::new(app::ReloadState::default()),
         slashing,
@@ -278,6 +303,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!("listening on http://{local}");
     Ok(Running {
         addr: local,
+        metrics_addr,
         shutdown: Some(tx),
         join,
     })

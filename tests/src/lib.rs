@@ -251,23 +251,30 @@ impl SignerBuilder {
     pub async fn try_start(self, runner: Runner) -> Result<TestSigner, String> {
         let dir = TempDir::new().unwrap();
         let args = self.prepare(dir.path());
-        let (base, inner) = match runner {
+        let (base, metrics_base, inner) = match runner {
             Runner::InProcess => {
                 let (global, eth2) = parse_cli(&args);
                 let config = server::Config::from_cli(&global, &eth2).map_err(|e| e.to_string())?;
                 let running = server::start(config).await.map_err(|e| e.to_string())?;
+                let metrics = running.metrics_addr.map(|a| format!("http://{a}"));
                 (
                     format!("http://{}", running.addr),
+                    metrics,
                     Inner::InProcess(Some(running)),
                 )
             }
             Runner::Binary => {
-                let (child, addr) = spawn_binary(&args[1..]).await?;
-                (format!("http://{addr}"), Inner::Process(child))
+                let (child, addr, metrics) = spawn_binary(&args[1..]).await?;
+                (
+                    format!("http://{addr}"),
+                    metrics.map(|m| format!("http://{m}")),
+                    Inner::Process(child),
+                )
             }
         };
         let signer = TestSigner {
             base,
+            metrics_base,
             client: reqwest::Client::new(),
             inner,
             _dir: dir,
@@ -311,7 +318,7 @@ pub fn binary_path() -> PathBuf {
 }
 
 /// Runs the binary with `args` and returns it with the address it logged.
-pub async fn spawn_binary(args: &[String]) -> Result<(Child, String), String> {
+pub async fn spawn_binary(args: &[String]) -> Result<(Child, String, Option<String>), String> {
     let bin = binary_path();
     if !bin.exists() {
         return Err(format!(
@@ -326,15 +333,19 @@ pub async fn spawn_binary(args: &[String]) -> Result<(Child, String), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let (tx, rx) = mpsc::channel::<Result<String, String>>();
+    let (tx, rx) = mpsc::channel::<Result<(String, Option<String>), String>>();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let tx2 = tx.clone();
     // Keep draining both pipes for the life of the child so it never blocks on a full pipe.
     std::thread::spawn(move || {
+        let mut metrics = None;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(m) = line.split("metrics on http://").nth(1) {
+                metrics = Some(m.trim().trim_end_matches("/metrics").to_string());
+            }
             if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(Ok(addr.trim().to_string()));
+                let _ = tx.send(Ok((addr.trim().to_string(), metrics.clone())));
             }
             if std::env::var_os("ENSIGN_TEST_ECHO").is_some() {
                 eprintln!("[ensign] {line}");
@@ -355,7 +366,7 @@ pub async fn spawn_binary(args: &[String]) -> Result<(Child, String), String> {
         .await
         .map_err(|e| e.to_string())?;
     match got {
-        Ok(Ok(addr)) => Ok((child, addr)),
+        Ok(Ok((addr, metrics))) => Ok((child, addr, metrics)),
         Ok(Err(e)) => {
             let _ = child.kill();
             Err(e)
@@ -375,6 +386,8 @@ enum Inner {
 /// A running signer and the request helpers that drive it.
 pub struct TestSigner {
     pub base: String,
+    /// `http://host:port` of the metrics listener, when `--metrics-enabled`.
+    pub metrics_base: Option<String>,
     client: reqwest::Client,
     inner: Inner,
     _dir: TempDir,
