@@ -93,6 +93,7 @@ pub struct GlobalOptions {
         action = ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
+        require_equals = true,
         value_name = "BOOL",
         global = true
     )]
@@ -165,6 +166,7 @@ pub struct Eth2Options {
         action = ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
+        require_equals = true,
         value_name = "BOOL"
     )]
     pub slashing_protection_enabled: bool,
@@ -196,6 +198,7 @@ pub struct Eth2Options {
         action = ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
+        require_equals = true,
         value_name = "BOOL"
     )]
     pub slashing_protection_pruning_enabled: bool,
@@ -228,6 +231,7 @@ pub struct Eth2Options {
         action = ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
+        require_equals = true,
         value_name = "BOOL"
     )]
     pub slashing_protection_pruning_at_boot_enabled: bool,
@@ -241,6 +245,7 @@ pub struct Eth2Options {
         action = ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
+        require_equals = true,
         value_name = "BOOL"
     )]
     pub key_manager_api_enabled: bool,
@@ -269,6 +274,7 @@ pub struct AwsSecretsOptions {
         action = ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
+        require_equals = true,
         value_name = "BOOL"
     )]
     pub aws_secrets_enabled: bool,
@@ -351,6 +357,25 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn boolean_flags_never_swallow_the_subcommand() {
+        // `--metrics-enabled eth2` must mean "enabled, then the eth2 subcommand".
+        let cli = Cli::try_parse_from([
+            "ensign",
+            "--metrics-enabled",
+            "eth2",
+            "--key-manager-api-enabled",
+            "export",
+            "--to",
+            "x",
+        ])
+        .unwrap();
+        assert!(cli.global.metrics_enabled);
+        let Mode::Eth2(eth2) = cli.mode;
+        assert!(eth2.key_manager_api_enabled);
+        assert!(matches!(eth2.command, Some(Eth2Command::Export { .. })));
     }
 
     #[test]
