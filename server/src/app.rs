@@ -39,6 +39,8 @@ pub struct AppState {
     pub signer: crate::keys::SigningPool,
     /// Bearer token of the key manager API; `None` when the API is disabled.
     pub key_manager_token: Option<String>,
+    /// Permits for sign requests being processed (`--max-in-flight-signing`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -282,6 +284,13 @@ async fn sign(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    // Bounded work: past the limit a request is refused at once (503), it does not queue.
+    let Ok(_permit) = st.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!("ensign_signing_requests_total", "type" => "unknown", "outcome" => "overloaded").increment(1);
+        return Err(ApiError::Unavailable(
+            "too many sign requests in flight".into(),
+        ));
+    };
     let mut sign_type = "unknown";
     let result = sign_inner(&st, &identifier, &headers, &body, started, &mut sign_type).await;
     let outcome = match &result {

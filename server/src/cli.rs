@@ -120,6 +120,20 @@ pub struct GlobalOptions {
     /// Log level: OFF, ERROR, WARN, INFO, DEBUG, TRACE (or a tracing filter directive).
     #[arg(long, env = "ENSIGN_LOGGING", default_value = "INFO", global = true)]
     pub logging: String,
+
+    /// Log format: `text` (human-readable) or `json` (one JSON object per line, for collectors).
+    #[arg(long, env = "ENSIGN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+
+    /// Most sign requests processed at once; more get 503 at once instead of queueing without
+    /// bound (each waiting request holds memory and a connection).
+    #[arg(
+        long,
+        env = "ENSIGN_MAX_IN_FLIGHT_SIGNING",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_in_flight_signing: usize,
 }
 
 /// The signing mode. Only `eth2` exists (Web3Signer also has eth1, which ensign does not do).

@@ -67,6 +67,8 @@ pub struct Config {
     pub key_manager: bool,
     /// `host:port` of the metrics listener when `--metrics-enabled`.
     pub metrics: Option<String>,
+    /// `--max-in-flight-signing`.
+    pub max_in_flight_signing: usize,
 }
 
 /// Periodic pruning of slashing-protection history (Web3Signer's pruning options).
@@ -137,6 +139,7 @@ impl Config {
             },
             data_path: global.data_path.clone(),
             key_manager: eth2.key_manager_api_enabled,
+            max_in_flight_signing: global.max_in_flight_signing.max(1),
             metrics: global
                 .metrics_enabled
                 .then(|| format!("{}:{}", global.metrics_host, global.metrics_port)),
@@ -289,6 +292,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         host_allowlist: config.host_allowlist,
         signer: keys::SigningPool::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         key_manager_token: token,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_signing)),
     });
     let router = app::router(state);
     let (tx, rx) = oneshot::channel::<()>();

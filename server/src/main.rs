@@ -7,7 +7,7 @@ use server::cli::{Cli, Eth2Command, Mode};
 use server::{Config, StartError};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: &str) {
     let directive = match level.to_ascii_uppercase().as_str() {
         "ALL" => "trace".to_string(),
         "FATAL" => "error".to_string(),
@@ -18,16 +18,19 @@ fn init_logging(level: &str) {
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+        .with_target(false);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_ansi(ansi).init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global.logging);
+    init_logging(&cli.global.logging, &cli.global.log_format);
     let Mode::Eth2(eth2) = &cli.mode;
     let result = match &eth2.command {
         Some(Eth2Command::Export { to }) => server::store_config(&cli.global.data_path, eth2)

@@ -341,11 +341,20 @@ pub async fn spawn_binary(args: &[String]) -> Result<(Child, String, Option<Stri
     std::thread::spawn(move || {
         let mut metrics = None;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(m) = line.split("metrics on http://").nth(1) {
-                metrics = Some(m.trim().trim_end_matches("/metrics").to_string());
+            // The address ends at a quote (JSON logs) or white space (text logs).
+            let after = |marker: &str| {
+                line.split(marker).nth(1).map(|rest| {
+                    rest.split(|c: char| c == '"' || c.is_whitespace())
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+            };
+            if let Some(m) = after("metrics on http://") {
+                metrics = Some(m.trim_end_matches("/metrics").to_string());
             }
-            if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(Ok((addr.trim().to_string(), metrics.clone())));
+            if let Some(addr) = after("listening on http://") {
+                let _ = tx.send(Ok((addr, metrics.clone())));
             }
             if std::env::var_os("ENSIGN_TEST_ECHO").is_some() {
                 eprintln!("[ensign] {line}");

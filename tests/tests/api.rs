@@ -198,3 +198,37 @@ async fn keystores_path_release_binary() {
     assert_eq!(ks["data"]["keys-loaded"], 1);
     s.stop().await;
 }
+
+/// Past `--max-in-flight-signing` a request gets 503 at once; the others sign and the server
+/// keeps serving. JSON logs (`--log-format json`) start and serve as text logs do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excess_sign_requests_get_503_and_json_logs_work() {
+    let key = test_secret(b"in flight");
+    let pk = pubkey_hex(&key);
+    let s = std::sync::Arc::new(
+        SignerBuilder::new()
+            .raw_keys([key])
+            .global_arg("--max-in-flight-signing=1")
+            .global_arg("--log-format=json")
+            .start(Runner::Binary)
+            .await,
+    );
+    let mut tasks = vec![];
+    for i in 0..200u64 {
+        let (s, pk) = (s.clone(), pk.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"type": "AGGREGATION_SLOT", "fork_info": fork_info(),
+                              "aggregation_slot": {"slot": (1000 + i).to_string()}});
+            s.sign(&pk, &body).await.status
+        }));
+    }
+    let mut statuses = vec![];
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|&&c| c == 200).count();
+    let busy = statuses.iter().filter(|&&c| c == 503).count();
+    assert_eq!(ok + busy, 200, "{statuses:?}");
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, 503 {busy}");
+    assert_still_serving(&s).await;
+}
