@@ -489,11 +489,21 @@ impl Load {
             .await
         {
             Ok(r) => {
-                let ok = r.status().is_success();
-                let _ = r.bytes().await;
-                ok
+                let status = r.status();
+                let body = r.bytes().await.unwrap_or_default();
+                if !status.is_success() {
+                    // Rare by construction; say which, so an error count is never a mystery.
+                    eprintln!(
+                        "   request {k} (validator {v}): {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                status.is_success()
             }
-            Err(_) => false,
+            Err(e) => {
+                eprintln!("   request {k} (validator {v}): {e}");
+                false
+            }
         };
         (ok, t.elapsed().as_micros() as u64)
     }

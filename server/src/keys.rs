@@ -270,26 +270,26 @@ type SignJob = (
 );
 
 /// A fixed set of threads, one per core, that do nothing but BLS signing, fed first-in
-/// first-out. Signing is CPU-bound: more threads than cores only adds switching, and a FIFO
-/// queue keeps latency even under load (unlike many blocking-pool threads sharing the CPU).
+/// first-out from one multi-consumer queue (no lock shared by the workers). Signing is
+/// CPU-bound: more threads than cores only adds switching, and a FIFO queue keeps latency even
+/// under load (unlike many blocking-pool threads sharing the CPU).
 #[derive(Clone)]
 pub struct SigningPool {
-    jobs: std::sync::mpsc::Sender<SignJob>,
+    jobs: crossbeam_channel::Sender<SignJob>,
 }
 
 impl SigningPool {
     /// Starts `threads` signing threads (they end when the pool is dropped).
     pub fn new(threads: usize) -> SigningPool {
-        let (tx, rx) = std::sync::mpsc::channel::<SignJob>();
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = crossbeam_channel::unbounded::<SignJob>();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("ensign-sign-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((key, root, reply)) = job else { return };
-                    let _ = reply.send(sign_root(&key, &root));
+                .spawn(move || {
+                    for (key, root, reply) in rx {
+                        let _ = reply.send(sign_root(&key, &root));
+                    }
                 })
                 .expect("spawn signing thread");
         }
