@@ -63,8 +63,6 @@ pub struct Config {
     pub pruning: Option<Pruning>,
     /// `--data-path`.
     pub data_path: PathBuf,
-    /// `--key-manager-api-enabled`.
-    pub key_manager: bool,
     /// `host:port` of the metrics listener when `--metrics-enabled`.
     pub metrics: Option<String>,
     /// `--max-in-flight-signing`.
@@ -138,7 +136,6 @@ impl Config {
                 },
             },
             data_path: global.data_path.clone(),
-            key_manager: eth2.key_manager_api_enabled,
             max_in_flight_signing: global.max_in_flight_signing.max(1),
             metrics: global
                 .metrics_enabled
@@ -206,6 +203,8 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<std::io::Result<()>>,
+    /// Tasks that live as long as the server (pruning, the metrics listener).
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -213,6 +212,10 @@ impl Running {
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // They hold the store (and with SQLite its exclusive lock): end them with the server.
+        for task in self.background.drain(..) {
+            task.abort();
         }
         self.join.await.map_err(std::io::Error::other)?
     }
@@ -232,8 +235,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             None
         }
     };
+    let mut background = vec![];
     if let (Some(sp), Some(pruning)) = (slashing.clone(), config.pruning) {
-        tokio::spawn(prune_periodically(sp, pruning));
+        background.push(tokio::spawn(prune_periodically(sp, pruning)));
     }
     for dir in [
         Some(&config.data_path),
@@ -245,20 +249,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let token = if config.key_manager {
+    let token = if config.keys.key_manager_dir.is_some() {
         Some(keymanager::load_or_create_token(&config.data_path).map_err(StartError::Config)?)
     } else {
         None
     };
     let metrics_addr = match &config.metrics {
-        Some(addr) => Some(
-            metrics::serve(addr)
+        Some(addr) => {
+            let (bound, task) = metrics::serve(addr)
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: addr.clone(),
                     source,
-                })?,
-        ),
+                })?;
+            background.push(task);
+            Some(bound)
+        }
         None => {
             metrics::install();
             None
@@ -310,6 +316,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics_addr,
         shutdown: Some(tx),
         join,
+        background,
     })
 }
 

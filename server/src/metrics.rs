@@ -122,8 +122,10 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends; returns the bound address.
-pub async fn serve(addr: &str) -> std::io::Result<std::net::SocketAddr> {
+/// Serves `GET /metrics` on `addr`; returns the bound address and the serving task.
+pub async fn serve(
+    addr: &str,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let handle = install();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -143,11 +145,11 @@ pub async fn serve(addr: &str) -> std::io::Result<std::net::SocketAddr> {
             }
         }),
     );
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics listener failed");
         }
     });
     tracing::info!("metrics on http://{local}/metrics");
-    Ok(local)
+    Ok((local, task))
 }
