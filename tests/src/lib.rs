@@ -480,7 +480,7 @@ impl TestSigner {
     pub async fn sign_raw(&self, identifier: &str, body: Vec<u8>, accept: Option<&str>) -> Resp {
         let Some(accept) = accept else {
             return self
-                .post_without_accept(&format!("/api/v1/eth2/sign/{identifier}"), &body)
+                .raw_post(&format!("/api/v1/eth2/sign/{identifier}"), "", &body)
                 .await;
         };
         let req = self
@@ -493,69 +493,40 @@ impl TestSigner {
     }
 
     /// POSTs a body of `len` spaces over a raw connection and returns the answer. The server
-    /// may answer (413) and close before the body is fully written, so write errors are
-    /// ignored; what counts is the response it sent.
+    /// may answer (413) and close before the body is fully written; what counts is the
+    /// response it sent.
     pub async fn post_oversized(&self, path: &str, len: usize) -> Resp {
+        self.raw_post(path, "Accept: application/json\r\n", &vec![b' '; len])
+            .await
+    }
+
+    /// A minimal HTTP/1.1 POST over a fresh connection, with exactly the headers written here
+    /// plus `extra_headers` (each ending in CRLF). Body write errors are ignored: a server may
+    /// answer before reading the whole body.
+    async fn raw_post(&self, path: &str, extra_headers: &str, body: &[u8]) -> Resp {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.base.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Accept: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+             {extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
         );
         stream.write_all(head.as_bytes()).await.expect("write");
-        let chunk = vec![b' '; 64 * 1024];
-        let mut sent = 0;
-        while sent < len {
-            if stream
-                .write_all(&chunk[..chunk.len().min(len - sent)])
-                .await
-                .is_err()
-            {
+        for chunk in body.chunks(64 * 1024) {
+            if stream.write_all(chunk).await.is_err() {
                 break;
             }
-            sent += chunk.len();
         }
         let mut raw = Vec::new();
         let _ = stream.read_to_end(&mut raw).await;
         let text = String::from_utf8_lossy(&raw).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Resp {
-            status,
-            content_type: String::new(),
-            body,
-        }
-    }
-
-    /// A minimal HTTP/1.1 POST over a fresh connection, with exactly the headers written here.
-    async fn post_without_accept(&self, path: &str, body: &[u8]) -> Resp {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.base.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.expect("write");
-        stream.write_all(body).await.expect("write");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read");
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
         let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .expect("status");
+            .unwrap_or(0);
         let content_type = head
             .lines()
             .find_map(|l| {
