@@ -14,6 +14,7 @@
 
 pub mod containers;
 pub mod network;
+pub mod openapi;
 pub mod primitives;
 pub mod sign;
 

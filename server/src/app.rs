@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use slashing::SlashingProtection;
@@ -41,6 +41,9 @@ pub struct AppState {
     pub key_manager_token: Option<String>,
     /// Permits for sign requests being processed (`--max-in-flight-signing`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Enclave mode's state (`None` outside it): gates the API until initialised, reports in
+    /// `/healthcheck`, serves `/api/v1/attestation`.
+    pub enclave: Option<Arc<crate::enclave::EnclaveShared>>,
 }
 
 impl AppState {
@@ -66,26 +69,80 @@ pub struct ReloadState {
     pub last_error: Option<String>,
 }
 
-/// Builds the router.
+/// Every route ensign serves, as (path template, methods): the one table the router is built
+/// from ([`router`]), and the one the OpenAPI document (`api-spec/openapi/ensign.yaml`) is
+/// checked against in both directions (`tests/tests/openapi.rs`). A route therefore cannot be
+/// served without being listed here, nor listed without a handler (the router panics at
+/// start-up). [`crate::keymanager::PATH`] is mounted only with the key manager API enabled.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/upcheck", &["GET"]),
+    ("/healthcheck", &["GET"]),
+    ("/api/v1/eth2/publicKeys", &["GET"]),
+    ("/api/v1/eth2/sign/{identifier}", &["POST"]),
+    ("/api/v1/eth2/highWatermark", &["GET"]),
+    ("/reload", &["GET", "POST"]),
+    (OPENAPI_PATH, &["GET"]),
+    (crate::keymanager::PATH, &["GET", "POST", "DELETE"]),
+    // Enclave mode only (404 otherwise).
+    (crate::enclave::ATTESTATION_PATH, &["GET"]),
+];
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/api-docs/openapi.yaml";
+
+/// The handler of one (path, method) of [`ROUTES`].
+fn endpoint(state: &Arc<AppState>, path: &str, method: &str) -> MethodRouter<Arc<AppState>> {
+    match (path, method) {
+        ("/upcheck", "GET") => get(upcheck),
+        ("/healthcheck", "GET") => get(healthcheck),
+        ("/api/v1/eth2/publicKeys", "GET") => get(public_keys),
+        ("/api/v1/eth2/sign/{identifier}", "POST") => post(sign),
+        ("/api/v1/eth2/highWatermark", "GET") => get(high_watermark),
+        ("/reload", "POST") => post(start_reload),
+        ("/reload", "GET") => get(reload_status),
+        (OPENAPI_PATH, "GET") => get(openapi),
+        (crate::enclave::ATTESTATION_PATH, "GET") => get(crate::enclave::attestation),
+        (crate::keymanager::PATH, m) => crate::keymanager::endpoint(state.clone(), m)
+            .unwrap_or_else(|| panic!("ROUTES lists {m} {path}, which has no handler")),
+        _ => panic!("ROUTES lists {method} {path}, which has no handler"),
+    }
+}
+
+/// Builds the router from [`ROUTES`].
 pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new();
-    if state.key_manager_token.is_some() {
-        router = router.merge(crate::keymanager::routes(state.clone()));
+    for &(path, methods) in ROUTES {
+        if path == crate::keymanager::PATH && state.key_manager_token.is_none() {
+            continue;
+        }
+        let methods = methods
+            .iter()
+            .map(|m| endpoint(&state, path, m))
+            .reduce(MethodRouter::merge)
+            .expect("every route has a method");
+        router = router.route(path, methods);
     }
     router
-        .route("/upcheck", get(upcheck))
-        .route("/healthcheck", get(healthcheck))
-        .route("/api/v1/eth2/publicKeys", get(public_keys))
-        .route("/api/v1/eth2/sign/{identifier}", post(sign))
-        .route("/api/v1/eth2/highWatermark", get(high_watermark))
-        .route("/reload", post(start_reload).get(reload_status))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn(crate::metrics::track_http))
+        // Enclave mode: closed until initialised (inside the Host check, which stays first).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::enclave::gate,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             host_allowlist,
         ))
         .with_state(state)
+}
+
+/// `GET /api-docs/openapi.yaml`: the document built into this binary.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        api_spec::openapi::OPENAPI_YAML,
+    )
 }
 
 async fn upcheck() -> impl IntoResponse {
@@ -123,6 +180,10 @@ async fn healthcheck(State(st): State<Arc<AppState>>) -> Response {
     let keys_up = ring.sources.iter().all(|s| s.error_count == 0);
     checks.push(json!({"id": "keys-check", "status": status_str(keys_up), "checks": key_checks}));
     let mut all_up = keys_up;
+    if let Some(enclave) = &st.enclave {
+        all_up &= enclave.ready();
+        checks.push(enclave.health_entry());
+    }
     if let Some(sp) = st.slashing.clone() {
         let probe = tokio::task::spawn_blocking(move || sp.health_check());
         let db_up = match tokio::time::timeout(DB_HEALTH_TIMEOUT, probe).await {
@@ -182,6 +243,13 @@ async fn high_watermark(State(st): State<Arc<AppState>>) -> Result<Response, Api
 /// `POST /reload`: reloads every key source in the background. 202 when started, 409 while
 /// one is running (Web3Signer since 25.12).
 async fn start_reload(State(st): State<Arc<AppState>>) -> Response {
+    if st.enclave.is_some() {
+        // The keys are the host's records (AddKeys/RemoveKeys); there is nothing to re-read,
+        // and reloading the (empty) local sources would drop them.
+        let body = json!({"status": "error", "message":
+            "enclave mode: keys are delivered by ensign-host (AddKeys/RemoveKeys); reload does not apply"});
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    }
     {
         let mut r = st.reload.lock().unwrap_or_else(|e| e.into_inner());
         if r.running {
@@ -242,7 +310,7 @@ async fn reload_status(State(st): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// Seconds since the epoch as an RFC 3339 UTC time (no calendar crate needed for this).
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -291,8 +359,10 @@ async fn sign(
             "too many sign requests in flight".into(),
         ));
     };
-    let mut sign_type = "unknown";
-    let result = sign_inner(&st, &identifier, &headers, &body, started, &mut sign_type).await;
+    let mut info = SignInfo::default();
+    let result = sign_inner(&st, &identifier, &headers, &body, &mut info).await;
+    let sign_type = info.sign_type;
+    let duration_us = started.elapsed().as_micros() as u64;
     let outcome = match &result {
         Ok(_) => {
             let secs = started.elapsed().as_secs_f64();
@@ -317,7 +387,47 @@ async fn sign(
     };
     metrics::counter!("ensign_signing_requests_total", "type" => sign_type, "outcome" => outcome)
         .increment(1);
+    // One line per sign request (issue 5): type, key, slot/epoch, outcome, duration. The
+    // identifier is client input: it is logged only once it parsed as a public key, and then
+    // in canonical hex, so a request cannot inject text into the log.
+    let pubkey = parse_identifier(&identifier).map(|pk| hex0x(&pk));
+    let pubkey = pubkey.as_deref().unwrap_or("(malformed)");
+    match &result {
+        Ok(_) => tracing::info!(
+            r#type = sign_type,
+            pubkey,
+            slot = info.slot,
+            epoch = info.epoch,
+            outcome,
+            duration_us,
+            "sign"
+        ),
+        Err(e) => {
+            // Refusals are the signer doing its job but mean a validator client is about to be
+            // slashed elsewhere or misconfigured: operators must see them.
+            let status = e.status().as_u16();
+            if matches!(e, ApiError::Refused(_) | ApiError::Internal(_)) {
+                tracing::warn!(
+                    r#type = sign_type, pubkey, slot = info.slot, epoch = info.epoch,
+                    outcome, status, duration_us, error = %e, "sign"
+                )
+            } else {
+                tracing::info!(
+                    r#type = sign_type, pubkey, slot = info.slot, epoch = info.epoch,
+                    outcome, status, duration_us, error = %e, "sign"
+                )
+            }
+        }
+    }
     result
+}
+
+/// What the sign handler learned about a request before it finished, for its log line.
+#[derive(Default)]
+struct SignInfo {
+    sign_type: &'static str,
+    slot: Option<u64>,
+    epoch: Option<u64>,
 }
 
 async fn sign_inner(
@@ -325,15 +435,17 @@ async fn sign_inner(
     identifier: &str,
     headers: &HeaderMap,
     body: &[u8],
-    started: Instant,
-    sign_type: &mut &'static str,
+    info: &mut SignInfo,
 ) -> Result<Response, ApiError> {
+    info.sign_type = "unknown";
     let request = SignRequest::parse(body)?;
-    *sign_type = request.sign_type.name();
+    info.sign_type = request.sign_type.name();
     let key = parse_identifier(identifier)
         .and_then(|pk| st.keyring().get(&pk))
         .ok_or_else(|| ApiError::UnknownKey(identifier.to_string()))?;
     let signable = request.signable(&st.network)?;
+    info.slot = signable.slot;
+    info.epoch = signable.epoch;
 
     // The BLS signature (CPU, ~0.4-0.8 ms) is computed while slashing protection checks and
     // records the message (I/O, a group commit), but it is RELEASED only after the record is
@@ -349,31 +461,39 @@ async fn sign_inner(
             SlashingCheck::Block { .. } => "block",
             SlashingCheck::Attestation { .. } => "attestation",
         };
-        let verdict = tokio::task::spawn_blocking(move || match check {
-            SlashingCheck::Block { slot } => sp.sign_block(gvr, pubkey, slot, root),
+        let submitted = match check {
+            SlashingCheck::Block { slot } => slashing::Check::Block { slot },
             SlashingCheck::Attestation {
                 source_epoch,
                 target_epoch,
-            } => sp.sign_attestation(gvr, pubkey, source_epoch, target_epoch, root),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("slashing task: {e}")))?;
+            } => slashing::Check::Attestation {
+                source_epoch,
+                target_epoch,
+            },
+        };
+        // SQLite decides on its writer thread and answers this task directly; PostgreSQL's
+        // decision is a blocking round trip and gets a blocking thread.
+        let verdict = match sp.submit(gvr, pubkey, submitted, root) {
+            Some(pending) => pending.await.map_err(|_| {
+                ApiError::Internal("slashing store stopped before answering".into())
+            })?,
+            None => tokio::task::spawn_blocking(move || match submitted {
+                slashing::Check::Block { slot } => sp.sign_block(gvr, pubkey, slot, root),
+                slashing::Check::Attestation {
+                    source_epoch,
+                    target_epoch,
+                } => sp.sign_attestation(gvr, pubkey, source_epoch, target_epoch, root),
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("slashing task: {e}")))?,
+        };
         metrics::histogram!("eth2_slashingprotection_database_duration", "signingOperation" => operation)
             .record(db_started.elapsed().as_secs_f64());
         if matches!(verdict, Err(slashing::Error::Refused(_))) {
             metrics::counter!("eth2_slashingprotection_prevented_signings_total").increment(1);
         }
         if let Err(e) = verdict {
-            let e = ApiError::from(e);
-            tracing::warn!(
-                r#type = request.sign_type.name(),
-                pubkey = %hex0x(&key.pubkey()),
-                slot = ?signable.slot,
-                epoch = ?signable.epoch,
-                error = %e,
-                "signing refused"
-            );
-            return Err(e);
+            return Err(ApiError::from(e));
         }
     }
     let signature = signing
@@ -384,14 +504,6 @@ async fn sign_inner(
         metrics::counter!("eth2_slashingprotection_permitted_signings_total").increment(1);
     }
     let signature = hex0x(&signature);
-    tracing::debug!(
-        r#type = request.sign_type.name(),
-        pubkey = %hex0x(&key.pubkey()),
-        slot = ?signable.slot,
-        epoch = ?signable.epoch,
-        duration_us = started.elapsed().as_micros() as u64,
-        "signed"
-    );
     Ok(if wants_json(headers) {
         Json(json!({ "signature": signature })).into_response()
     } else {

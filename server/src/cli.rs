@@ -134,13 +134,285 @@ pub struct GlobalOptions {
         global = true
     )]
     pub max_in_flight_signing: usize,
+
+    /// Most client connections open at once. Past it, new connections wait in the kernel's
+    /// listen backlog until one closes, so a flood of idle sockets cannot exhaust the process's
+    /// file descriptors (the soft open-file limit is raised to fit when the hard limit allows).
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub http_max_connections: usize,
+
+    /// Seconds a client has to send a request's complete headers, counted from the moment the
+    /// connection is ready (after the TLS handshake) or from the first byte of a later request
+    /// on a kept-alive connection; a slower client is disconnected.
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub http_header_read_timeout_seconds: u64,
+
+    /// Seconds a kept-alive connection may stay idle between requests before it is closed
+    /// (Web3Signer's option and default); 0 never closes idle connections.
+    #[arg(
+        long,
+        env = "ENSIGN_IDLE_CONNECTION_TIMEOUT_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub idle_connection_timeout_seconds: u64,
+
+    #[command(flatten)]
+    pub tls: TlsOptions,
+
+    #[command(flatten)]
+    pub enclave: EnclaveOptions,
+}
+
+/// Enclave mode: ensign as the enclave half of an AWS Nitro Enclave deployment, next to
+/// `ensign-host` on the parent instance (see the `enclave` module and the README).
+#[derive(Debug, Args, Clone)]
+pub struct EnclaveOptions {
+    /// Run inside an enclave: no keys from disk (they arrive as KMS ciphertexts on the control
+    /// endpoint and are decrypted for this attested image only), the API served over TLS with a
+    /// key made at start, on the data endpoint; until initialised only /upcheck, /healthcheck
+    /// and /api/v1/attestation answer.
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_MODE",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_name = "BOOL",
+        global = true
+    )]
+    pub enclave_mode: bool,
+
+    /// Where the control protocol listens (ensign-host's Init, AddKeys, ...): `vsock:any:PORT`,
+    /// `tcp:HOST:PORT` or `unix:PATH`.
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_CONTROL_ENDPOINT",
+        default_value = "vsock:any:5001",
+        global = true
+    )]
+    pub enclave_control_endpoint: enclave_bridge::Endpoint,
+
+    /// Where the signing API (TLS) listens; ensign-host pipes validator clients here.
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_DATA_ENDPOINT",
+        default_value = "vsock:any:5000",
+        global = true
+    )]
+    pub enclave_data_endpoint: enclave_bridge::Endpoint,
+
+    /// A loopback forwarder LOCAL=REMOTE (repeatable), e.g. `tcp:127.0.0.1:443=vsock:3:8000`
+    /// for KMS or `tcp:127.0.0.1:5432=vsock:3:5432` for PostgreSQL: an enclave has no network,
+    /// so its clients connect to LOCAL and each connection is piped to REMOTE (the host's
+    /// proxies). With forwards, the KMS client resolves every host name to 127.0.0.1.
+    #[arg(
+        long = "enclave-forward",
+        env = "ENSIGN_ENCLAVE_FORWARD",
+        value_delimiter = ',',
+        value_name = "LOCAL=REMOTE",
+        global = true
+    )]
+    pub enclave_forwards: Vec<crate::enclave::Forward>,
+
+    /// Who signs attestation documents: `nsm` (the Nitro Secure Module) or
+    /// `insecure-test:<dir>` (a throw-away test PKI kept in <dir>, its root written to
+    /// <dir>/test-root.pem; off-enclave tests and demos only: INSECURE).
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_ATTESTATION",
+        default_value = "nsm",
+        global = true
+    )]
+    pub enclave_attestation: crate::enclave::AttestationMode,
+
+    /// Names and addresses in the enclave's TLS certificate (comma-separated), e.g. the load
+    /// balancer's DNS name that validator clients use.
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_TLS_SUBJECT_ALT_NAMES",
+        default_value = "localhost,127.0.0.1",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub enclave_tls_subject_alt_names: Vec<String>,
+}
+
+/// TLS on the signing API (Web3Signer's options, plus PEM files and a client CA file). The
+/// metrics listener stays plain HTTP, as in Web3Signer.
+#[derive(Debug, Args, Clone)]
+pub struct TlsOptions {
+    /// PKCS#12 keystore holding the server's private key and certificate chain; turns TLS on.
+    #[arg(long, env = "ENSIGN_TLS_KEYSTORE_FILE", global = true)]
+    pub tls_keystore_file: Option<PathBuf>,
+
+    /// File whose first line is the password of --tls-keystore-file.
+    #[arg(long, env = "ENSIGN_TLS_KEYSTORE_PASSWORD_FILE", global = true)]
+    pub tls_keystore_password_file: Option<PathBuf>,
+
+    /// PEM certificate chain of the server, leaf first (ensign's alternative to the keystore,
+    /// with --tls-key-file); turns TLS on.
+    #[arg(long, env = "ENSIGN_TLS_CERT_FILE", global = true)]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert-file.
+    #[arg(long, env = "ENSIGN_TLS_KEY_FILE", global = true)]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Accept clients without a certificate. Without it, TLS requires a client certificate
+    /// accepted by --tls-known-clients-file or --tls-allow-ca-clients.
+    #[arg(
+        long,
+        env = "ENSIGN_TLS_ALLOW_ANY_CLIENT",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_name = "BOOL",
+        global = true
+    )]
+    pub tls_allow_any_client: bool,
+
+    /// Accepted client certificates: lines `<name> <SHA-256 fingerprint of the certificate's
+    /// DER, colon-separated hex>`; `#` comments and blank lines are ignored.
+    #[arg(long, env = "ENSIGN_TLS_KNOWN_CLIENTS_FILE", global = true)]
+    pub tls_known_clients_file: Option<PathBuf>,
+
+    /// Accept client certificates issued by a CA in --tls-ca-clients-file.
+    #[arg(
+        long,
+        env = "ENSIGN_TLS_ALLOW_CA_CLIENTS",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_name = "BOOL",
+        global = true
+    )]
+    pub tls_allow_ca_clients: bool,
+
+    /// PEM bundle of the CAs trusted for client certificates with --tls-allow-ca-clients
+    /// (ensign's option: Web3Signer uses the JVM's trust store).
+    #[arg(long, env = "ENSIGN_TLS_CA_CLIENTS_FILE", global = true)]
+    pub tls_ca_clients_file: Option<PathBuf>,
+
+    /// Seconds a client has to complete the TLS handshake.
+    #[arg(
+        long,
+        env = "ENSIGN_TLS_HANDSHAKE_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub tls_handshake_timeout_seconds: u64,
 }
 
 /// The signing mode. Only `eth2` exists (Web3Signer also has eth1, which ensign does not do).
+// Parsed once per process: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Mode {
     /// Sign Ethereum consensus-layer messages (the Web3Signer eth2 API).
     Eth2(Eth2Options),
+    /// Check that an enclave-mode ensign runs the expected image and that its TLS key is the
+    /// one the enclave made: fetch /api/v1/attestation, verify the document, compare PCR0, the
+    /// nonce, and the TLS certificate's public key with the document's user_data.
+    VerifyAttestation(VerifyAttestationArgs),
+    /// Encrypted key records for enclave mode.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `ensign verify-attestation`.
+#[derive(Debug, Args, Clone)]
+pub struct VerifyAttestationArgs {
+    /// The signer, `https://HOST:PORT` (its self-signed certificate is accepted for this one
+    /// request and then checked against the attestation).
+    #[arg(long)]
+    pub url: String,
+
+    /// The PCR0 the enclave image must have (96 hex digits: `nitro-cli describe-eif`'s
+    /// `Measurements.PCR0`).
+    #[arg(long, value_parser = parse_pcr)]
+    pub expected_pcr0: [u8; 48],
+
+    /// PEM root certificate the document must chain to [default: the AWS Nitro Enclaves root G1].
+    #[arg(long)]
+    pub root_cert: Option<PathBuf>,
+
+    /// Hex nonce (at most 64 bytes) the document must carry [default: 32 random bytes].
+    #[arg(long)]
+    pub nonce: Option<String>,
+
+    /// Seconds for connecting and for the answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_seconds: u64,
+}
+
+/// 96 hex digits → a SHA-384 PCR value.
+fn parse_pcr(s: &str) -> Result<[u8; 48], String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    let mut out = [0u8; 48];
+    hex::decode_to_slice(digits, &mut out)
+        .map_err(|_| "expected 96 hex digits (a SHA-384 PCR value)".to_string())?;
+    Ok(out)
+}
+
+/// `ensign keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// KMS-encrypt an EIP-2335 keystore and its password into a key record for ensign-host
+    /// (`--keys-dir` file or `--keys-table` item).
+    #[command(alias = "upload")]
+    Encrypt(KeysEncryptArgs),
+}
+
+/// `ensign keys encrypt`.
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["out_dir", "dynamodb_table"])))]
+pub struct KeysEncryptArgs {
+    /// The KMS key (id, ARN or alias) to encrypt with; its key policy decides who may decrypt.
+    #[arg(long)]
+    pub kms_key_id: String,
+
+    /// AWS region [default: the environment's, e.g. AWS_REGION].
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Endpoint URL for KMS and DynamoDB (a VPC endpoint or a local stand-in).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+
+    /// The EIP-2335 keystore (JSON) to encrypt.
+    #[arg(long)]
+    pub keystore: PathBuf,
+
+    /// File holding the keystore's password (one trailing newline is not part of it).
+    #[arg(long)]
+    pub password_file: PathBuf,
+
+    /// Write the record as `<DIR>/<pubkey>.json` (ensign-host `--keys-dir`).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+
+    /// Put the record into this DynamoDB table (ensign-host `--keys-table`).
+    #[arg(long, alias = "table")]
+    pub dynamodb_table: Option<String>,
 }
 
 /// Options of the eth2 mode.
@@ -387,9 +659,43 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.global.metrics_enabled);
-        let Mode::Eth2(eth2) = cli.mode;
+        let Mode::Eth2(eth2) = cli.mode else {
+            panic!("eth2 mode")
+        };
         assert!(eth2.key_manager_api_enabled);
         assert!(matches!(eth2.command, Some(Eth2Command::Export { .. })));
+    }
+
+    #[test]
+    fn tls_and_connection_options_parse() {
+        let cli = Cli::try_parse_from([
+            "ensign",
+            "--tls-keystore-file",
+            "/tls/server.p12",
+            "--tls-keystore-password-file",
+            "/tls/pass",
+            "--tls-allow-ca-clients",
+            "--tls-allow-any-client",
+            "eth2",
+            "--idle-connection-timeout-seconds",
+            "5",
+            "--http-max-connections=64",
+        ])
+        .unwrap();
+        let tls = &cli.global.tls;
+        assert_eq!(
+            tls.tls_keystore_file.as_deref(),
+            Some(std::path::Path::new("/tls/server.p12"))
+        );
+        assert!(tls.tls_allow_ca_clients && tls.tls_allow_any_client);
+        assert_eq!(tls.tls_handshake_timeout_seconds, 10);
+        assert_eq!(cli.global.idle_connection_timeout_seconds, 5);
+        assert_eq!(cli.global.http_max_connections, 64);
+        assert_eq!(cli.global.http_header_read_timeout_seconds, 10);
+        let defaults = Cli::try_parse_from(["ensign", "eth2"]).unwrap();
+        assert_eq!(defaults.global.idle_connection_timeout_seconds, 30);
+        assert!(!defaults.global.tls.tls_allow_any_client);
+        assert!(defaults.global.tls.tls_keystore_file.is_none());
     }
 
     #[test]
@@ -407,9 +713,96 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.global.http_listen_port, 0);
-        let Mode::Eth2(eth2) = cli.mode;
+        let Mode::Eth2(eth2) = cli.mode else {
+            panic!("eth2 mode")
+        };
         assert!(!eth2.slashing_protection_enabled);
         assert_eq!(eth2.network, "hoodi");
+    }
+}
+
+#[cfg(test)]
+mod enclave_cli_tests {
+    use super::*;
+    use crate::enclave::AttestationMode;
+
+    #[test]
+    fn enclave_options_parse() {
+        let cli = Cli::try_parse_from([
+            "ensign",
+            "--enclave-mode=true",
+            "--enclave-forward",
+            "tcp:127.0.0.1:443=vsock:3:8000",
+            "--enclave-forward",
+            "tcp:127.0.0.1:5432=vsock:3:5432",
+            "eth2",
+        ])
+        .unwrap();
+        let e = &cli.global.enclave;
+        assert!(e.enclave_mode);
+        assert_eq!(e.enclave_control_endpoint.to_string(), "vsock:any:5001");
+        assert_eq!(e.enclave_data_endpoint.to_string(), "vsock:any:5000");
+        assert_eq!(e.enclave_forwards.len(), 2);
+        assert_eq!(e.enclave_forwards[1].remote.to_string(), "vsock:3:5432");
+        assert_eq!(e.enclave_attestation, AttestationMode::Nsm);
+        for bad in [
+            "tcp:0.0.0.0:443=vsock:3:8000",
+            "vsock:3:1=tcp:127.0.0.1:1",
+            "tcp:127.0.0.1:443",
+        ] {
+            let r = Cli::try_parse_from(["ensign", "--enclave-forward", bad, "eth2"]);
+            assert!(r.is_err(), "{bad}");
+        }
+        for bad in ["insecure", "insecure-test:", "tpm"] {
+            let r = Cli::try_parse_from(["ensign", "--enclave-attestation", bad, "eth2"]);
+            assert!(r.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_and_verification_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "ensign",
+            "keys",
+            "upload",
+            "--kms-key-id",
+            "k",
+            "--keystore",
+            "a",
+            "--password-file",
+            "b",
+            "--table",
+            "t",
+        ])
+        .unwrap();
+        let Mode::Keys {
+            command: KeysCommand::Encrypt(args),
+        } = cli.mode
+        else {
+            panic!("keys encrypt")
+        };
+        assert_eq!(args.dynamodb_table.as_deref(), Some("t"));
+        let no_destination = Cli::try_parse_from([
+            "ensign",
+            "keys",
+            "encrypt",
+            "--kms-key-id",
+            "k",
+            "--keystore",
+            "a",
+            "--password-file",
+            "b",
+        ]);
+        assert!(no_destination.is_err());
+        let short_pcr = Cli::try_parse_from([
+            "ensign",
+            "verify-attestation",
+            "--url",
+            "https://x:1",
+            "--expected-pcr0",
+            "ab",
+        ]);
+        assert!(short_pcr.is_err());
     }
 }
 

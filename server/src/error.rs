@@ -23,6 +23,12 @@ pub enum ApiError {
     Internal(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Enclave mode, before a successful `Init`: only status and attestation are served.
+    #[error("enclave not ready: {0}")]
+    EnclaveNotReady(String),
+    /// `/api/v1/attestation` outside enclave mode.
+    #[error("attestation requested outside enclave mode")]
+    NotEnclaveMode,
 }
 
 impl From<slashing::Error> for ApiError {
@@ -49,7 +55,10 @@ impl ApiError {
             ApiError::UnknownKey(_) => StatusCode::NOT_FOUND,
             ApiError::Refused(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::SlashingStore(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::EnclaveNotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::NotEnclaveMode => StatusCode::NOT_FOUND,
         }
     }
 
@@ -66,6 +75,12 @@ impl ApiError {
             }
             ApiError::UnknownKey(_) => Some("no key loaded for this identifier".into()),
             ApiError::Refused(_) => Some("slashing protection refused to sign".into()),
+            // The state name only (the reasons are in /healthcheck).
+            ApiError::EnclaveNotReady(m) => Some(m.clone()),
+            ApiError::NotEnclaveMode => Some(
+                "attestation documents are served only in enclave mode (--enclave-mode=true)"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -74,7 +89,18 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A closed enclave answering 503 is expected (health checks, early clients), not a fault.
+        // The two 500s a client causes (Web3Signer's statuses, see `status`) are the client's
+        // fault, not ensign's: WARN, so a misbehaving client cannot flood the error log.
+        let client_caused = matches!(
+            self,
+            ApiError::Request(
+                api_spec::Error::MissingForkInfo | api_spec::Error::SigningRootMismatch { .. }
+            )
+        );
+        if client_caused {
+            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+        } else if status.is_server_error() && !matches!(self, ApiError::EnclaveNotReady(_)) {
             tracing::error!(error = %self, status = status.as_u16(), "request failed");
         } else {
             tracing::debug!(error = %self, status = status.as_u16(), "request rejected");

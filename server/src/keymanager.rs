@@ -16,8 +16,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -32,11 +32,19 @@ pub const TOKEN_FILE: &str = "api-token.txt";
 /// and writes the key set back.
 static OPERATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The routes, behind the bearer-token check.
-pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/eth/v1/keystores", get(list).post(import).delete(delete))
-        .route_layer(middleware::from_fn_with_state(state, authorize))
+/// The path of the API (`crate::app::ROUTES` lists its methods).
+pub const PATH: &str = "/eth/v1/keystores";
+
+/// The handler of `method` on [`PATH`], behind the bearer-token check; `None` for a method
+/// the API does not have.
+pub fn endpoint(state: Arc<AppState>, method: &str) -> Option<MethodRouter<Arc<AppState>>> {
+    let handler = match method {
+        "GET" => get(list),
+        "POST" => post(import),
+        "DELETE" => axum::routing::delete(delete),
+        _ => return None,
+    };
+    Some(handler.route_layer(middleware::from_fn_with_state(state, authorize)))
 }
 
 async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -127,6 +127,17 @@ impl KeyRing {
         self.managed.insert(pk);
     }
 
+    /// Adds a key from a source that is not the key manager (enclave mode: a host's key
+    /// record). An already loaded key is kept as it is; returns whether this one was added.
+    pub fn insert(&mut self, key: Arc<ValidatorKey>) -> bool {
+        let pk = key.pubkey();
+        if self.keys.contains_key(&pk) {
+            return false;
+        }
+        self.keys.insert(pk, key);
+        true
+    }
+
     /// Removes a key; true if it was loaded.
     pub fn remove(&mut self, pubkey: &[u8; 48]) -> bool {
         self.managed.remove(pubkey);

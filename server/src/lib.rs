@@ -10,13 +10,20 @@
 //! - Errors become HTTP statuses in exactly one place (`error.rs`); secret keys never reach
 //!   a log line, an error body or a `Debug` output (keys are `keystore::ValidatorKey`, whose
 //!   `Debug` is redacted).
+//! - The signing API is served by `conn` (hyper HTTP/1.1, optionally TLS configured by `tls`),
+//!   which bounds what one client can hold: connections, head size, head/handshake/idle time.
 
 pub mod app;
 pub mod cli;
+pub mod conn;
+pub mod enclave;
 pub mod error;
+pub mod key_records;
 pub mod keymanager;
 pub mod keys;
 pub mod metrics;
+pub mod tls;
+pub mod verify_attestation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +74,13 @@ pub struct Config {
     pub metrics: Option<String>,
     /// `--max-in-flight-signing`.
     pub max_in_flight_signing: usize,
+    /// TLS on the signing API (`--tls-*`); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connection-level limits (`--http-max-connections`, timeouts).
+    pub limits: conn::Limits,
+    /// Enclave mode (`--enclave-mode=true`): see [`enclave`]. The listen address and `tls`
+    /// are then unused (the data endpoint and a TLS key made at start replace them).
+    pub enclave: Option<enclave::EnclaveConfig>,
 }
 
 /// Periodic pruning of slashing-protection history (Web3Signer's pruning options).
@@ -102,7 +116,22 @@ impl Config {
                 Some((dir.clone(), passwords))
             }
         };
+        let limits = connection_limits(global)?;
+        let enclave = if global.enclave.enclave_mode {
+            Some(enclave::EnclaveConfig::from_cli(global, eth2)?)
+        } else {
+            None
+        };
+        // In enclave mode the server certificate is made at start (and its options refused).
+        let tls = if enclave.is_some() {
+            None
+        } else {
+            tls::server_config(&global.tls).map_err(|e| StartError::Config(e.to_string()))?
+        };
         Ok(Config {
+            enclave,
+            tls,
+            limits,
             listen_host: global.http_listen_host.clone(),
             listen_port: global.http_listen_port,
             host_allowlist: global.http_host_allowlist.iter().map(|h| h.trim().to_string()).collect(),
@@ -167,6 +196,77 @@ impl Config {
     }
 }
 
+/// `--http-max-connections` and the connection timeouts, checked.
+fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError> {
+    use std::time::Duration;
+    for (value, flag) in [
+        (global.http_max_connections as u64, "--http-max-connections"),
+        (
+            global.http_header_read_timeout_seconds,
+            "--http-header-read-timeout-seconds",
+        ),
+        (
+            global.tls.tls_handshake_timeout_seconds,
+            "--tls-handshake-timeout-seconds",
+        ),
+    ] {
+        if value == 0 {
+            return Err(StartError::Config(format!("{flag} must be positive")));
+        }
+    }
+    Ok(conn::Limits {
+        max_connections: global.http_max_connections,
+        header_read_timeout: Duration::from_secs(global.http_header_read_timeout_seconds),
+        idle_timeout: (global.idle_connection_timeout_seconds > 0)
+            .then(|| Duration::from_secs(global.idle_connection_timeout_seconds)),
+        tls_handshake_timeout: Duration::from_secs(global.tls.tls_handshake_timeout_seconds),
+    })
+}
+
+/// Raises the soft open-file limit so that `max_connections` connections fit next to the
+/// database, key files and metrics listener; warns when the hard limit does not allow it.
+/// (Many systems start services with a soft limit of 1024, the default connection cap.)
+#[cfg(unix)]
+fn ensure_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    /// Descriptors kept for everything but client connections.
+    const RESERVE: u64 = 256;
+    let want = (max_connections as u64).saturating_add(RESERVE);
+    let limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return; // unlimited
+    };
+    if soft >= want {
+        return;
+    }
+    let target = limit.maximum.map_or(want, |hard| hard.min(want));
+    let now = if target > soft
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        )
+        .is_ok()
+    {
+        target
+    } else {
+        soft
+    };
+    if now < want {
+        tracing::warn!(
+            open_file_limit = now,
+            max_connections,
+            "the open-file limit leaves little room beyond --http-max-connections: lower it \
+             or raise the limit (ulimit -n, systemd LimitNOFILE)"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn ensure_fd_limit(_max_connections: usize) {}
+
 /// The slashing store: PostgreSQL when a URL is given, else SQLite under `--data-path`.
 pub fn store_config(
     data_path: &std::path::Path,
@@ -205,6 +305,15 @@ pub struct Running {
     join: JoinHandle<std::io::Result<()>>,
     /// Tasks that live as long as the server (pruning, the metrics listener).
     background: Vec<JoinHandle<()>>,
+    /// Enclave mode: the endpoints bound (with the ports picked for 0).
+    pub enclave: Option<EnclaveEndpoints>,
+}
+
+/// Where an enclave-mode signer listens.
+#[derive(Debug, Clone)]
+pub struct EnclaveEndpoints {
+    pub control: enclave_bridge::Endpoint,
+    pub data: enclave_bridge::Endpoint,
 }
 
 impl Running {
@@ -223,6 +332,12 @@ impl Running {
 
 /// Loads keys, opens slashing protection, binds and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Enclave mode: forwarders first (the slashing database may be reached through one), then
+    // the attestor, the TLS key, and both endpoints.
+    let prepared = match &config.enclave {
+        Some(e) => Some(enclave::prepare(e).await?),
+        None => None,
+    };
     let slashing: Option<Arc<dyn SlashingProtection>> = match config.slashing.clone() {
         Some(store) => {
             let opened = tokio::task::spawn_blocking(move || slashing::open(&store))
@@ -276,16 +391,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Config(format!("loading keys: {e}")))?;
     tracing::info!(keys = keys.len(), network = %config.network.name, "ready to sign");
 
-    let addr = format!("{}:{}", config.listen_host, config.listen_port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let (listener, local) = match &prepared {
+        Some(p) => (None, enclave_socket_addr(&p.data_endpoint)),
+        None => {
+            let addr = format!("{}:{}", config.listen_host, config.listen_port);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            (Some(listener), local)
+        }
+    };
     let state = Arc::new(app::AppState {
         network: config.network,
         keys: {
@@ -299,25 +420,84 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         signer: keys::SigningPool::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         key_manager_token: token,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_signing)),
+        enclave: prepared.as_ref().map(|p| p.shared.clone()),
     });
-    let router = app::router(state);
+    let router = app::router(state.clone());
+    ensure_fd_limit(config.limits.max_connections);
     let (tx, rx) = oneshot::channel::<()>();
-    let join = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
-    // The harness and operators read the chosen port from this line (port 0 picks one).
-    tracing::info!("listening on http://{local}");
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let (join, enclave_endpoints) = match (prepared, listener) {
+        (Some(p), _) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(p.tls.clone());
+            background.extend(p.tasks);
+            background.push(p.control.start(&state));
+            tracing::info!(control = %p.control_endpoint,
+                "enclave control endpoint listening (ensign-host sends Init here)");
+            let join = tokio::spawn(conn::serve(
+                p.data_listener,
+                Some(acceptor),
+                router,
+                config.limits,
+                shutdown,
+            ));
+            // The harness and operators read the address from this line.
+            match &p.data_endpoint {
+                enclave_bridge::Endpoint::Tcp { .. } => {
+                    tracing::info!(data = %p.data_endpoint, "listening on https://{local} (enclave data endpoint; closed until Init)")
+                }
+                other => tracing::info!(
+                    "listening on https (enclave data endpoint {other}; closed until Init)"
+                ),
+            }
+            let endpoints = EnclaveEndpoints {
+                control: p.control_endpoint,
+                data: p.data_endpoint,
+            };
+            (join, Some(endpoints))
+        }
+        (None, Some(listener)) => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
+            let join = tokio::spawn(conn::serve(
+                listener,
+                acceptor,
+                router,
+                config.limits,
+                shutdown,
+            ));
+            // The harness and operators read the chosen port from this line (port 0 picks one).
+            tracing::info!("listening on {scheme}://{local}");
+            (join, None)
+        }
+        (None, None) => unreachable!("a TCP listener is bound outside enclave mode"),
+    };
+    drop(state);
     Ok(Running {
         addr: local,
         metrics_addr,
         shutdown: Some(tx),
         join,
         background,
+        enclave: enclave_endpoints,
     })
+}
+
+/// The socket address of a TCP data endpoint (`0.0.0.0:0` for vsock and Unix endpoints,
+/// which have none).
+fn enclave_socket_addr(ep: &enclave_bridge::Endpoint) -> SocketAddr {
+    match ep {
+        enclave_bridge::Endpoint::Tcp { host, port } => host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, *port))
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    }
 }
 
 /// `ensign eth2 export --to FILE`.

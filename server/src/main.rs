@@ -3,11 +3,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use server::cli::{Cli, Eth2Command, Mode};
+use server::cli::{Cli, Eth2Command, KeysCommand, Mode};
 use server::{Config, StartError};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(level: &str, format: &str) {
+/// Logs go through a writer thread: at thousands of signatures per second a line per signing
+/// must not put a `write(2)` on the request path. Lossless (`lossy(false)`): when the buffer
+/// is full, callers wait rather than lines vanishing. The guard flushes at exit.
+fn init_logging(level: &str, format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let directive = match level.to_ascii_uppercase().as_str() {
         "ALL" => "trace".to_string(),
         "FATAL" => "error".to_string(),
@@ -18,20 +21,31 @@ fn init_logging(level: &str, format: &str) {
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         .with_target(false);
     if format == "json" {
         builder.json().init();
     } else {
         builder.with_ansi(ansi).init();
     }
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global.logging, &cli.global.log_format);
-    let Mode::Eth2(eth2) = &cli.mode;
+    let _log_guard = init_logging(&cli.global.logging, &cli.global.log_format);
+    let eth2 = match &cli.mode {
+        Mode::Eth2(eth2) => eth2,
+        Mode::VerifyAttestation(args) => return run_tool(server::verify_attestation::run(args)),
+        Mode::Keys {
+            command: KeysCommand::Encrypt(args),
+        } => return run_tool(server::key_records::encrypt_command(args)),
+    };
     let result = match &eth2.command {
         Some(Eth2Command::Export { to }) => server::store_config(&cli.global.data_path, eth2)
             .and_then(|store| server::export(&store, to))
@@ -59,8 +73,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a one-shot command (`verify-attestation`, `keys encrypt`): its report on stdout and
+/// exit 0, or its error on stderr and exit 1.
+fn run_tool(command: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ensign: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ensign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(cli: &Cli) -> Result<(), StartError> {
-    let Mode::Eth2(eth2) = &cli.mode;
+    let Mode::Eth2(eth2) = &cli.mode else {
+        unreachable!("serve runs in eth2 mode only")
+    };
     let config = Config::from_cli(&cli.global, eth2)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

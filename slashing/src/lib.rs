@@ -203,6 +203,22 @@ impl std::fmt::Debug for StoreConfig {
     }
 }
 
+/// What a signing check is about (the two slashable kinds, EIP-3076).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Block {
+        slot: u64,
+    },
+    Attestation {
+        source_epoch: u64,
+        target_epoch: u64,
+    },
+}
+
+/// The answer to a check submitted with [`SlashingProtection::submit`]: it resolves once the
+/// verdict is known and, for `Ok`, durable. Dropping it does not cancel the check.
+pub type PendingVerdict = tokio::sync::oneshot::Receiver<Result<Permit, Error>>;
+
 /// The interface the server signs through. Blocking: call it off the reactor.
 pub trait SlashingProtection: Send + Sync + 'static {
     /// Check and record a block proposal. `Ok` ⇒ the record is durable.
@@ -222,6 +238,21 @@ pub trait SlashingProtection: Send + Sync + 'static {
         target_epoch: u64,
         signing_root: Root,
     ) -> Result<Permit, Error>;
+    /// Submit a check without blocking the caller: `Some` when the store decides on a thread
+    /// of its own (SQLite's writer) and answers through the returned receiver, so an async
+    /// caller needs no blocking thread of its own per request; `None` when the store's
+    /// decision is a blocking round trip (PostgreSQL): call `sign_block`/`sign_attestation`
+    /// on a blocking thread instead. Same verdicts and durability as the blocking methods.
+    fn submit(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        check: Check,
+        signing_root: Root,
+    ) -> Option<PendingVerdict> {
+        let _ = (gvr, pubkey, check, signing_root);
+        None
+    }
     /// A trivial query; `Error::Store` when the database does not answer.
     fn health_check(&self) -> Result<(), Error>;
     /// The global high watermark, if one was set.

@@ -1,7 +1,8 @@
 //! SQLite store with group commit.
 //!
 //! One writer thread owns the only connection. Callers send jobs over a
-//! channel and block on a per-request reply channel. The writer takes every
+//! channel and wait on a per-request reply (a blocking channel, or a oneshot
+//! that wakes an async task directly: `submit`). The writer takes every
 //! pending job, runs them in order inside ONE `BEGIN IMMEDIATE` transaction
 //! (each job in its own savepoint, so a failing job does not undo the others,
 //! and each verdict sees the records of the earlier jobs of the batch),
@@ -109,7 +110,28 @@ struct SignJob {
     duty: Duty,
     signing_root: Root,
     result: Option<Result<Permit, Error>>,
-    reply: SyncSender<Result<Permit, Error>>,
+    reply: Reply,
+}
+
+/// Where a signing verdict goes: a blocked caller's channel, or an async caller's oneshot
+/// (which wakes its task directly: no thread sits blocked per request).
+enum Reply {
+    Blocking(SyncSender<Result<Permit, Error>>),
+    Async(tokio::sync::oneshot::Sender<Result<Permit, Error>>),
+}
+
+impl Reply {
+    fn send(self, verdict: Result<Permit, Error>) {
+        // The caller may have gone away; nothing to do then.
+        match self {
+            Reply::Blocking(tx) => {
+                let _ = tx.send(verdict);
+            }
+            Reply::Async(tx) => {
+                let _ = tx.send(verdict);
+            }
+        }
+    }
 }
 
 /// What callers send to the writer thread.
@@ -126,9 +148,7 @@ enum Msg {
 impl Msg {
     fn finish(self, commit: Result<(), &str>) {
         match self {
-            Msg::Sign(j) => {
-                let _ = j.reply.send(outcome(j.result, commit));
-            }
+            Msg::Sign(j) => j.reply.send(outcome(j.result, commit)),
             Msg::Other { job, .. } => job.finish(commit),
         }
     }
@@ -159,19 +179,19 @@ impl SqliteStore {
                 return Err(open_err(
                     path,
                     format!("{} is not a directory", parent.display()),
-                ))
+                ));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(open_err(
                     path,
                     format!("directory {} does not exist", parent.display()),
-                ))
+                ));
             }
             Err(e) => {
                 return Err(open_err(
                     path,
                     format!("cannot access directory {}: {e}", parent.display()),
-                ))
+                ));
             }
         }
         if path.is_dir() {
@@ -303,7 +323,7 @@ impl SqliteStore {
             duty,
             signing_root,
             result: None,
-            reply,
+            reply: Reply::Blocking(reply),
         }))?;
         answer
             .recv()
@@ -956,6 +976,41 @@ impl Txn for SqlTx<'_> {
 }
 
 impl SlashingProtection for SqliteStore {
+    fn submit(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        check: crate::Check,
+        signing_root: Root,
+    ) -> Option<crate::PendingVerdict> {
+        let duty = match check {
+            crate::Check::Block { slot } => Duty::Block { slot },
+            crate::Check::Attestation {
+                source_epoch,
+                target_epoch,
+            } => Duty::Attestation {
+                source: source_epoch,
+                target: target_epoch,
+            },
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = SignJob {
+            gvr,
+            pubkey,
+            duty,
+            signing_root,
+            result: None,
+            reply: Reply::Async(reply),
+        };
+        if let Err(e) = self.send(Msg::Sign(job)) {
+            // The writer is gone: answer with the error through the same channel.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(e));
+            return Some(rx);
+        }
+        Some(answer)
+    }
+
     fn sign_block(
         &self,
         gvr: Root,

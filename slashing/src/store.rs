@@ -392,8 +392,7 @@ pub(crate) mod sql {
         ON CONFLICT (id) DO UPDATE SET high_watermark_epoch = excluded.high_watermark_epoch, \
         high_watermark_slot = excluded.high_watermark_slot";
     pub const VALIDATOR_ID: &str = "SELECT id FROM validators WHERE public_key = ?1";
-    pub const INSERT_VALIDATOR: &str =
-        "INSERT INTO validators (public_key) VALUES (?1) ON CONFLICT (public_key) DO NOTHING RETURNING id";
+    pub const INSERT_VALIDATOR: &str = "INSERT INTO validators (public_key) VALUES (?1) ON CONFLICT (public_key) DO NOTHING RETURNING id";
     pub const ENABLED: &str = "SELECT enabled FROM validators WHERE id = ?1";
     pub const SET_ENABLED: &str = "UPDATE validators SET enabled = ?2 WHERE id = ?1";
     pub const BLOCKS_AT: &str =
@@ -420,8 +419,7 @@ pub(crate) mod sql {
     pub const INSERT_ATT: &str =
         "INSERT INTO signed_attestations (validator_id, source_epoch, target_epoch, signing_root) \
         VALUES (?1, ?2, ?3, ?4)";
-    pub const SET_ATT_ROOT: &str =
-        "UPDATE signed_attestations SET signing_root = ?3 WHERE validator_id = ?1 AND target_epoch = ?2";
+    pub const SET_ATT_ROOT: &str = "UPDATE signed_attestations SET signing_root = ?3 WHERE validator_id = ?1 AND target_epoch = ?2";
     pub const VALIDATORS: &str = "SELECT id, public_key FROM validators ORDER BY public_key";
     pub const ALL_BLOCKS: &str =
         "SELECT slot, signing_root FROM signed_blocks WHERE validator_id = ?1 ORDER BY slot";

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Arc, Barrier};
 
-use slashing::{Error, Permit, Refusal, SlashingProtection, SqliteStore};
+use slashing::{Check, Error, Permit, Refusal, Root, SlashingProtection, SqliteStore};
 
 const THREADS: usize = 200;
 
@@ -82,6 +82,55 @@ fn sqlite_one_winner() {
     let db = common::SqliteDb::new();
     let s: Arc<dyn SlashingProtection> = db.store.clone();
     one_winner_suite(vec![s]);
+}
+
+/// The same races with half of the requests going through `submit` (the async path the
+/// server uses with SQLite) and half through the blocking methods, on one store.
+#[test]
+fn sqlite_one_winner_submit_and_blocking_mixed() {
+    let db = common::SqliteDb::new();
+    let s: Arc<dyn SlashingProtection> = db.store.clone();
+    let via = |s: &dyn SlashingProtection, i: usize, check: Check, root: Root| {
+        if i.is_multiple_of(2) {
+            let rx = s
+                .submit(common::GVR, common::pk(7), check, root)
+                .expect("SQLite decides on its writer thread");
+            rx.blocking_recv().expect("the writer answers")
+        } else {
+            match check {
+                Check::Block { slot } => s.sign_block(common::GVR, common::pk(7), slot, root),
+                Check::Attestation {
+                    source_epoch,
+                    target_epoch,
+                } => {
+                    s.sign_attestation(common::GVR, common::pk(7), source_epoch, target_epoch, root)
+                }
+            }
+        }
+    };
+    let r = race(vec![s.clone()], move |s, i| {
+        let check = Check::Attestation {
+            source_epoch: (i % 5) as u64,
+            target_epoch: 10,
+        };
+        via(s, i, check, common::root(i as u64 + 1))
+    });
+    exactly_one_winner(&r, Refusal::DoubleVote);
+    let r = race(vec![s.clone()], move |s, i| {
+        via(s, i, Check::Block { slot: 42 }, common::root(i as u64 + 1))
+    });
+    exactly_one_winner(&r, Refusal::DoubleBlockProposal);
+    // The winners' records survive the store: reopen the file and read them back.
+    let path = db.path();
+    drop(s);
+    drop(db.store);
+    let reopened = SqliteStore::open(&path).expect("reopen");
+    let doc: serde_json::Value =
+        serde_json::from_str(&reopened.export_interchange().unwrap()).unwrap();
+    let data = doc["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{doc}");
+    assert_eq!(data[0]["signed_attestations"].as_array().unwrap().len(), 1);
+    assert_eq!(data[0]["signed_blocks"].as_array().unwrap().len(), 1);
 }
 
 #[test]

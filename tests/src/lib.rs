@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use clap_free::parse_cli;
@@ -129,6 +129,10 @@ pub struct SignerBuilder {
     global_args: Vec<String>,
     eth2_args: Vec<String>,
     data_dir: Option<PathBuf>,
+    /// The client of every request, when not a default one (see [`SignerBuilder::client`]).
+    client: Option<reqwest::Client>,
+    /// The signer serves TLS (see [`SignerBuilder::https`]).
+    https: bool,
 }
 
 impl Default for SignerBuilder {
@@ -141,6 +145,8 @@ impl Default for SignerBuilder {
             global_args: vec![],
             eth2_args: vec![],
             data_dir: None,
+            client: None,
+            https: false,
         }
     }
 }
@@ -189,6 +195,22 @@ impl SignerBuilder {
     /// Use this data directory instead of a fresh one (to restart on the same database).
     pub fn data_dir(mut self, p: &Path) -> Self {
         self.data_dir = Some(p.to_path_buf());
+        self
+    }
+
+    /// The signer serves HTTPS (its `--tls-*` options given with [`global_arg`](Self::global_arg)):
+    /// the base URL becomes `https://…` and every request, the readiness probe included, goes
+    /// through `client` (which trusts the test CA and, when the signer requires it, presents a
+    /// client certificate).
+    pub fn https(mut self, client: reqwest::Client) -> Self {
+        self.https = true;
+        self.client(client)
+    }
+
+    /// Every request, the readiness probe included, goes through `client` instead of a default
+    /// one (e.g. one that keeps no idle connection, for tests that count connections).
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
         self
     }
 
@@ -251,6 +273,8 @@ impl SignerBuilder {
     pub async fn try_start(self, runner: Runner) -> Result<TestSigner, String> {
         let dir = TempDir::new().unwrap();
         let args = self.prepare(dir.path());
+        let scheme = if self.https { "https" } else { "http" };
+        let log = Arc::new(Mutex::new(Vec::new()));
         let (base, metrics_base, inner) = match runner {
             Runner::InProcess => {
                 let (global, eth2) = parse_cli(&args);
@@ -258,15 +282,15 @@ impl SignerBuilder {
                 let running = server::start(config).await.map_err(|e| e.to_string())?;
                 let metrics = running.metrics_addr.map(|a| format!("http://{a}"));
                 (
-                    format!("http://{}", running.addr),
+                    format!("{scheme}://{}", running.addr),
                     metrics,
                     Inner::InProcess(Some(running)),
                 )
             }
             Runner::Binary => {
-                let (child, addr, metrics) = spawn_binary(&args[1..]).await?;
+                let (child, addr, metrics) = spawn_binary_logged(&args[1..], log.clone()).await?;
                 (
-                    format!("http://{addr}"),
+                    format!("{scheme}://{addr}"),
                     metrics.map(|m| format!("http://{m}")),
                     Inner::Process(child),
                 )
@@ -275,8 +299,9 @@ impl SignerBuilder {
         let signer = TestSigner {
             base,
             metrics_base,
-            client: reqwest::Client::new(),
+            client: self.client.unwrap_or_default(),
             inner,
+            log,
             _dir: dir,
         };
         signer.await_ready().await;
@@ -297,7 +322,9 @@ mod clap_free {
     /// The same parser the binary uses.
     pub fn parse_cli(args: &[String]) -> (GlobalOptions, Eth2Options) {
         let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("bad test arguments: {e}"));
-        let Mode::Eth2(eth2) = cli.mode;
+        let Mode::Eth2(eth2) = cli.mode else {
+            panic!("test arguments must select the eth2 mode")
+        };
         (cli.global, eth2)
     }
 }
@@ -317,8 +344,74 @@ pub fn binary_path() -> PathBuf {
     target.join("release").join("ensign")
 }
 
+/// `ensign-host` (crate `enclave-bridge`), the parent-instance binary of enclave mode:
+/// `$ENSIGN_HOST_BIN`, else `release/ensign-host` or `debug/ensign-host` in this test's target
+/// directory, else built once now (`cargo build --release -p enclave-bridge --bin
+/// ensign-host`, in the same target directory). `Err` says why when it can be neither found
+/// nor built; callers skip with a "not run" notice then, unless `ENSIGN_REQUIRE_ENSIGN_HOST`
+/// is set (CI), in which case they fail.
+pub fn ensign_host_path() -> Result<PathBuf, String> {
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("ENSIGN_HOST_BIN") {
+                return Ok(PathBuf::from(p));
+            }
+            let target = binary_path()
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .ok_or("no target directory")?;
+            for profile in ["release", "debug"] {
+                let p = target.join(profile).join("ensign-host");
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+            // Build it: it is this workspace's own binary, not an outside tool.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            eprintln!(
+                "ensign-host not found under {}: building it",
+                target.display()
+            );
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "enclave-bridge",
+                    "--bin",
+                    "ensign-host",
+                ])
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&workspace)
+                .stdin(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run cargo to build ensign-host: {e}"))?;
+            let built = target.join("release").join("ensign-host");
+            if status.success() && built.is_file() {
+                Ok(built)
+            } else {
+                Err(format!(
+                    "ensign-host could not be built ({status}); build it with `cargo build \
+                     --release -p enclave-bridge --bin ensign-host` or set ENSIGN_HOST_BIN"
+                ))
+            }
+        })
+        .clone()
+}
+
 /// Runs the binary with `args` and returns it with the address it logged.
 pub async fn spawn_binary(args: &[String]) -> Result<(Child, String, Option<String>), String> {
+    spawn_binary_logged(args, Arc::new(Mutex::new(Vec::new()))).await
+}
+
+/// [`spawn_binary`], keeping every line the binary writes to stdout (its log) in `log`.
+pub async fn spawn_binary_logged(
+    args: &[String],
+    log: Arc<Mutex<Vec<String>>>,
+) -> Result<(Child, String, Option<String>), String> {
     let bin = binary_path();
     if !bin.exists() {
         return Err(format!(
@@ -353,12 +446,16 @@ pub async fn spawn_binary(args: &[String]) -> Result<(Child, String, Option<Stri
             if let Some(m) = after("metrics on http://") {
                 metrics = Some(m.trim_end_matches("/metrics").to_string());
             }
-            if let Some(addr) = after("listening on http://") {
+            // `https://` with TLS (the metrics listener above stays plain HTTP).
+            if let Some(addr) =
+                after("listening on http://").or_else(|| after("listening on https://"))
+            {
                 let _ = tx.send(Ok((addr, metrics.clone())));
             }
             if std::env::var_os("ENSIGN_TEST_ECHO").is_some() {
                 eprintln!("[ensign] {line}");
             }
+            log.lock().unwrap().push(line);
         }
         // EOF: the stderr reader reports the exit, with what ensign said.
     });
@@ -399,10 +496,17 @@ pub struct TestSigner {
     pub metrics_base: Option<String>,
     client: reqwest::Client,
     inner: Inner,
+    /// Stdout lines of the release binary (empty in process: its logs go to the test's).
+    log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
 impl TestSigner {
+    /// The log lines the release binary wrote so far (always empty for an in-process signer).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     async fn await_ready(&self) {
         for _ in 0..200 {
             if let Ok(r) = self
@@ -434,6 +538,13 @@ impl TestSigner {
             content_type,
             body,
         }
+    }
+
+    /// `host:port` of the signing API (the base URL without its scheme).
+    pub fn addr(&self) -> &str {
+        self.base
+            .split_once("://")
+            .map_or(self.base.as_str(), |(_, a)| a)
     }
 
     /// The signer's temporary directory (`keys/` holds its key config files).
@@ -504,11 +615,23 @@ impl TestSigner {
     /// plus `extra_headers` (each ending in CRLF). Body write errors are ignored: a server may
     /// answer before reading the whole body.
     async fn raw_post(&self, path: &str, extra_headers: &str, body: &[u8]) -> Resp {
+        self.raw_request("POST", path, extra_headers, body).await
+    }
+
+    /// [`raw_post`](Self::raw_post) with any method: for requests reqwest cannot send (no
+    /// Accept header) or may fail to read the answer of (a body the server refuses midway).
+    pub async fn raw_request(
+        &self,
+        method: &str,
+        path: &str,
+        extra_headers: &str,
+        body: &[u8],
+    ) -> Resp {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.base.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              {extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );

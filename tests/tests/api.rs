@@ -232,3 +232,73 @@ async fn excess_sign_requests_get_503_and_json_logs_work() {
     assert!(ok >= 1 && busy >= 1, "ok {ok}, 503 {busy}");
     assert_still_serving(&s).await;
 }
+
+/// Issue 5: exactly one log line per sign request — type, key, slot/epoch, outcome, status and
+/// duration — at INFO, refusals at WARN; and the secret key appears in no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_log_line_per_sign_request_and_no_secret_in_logs() {
+    let key = test_secret(b"log lines");
+    let pk = pubkey_hex(&key);
+    let s = SignerBuilder::new()
+        .raw_keys([key])
+        .global_arg("--log-format=json")
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(s.sign(&pk, &attestation(4, 5, 1)).await.status, 200);
+    assert_eq!(s.sign(&pk, &attestation(4, 5, 2)).await.status, 412);
+    let unknown = pubkey_hex(&test_secret(b"not loaded"));
+    assert_eq!(s.sign(&unknown, &attestation(4, 5, 1)).await.status, 404);
+    assert_eq!(s.sign_raw(&pk, b"{".to_vec(), None).await.status, 400);
+    assert_eq!(
+        s.sign_raw("0xzz%0Aforged%20line", b"{}".to_vec(), None)
+            .await
+            .status,
+        400
+    );
+
+    // The binary writes its log on a background thread: wait for the five lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sign_lines = loop {
+        let lines: Vec<serde_json::Value> = s
+            .log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["fields"]["message"] == "sign")
+            .collect();
+        if lines.len() >= 5 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(sign_lines.len(), 5, "{sign_lines:#?}");
+    let f = |i: usize| &sign_lines[i]["fields"];
+    assert_eq!(sign_lines[0]["level"], "INFO");
+    assert_eq!(f(0)["type"], "ATTESTATION");
+    assert_eq!(f(0)["pubkey"], pk.as_str());
+    assert_eq!(f(0)["epoch"], 5);
+    assert_eq!(f(0)["outcome"], "signed");
+    assert!(f(0)["duration_us"].as_u64().is_some());
+    assert_eq!(sign_lines[1]["level"], "WARN");
+    assert_eq!(f(1)["outcome"], "refused");
+    assert_eq!(f(1)["status"], 412);
+    assert_eq!(f(2)["outcome"], "error");
+    assert_eq!(f(2)["status"], 404);
+    assert_eq!(f(2)["pubkey"], unknown.as_str());
+    assert_eq!(f(3)["status"], 400);
+    assert_eq!(f(3)["type"], "unknown");
+    // A path that is not a public key is never echoed into the log.
+    assert_eq!(f(4)["pubkey"], "(malformed)");
+
+    let secret_hex = hex::encode(key);
+    for line in s.log_lines() {
+        assert!(
+            !line.contains(&secret_hex),
+            "secret key in a log line: {line}"
+        );
+        assert!(
+            !line.contains("forged line"),
+            "client text in a log line: {line}"
+        );
+    }
+    s.stop().await;
+}

@@ -66,7 +66,9 @@ impl PgSchema {
                 if std::env::var_os("ENSIGN_REQUIRE_PG").is_some() {
                     panic!("ENSIGN_REQUIRE_PG is set but PostgreSQL at {url} is unreachable: {e}");
                 }
-                eprintln!("SKIPPED: {test}: PostgreSQL at {url} unreachable ({e}); set ENSIGN_REQUIRE_PG=1 to fail instead");
+                eprintln!(
+                    "SKIPPED: {test}: PostgreSQL at {url} unreachable ({e}); set ENSIGN_REQUIRE_PG=1 to fail instead"
+                );
                 return None;
             }
         };

@@ -1,0 +1,347 @@
+//! `ensign-host`: the parent-instance half of enclave mode (cargo feature
+//! `host`, on by default; the enclave side builds without it and so without
+//! the DynamoDB and credential-chain crates of the AWS SDK).
+//!
+//! # What it does
+//!
+//! ```text
+//!   validator clients / NLB                      parent instance                         enclave
+//!   ─────────────────────────►  --listen (TCP) ──Forwarder──►  data endpoint (vsock CID:5000)
+//!                                  supervisor  ──ControlClient──► control endpoint (vsock CID:5001)
+//!   KMS (kms.<region>…:443) ◄── OutboundProxy ◄── kms proxy (vsock any:8000) ◄── enclave's KMS client
+//!   PostgreSQL (--db-endpoint) ◄ OutboundProxy ◄── db proxy (vsock any:5432) ◄── enclave's DB client
+//! ```
+//!
+//! - **Data path** ([`crate::forward::Forwarder`]): every TCP connection on
+//!   `--listen` is piped, bytes unseen, to the enclave's data endpoint. Before
+//!   the enclave is initialised that endpoint serves only upcheck/health (the
+//!   enclave's rule); the host never pipes anything to the control endpoint —
+//!   the configuration refuses a data endpoint equal to the control endpoint.
+//! - **Outbound proxies** ([`crate::proxy::OutboundProxy`]): one listener for
+//!   KMS (`kms.<region>.amazonaws.com:443`, or `--kms-endpoint`) and, with
+//!   `--db-endpoint`, one for PostgreSQL; the allowlist is exactly those
+//!   destinations.
+//! - **Supervisor** ([`supervisor::Supervisor`]): starts the enclave
+//!   (`nitro-cli run-enclave`, or `--run-command` off-enclave), waits for its
+//!   control port with bounded, backed-off retries, sends `Init` with the key
+//!   records ([`keys`]) and instance-role credentials ([`credentials`]), then
+//!   polls `Status`, refreshes credentials before they expire, and reconciles
+//!   the key source with what the enclave holds (`AddKeys` / `RemoveKeys`) —
+//!   every `--poll-interval-secs` and at once on `SIGHUP`. A dead, unreachable
+//!   or failed enclave is terminated, restarted and initialised again, with
+//!   backoff.
+//!
+//! # Invariant: the host never holds key material
+//!
+//! The host moves **ciphertext only**. Key records are KMS ciphertexts; KMS
+//! decrypts them only for the attested enclave (`Recipient`), and the answer
+//! is encrypted to a key that exists only inside the enclave. Control replies
+//! carry ids, counts and reasons, never plaintext. The only secrets the host
+//! handles are the instance role's AWS credentials, which it passes to the
+//! enclave (for its KMS calls) in zeroizing, `Debug`-redacted types and never
+//! logs. Data-path and proxy bytes are TLS end to end and are not inspected.
+//!
+//! # Key records
+//!
+//! Each record is one validator key: its BLS public key (`0x` + 96 hex
+//! digits, the 48-byte compressed G1 point; case-insensitive, kept lowercase),
+//! the KMS `CiphertextBlob` of its secret, and whether it is active. The
+//! public key is the record's identity: it is the `id` and `pubkey` of the
+//! [`crate::control::EncryptedKeyRecord`] sent to the enclave and what
+//! `RemoveKeys` names. What the plaintext is (a raw 32-byte BLS secret, an
+//! EIP-2335 keystore with its password, …) is the enclave application's
+//! business.
+//!
+//! **Directory** (`--keys-dir DIR`): every regular file `DIR/*.json` (not
+//! starting with `.`; at most 64 KiB) is one record:
+//!
+//! ```json
+//! {
+//!   "pubkey": "0xa99a76ed7796f7be22d5b7e85deeb7c5677e88e511e0b337618f8c4eb61349b4bf2d153f649f7b53359fe8b94a38e44c",
+//!   "ciphertext": "AQICAHh…",
+//!   "active": true,
+//!   "kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/…",
+//!   "encryption_context": {"validator": "42"}
+//! }
+//! ```
+//!
+//! `pubkey` and `ciphertext` (standard base64 of the KMS blob) are required;
+//! `active` defaults to `true`; `kms_key_id` (`KeyId` for `Decrypt`) and
+//! `encryption_context` are optional. Unknown fields are refused. File names
+//! do not matter; two files with one public key: the first by name wins and
+//! the other is reported.
+//!
+//! **DynamoDB** (`--keys-table T`): partition key `pubkey` (S); attributes
+//! `ciphertext` (B, the raw KMS blob), `active` (BOOL), `added_at` (S,
+//! informational), optionally `kms_key_id` (S) and `encryption_context` (M of
+//! S). The host runs a consistent `Scan`, follows `LastEvaluatedKey` to the
+//! end, and keeps the items whose `active` is `true` (a missing `active` is
+//! not active).
+//!
+//! A record that cannot be read (bad JSON, bad public key, wrong attribute
+//! type, duplicate) is logged and skipped; the others are used. Removals are
+//! only made from a listing without such problems, so a half-written file or
+//! a malformed item never unloads a key; a listing that fails as a whole
+//! (directory unreadable, DynamoDB unreachable) changes nothing.
+//!
+//! # `--run-command`
+//!
+//! Off-enclave (tests, development) the host runs `sh -c '<cmd>'` as "the
+//! enclave", in a process group of its own (terminated with `SIGTERM`, then
+//! `SIGKILL`), with these variables set so it can find its endpoints:
+//! `ENSIGN_ENCLAVE_CONTROL_ENDPOINT` and `ENSIGN_ENCLAVE_DATA_ENDPOINT` (where
+//! the enclave listens), `ENSIGN_HOST_KMS_PROXY` and `ENSIGN_HOST_DB_PROXY`
+//! (where it reaches the host's proxies) and `ENSIGN_HOST_PID`.
+
+pub mod cli;
+pub mod credentials;
+pub mod diagnose;
+pub mod keys;
+pub mod launcher;
+pub mod supervisor;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+pub use cli::{ConfigError, HostArgs, HostConfig};
+
+use crate::forward::{ForwardLimits, Forwarder};
+use crate::proxy::{AllowedRemote, Allowlist, OutboundProxy, ProxyError};
+use crate::transport::{Endpoint, PARENT_CID, VMADDR_CID_ANY};
+
+/// Why the host could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        listen: Endpoint,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+}
+
+/// How the enclave reaches a listener the host bound at `local`: a vsock
+/// listener on any CID is the parent (CID 3) from inside the enclave; a TCP
+/// listener on an unspecified address is reached on loopback.
+pub fn reachable_from_enclave(local: &Endpoint) -> Endpoint {
+    match local {
+        Endpoint::Vsock { cid, port } if *cid == VMADDR_CID_ANY => Endpoint::Vsock {
+            cid: PARENT_CID,
+            port: *port,
+        },
+        Endpoint::Tcp { host, port } if host == "0.0.0.0" || host == "::" => Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: *port,
+        },
+        other => other.clone(),
+    }
+}
+
+/// How the enclave should listen for an endpoint the host connects to: on
+/// vsock, any CID (the enclave binds its own); otherwise the same address.
+fn enclave_listen_form(ep: &Endpoint) -> Endpoint {
+    match ep {
+        Endpoint::Vsock { port, .. } => Endpoint::Vsock {
+            cid: VMADDR_CID_ANY,
+            port: *port,
+        },
+        other => other.clone(),
+    }
+}
+
+/// Run the host until `shutdown` completes: bind the data path and the
+/// outbound proxies, then supervise the enclave. `reconcile_now` is notified
+/// on `SIGHUP` (the binary wires it) to reconcile keys at once. On shutdown
+/// the enclave is terminated and the listeners closed.
+pub async fn run(
+    config: HostConfig,
+    reconcile_now: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HostError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let limits = ForwardLimits {
+        max_connections: config.max_connections,
+        ..ForwardLimits::default()
+    };
+
+    // Data path: client TCP → enclave data endpoint (never the control one).
+    let listener = config
+        .listen
+        .bind()
+        .await
+        .map_err(|source| HostError::Listen {
+            listen: config.listen.clone(),
+            source,
+        })?;
+    let forwarder = Forwarder::new(listener, config.data_endpoint.clone(), limits.clone());
+    let listen = forwarder
+        .local_endpoint()
+        .map_err(|source| HostError::Listen {
+            listen: config.listen.clone(),
+            source,
+        })?;
+    tracing::info!(%listen, target = %config.data_endpoint, "data path listening");
+
+    // Outbound proxies, allowlist = exactly the configured destinations.
+    let mut allowed = vec![config.kms_remote.clone()];
+    if let Some(db) = &config.db {
+        allowed.push(db.remote.clone());
+    }
+    let allowlist = Allowlist::new(allowed);
+    let kms_proxy = OutboundProxy::bind(
+        &config.kms_proxy_listen,
+        config.kms_remote.clone(),
+        &allowlist,
+        limits.clone(),
+    )
+    .await?;
+    let kms_proxy_local = kms_proxy
+        .local_endpoint()
+        .map_err(|source| HostError::Listen {
+            listen: config.kms_proxy_listen.clone(),
+            source,
+        })?;
+    let kms_stats = kms_proxy.stats();
+    let db_proxy = match &config.db {
+        Some(db) => {
+            Some(OutboundProxy::bind(&db.listen, db.remote.clone(), &allowlist, limits).await?)
+        }
+        None => None,
+    };
+    let db_proxy_local = match (&db_proxy, &config.db) {
+        (Some(p), Some(db)) => Some(p.local_endpoint().map_err(|source| HostError::Listen {
+            listen: db.listen.clone(),
+            source,
+        })?),
+        _ => None,
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(forwarder.run(stopped()));
+    tasks.spawn(kms_proxy.run(stopped()));
+    if let Some(p) = db_proxy {
+        tasks.spawn(p.run(stopped()));
+    }
+    tasks.spawn(probe_remote("KMS", config.kms_remote.clone()));
+
+    let mut env = vec![
+        (
+            "ENSIGN_ENCLAVE_CONTROL_ENDPOINT".to_owned(),
+            enclave_listen_form(&config.control_endpoint).to_string(),
+        ),
+        (
+            "ENSIGN_ENCLAVE_DATA_ENDPOINT".to_owned(),
+            enclave_listen_form(&config.data_endpoint).to_string(),
+        ),
+        (
+            "ENSIGN_HOST_KMS_PROXY".to_owned(),
+            reachable_from_enclave(&kms_proxy_local).to_string(),
+        ),
+        ("ENSIGN_HOST_PID".to_owned(), std::process::id().to_string()),
+    ];
+    if let Some(db) = &db_proxy_local {
+        env.push((
+            "ENSIGN_HOST_DB_PROXY".to_owned(),
+            reachable_from_enclave(db).to_string(),
+        ));
+    }
+
+    let credentials =
+        credentials::CredentialSource::new(config.credentials, config.imds_endpoint.as_deref())?;
+    let keys = match &config.key_source {
+        keys::KeySourceConfig::Dir(dir) => keys::KeySource::Dir(keys::DirKeySource::new(dir)),
+        keys::KeySourceConfig::DynamoDb {
+            table,
+            endpoint_url,
+            page_size,
+        } => keys::KeySource::DynamoDb(keys::DynamoKeySource::new(
+            keys::dynamodb_client(
+                &config.region,
+                credentials.provider(),
+                endpoint_url.as_deref(),
+            ),
+            table.clone(),
+            *page_size,
+        )),
+    };
+    tracing::info!(source = %keys.describe(), "key source");
+
+    let launcher = launcher::Launcher::new(config.launcher.clone(), env);
+    let mut sup_config =
+        supervisor::SupervisorConfig::new(config.control_endpoint.clone(), config.region.clone());
+    sup_config.kms_endpoint = config.init_kms_endpoint.clone();
+    sup_config.poll_interval = config.poll_interval;
+    sup_config.boot_timeout = config.boot_timeout;
+    sup_config.credentials_refresh_margin = config.credentials_refresh_margin;
+    let supervisor =
+        supervisor::Supervisor::new(sup_config, launcher, keys, credentials, reconcile_now)
+            .with_kms_proxy_stats(kms_stats, config.kms_remote.clone());
+    supervisor.run(shutdown).await;
+
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("ensign-host stopped");
+    Ok(())
+}
+
+/// An error and its sources, by their `Display` only. The SDK's
+/// `DisplayErrorContext` appends the `Debug` form, which for a failed
+/// response includes the raw body — for IMDS that is a session token or the
+/// credentials themselves — so it is never used for host log lines.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The HTTPS client of the host's AWS clients (IMDS, DynamoDB): rustls with
+/// ring, as the KMS client in [`crate::kms`] (the SDK's default client would
+/// pull in aws-lc, a large C build).
+pub(crate) fn https_client() -> aws_sdk_kms::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// Log once at start whether the host itself can reach `remote` (a quick
+/// first hint for "KMS unreachable"; the proxy reports each failure later).
+async fn probe_remote(what: &'static str, remote: AllowedRemote) {
+    let target = Endpoint::Tcp {
+        host: remote.host().to_owned(),
+        port: remote.port(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), target.connect()).await {
+        Ok(Ok(_)) => tracing::info!(%remote, "{what} endpoint reachable from the host"),
+        Ok(Err(e)) => tracing::error!(
+            %remote, error = %e,
+            "{what} unreachable from the host: the enclave's {what} requests will fail \
+             (check DNS / the VPC endpoint / security groups)"
+        ),
+        Err(_) => tracing::error!(
+            %remote,
+            "{what} unreachable from the host (connect timed out): the enclave's {what} requests will fail"
+        ),
+    }
+}

@@ -1,0 +1,969 @@
+//! Enclave mode (`--enclave-mode=true`): ensign as the enclave half of an AWS Nitro Enclave
+//! deployment, with `ensign-host` (crate `enclave-bridge`) on the parent instance.
+//!
+//! # What changes
+//!
+//! - **No keys from disk.** Key sources (`--key-store-path`, `--keystores-path`, AWS Secrets
+//!   Manager, the key manager API, the restart cache) are refused. Keys arrive over the
+//!   **control endpoint** (`--enclave-control-endpoint`, default `vsock:any:5001`) as KMS
+//!   ciphertexts of ensign's key records (`key_records`): `Init`, then `AddKeys` /
+//!   `RemoveKeys`, from `ensign-host` (protocol: `enclave_bridge::control`).
+//! - **KMS decrypts for this image only.** Each record is decrypted with KMS `Decrypt` and a
+//!   `Recipient`: an attestation document (the NSM's, `--enclave-attestation nsm`) carrying an
+//!   ephemeral RSA key made in this process; KMS checks the document and the key policy's
+//!   `kms:RecipientAttestation:ImageSha384` (PCR0) condition and answers with the plaintext
+//!   encrypted to that RSA key (`enclave_bridge::kms::RecipientDecryptor`). The host relays
+//!   ciphertext only. The record's keystore is then decrypted with its password (EIP-2335).
+//! - **TLS ends inside the enclave, with a key made here.** At start the enclave makes an
+//!   ECDSA P-256 key and a self-signed certificate (`--enclave-tls-subject-alt-names`); the key
+//!   never leaves the process. The signing API (the same router, TLS and connection limits as
+//!   ever) is served on the **data endpoint** (`--enclave-data-endpoint`, default
+//!   `vsock:any:5000`), to which the host pipes validator clients' TCP bytes unseen. Clients
+//!   are not asked for certificates unless `--tls-known-clients-file` or
+//!   `--tls-allow-ca-clients` says so.
+//! - **The certificate is attested.** `GET /api/v1/attestation?nonce=<hex>` returns an
+//!   attestation document whose `user_data` is the SHA-256 of the certificate's
+//!   SubjectPublicKeyInfo DER and whose `nonce` is the client's, with the certificate:
+//!   a client that verifies the document (`ensign verify-attestation`) knows that the TLS key
+//!   it talks to belongs to an enclave running the measured image (PCR0).
+//! - **Fail closed.** Until an `Init` succeeded, the data endpoint answers only `/upcheck`,
+//!   `/healthcheck` (with the enclave's state and the last `Init` error) and
+//!   `/api/v1/attestation`; everything else is 503. An `Init` whose every key fails (KMS
+//!   `AccessDenied` for another image's PCR0, expired credentials, KMS unreachable) is refused
+//!   with the first reason, leaves no key loaded, and may be retried; a second `Init` once
+//!   initialised is refused.
+//! - **No network.** `--enclave-forward LOCAL=REMOTE` listens on loopback inside the enclave
+//!   and pipes each connection to the host's proxies over vsock (KMS: `tcp:127.0.0.1:443=
+//!   vsock:3:8000`; PostgreSQL: `tcp:127.0.0.1:5432=vsock:3:5432`). With forwards, the KMS
+//!   client resolves every name to 127.0.0.1 but still speaks TLS to the real KMS host name.
+//!
+//! Slashing protection is unchanged: PostgreSQL through a forward (`--slashing-protection-db-url
+//! postgresql://…@127.0.0.1:5432/…`) is the production setup; SQLite also works, but an
+//! enclave's file system lives in its memory, so SQLite's history is LOST when the enclave
+//! restarts — a restarted enclave would not know what it signed. Use it for demos only.
+//!
+//! # Invariants
+//!
+//! - Plaintext key material exists only in this process: decrypted records and passwords are
+//!   zeroizing types, dropped as soon as the key is derived; control replies, health output,
+//!   errors and logs carry ids, counts and reasons, never secrets.
+//! - The keys change only through the control handler, which the control server serialises;
+//!   the key manager API and `/reload` are off in enclave mode.
+//! - Key ring updates are copy-and-swap (as the key manager does): a request in flight keeps
+//!   the key it looked up.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::SystemTime;
+
+use axum::extract::{RawQuery, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use der::{Decode, Encode};
+use enclave_bridge::attestation::Attestor;
+use enclave_bridge::control::{
+    AddKeysRequest, AwsCredentials, ControlHandler, ControlServer, ControlServerConfig,
+    EnclaveState, EncryptedKeyRecord, HandlerError, InitRequest, KeyFailure, KeysReport,
+    RemoveKeysRequest, RemoveReport,
+};
+use enclave_bridge::forward::{ForwardLimits, Forwarder};
+use enclave_bridge::kms::{
+    kms_client, DecryptRequest, KeyDecryptor, KmsClientConfig, KmsError, PlainDecryptor,
+    RecipientDecryptor,
+};
+use enclave_bridge::{Endpoint, Listener};
+use keystore::ValidatorKey;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::key_records::RecordPlaintext;
+use crate::keys::{hex0x, parse_identifier, KeyRing, SourceReport};
+use crate::StartError;
+
+/// Where the attestation document is served.
+pub const ATTESTATION_PATH: &str = "/api/v1/attestation";
+
+/// Paths served before the enclave is initialised; everything else is 503.
+const SERVED_BEFORE_INIT: [&str; 3] = ["/upcheck", "/healthcheck", ATTESTATION_PATH];
+
+/// Largest nonce accepted (the NSM accepts up to 512 bytes; a verifier needs far less).
+pub const MAX_NONCE_LEN: usize = 64;
+
+/// Health-check id of the keys loaded from the host's records.
+const SOURCE_ID: &str = "enclave-kms-loading";
+
+/// KMS requests at once during one Init/AddKeys batch.
+const KMS_CONCURRENCY: usize = 8;
+
+/// Attestation documents made at once (each is an NSM round trip on a blocking thread).
+const ATTEST_CONCURRENCY: usize = 4;
+
+/// A loopback forwarder `LOCAL=REMOTE` (`--enclave-forward`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+}
+
+impl FromStr for Forward {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (local, remote) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}`: expected LOCAL=REMOTE, e.g. tcp:127.0.0.1:443=vsock:3:8000")
+        })?;
+        let local: Endpoint = local.parse().map_err(|e| format!("{e}"))?;
+        let remote: Endpoint = remote.parse().map_err(|e| format!("{e}"))?;
+        // Inside an enclave only loopback exists; off-enclave, a forwarder on another address
+        // would open the host's proxies to the network.
+        match &local {
+            Endpoint::Tcp { host, .. } => {
+                let loopback = host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(format!(
+                        "`{s}`: the local side must be a loopback address (127.0.0.1, [::1]) or a unix: path"
+                    ));
+                }
+            }
+            Endpoint::Unix(_) => {}
+            Endpoint::Vsock { .. } => {
+                return Err(format!(
+                    "`{s}`: the local side must be tcp:127.0.0.1:PORT or unix:PATH"
+                ))
+            }
+        }
+        Ok(Forward { local, remote })
+    }
+}
+
+/// Who signs attestation documents (`--enclave-attestation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttestationMode {
+    /// The Nitro Secure Module (`/dev/nsm`): production.
+    Nsm,
+    /// A throw-away test PKI kept in this directory (`insecure-test:<dir>`): PCR0 is the
+    /// SHA-384 of the running executable. Off-enclave tests and demos only.
+    InsecureTest(PathBuf),
+    /// No attestation at all and plain KMS `Decrypt` (the plaintext travels in KMS's answer):
+    /// for tests against KMS stand-ins that ignore `Recipient` (moto). Deliberately has no
+    /// command-line form: it can only be set by code that builds a [`crate::Config`] itself.
+    UnattestedPlainDecryptForTests,
+}
+
+impl FromStr for AttestationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "nsm" {
+            return Ok(AttestationMode::Nsm);
+        }
+        if let Some(dir) = s.strip_prefix("insecure-test:") {
+            if dir.is_empty() {
+                return Err("insecure-test:<dir> needs a directory".into());
+            }
+            if cfg!(feature = "insecure-test-attestation") {
+                return Ok(AttestationMode::InsecureTest(PathBuf::from(dir)));
+            }
+            return Err(
+                "this build has no insecure-test attestation (cargo feature \
+                        `insecure-test-attestation`)"
+                    .into(),
+            );
+        }
+        Err(format!("`{s}`: expected `nsm` or `insecure-test:<dir>`"))
+    }
+}
+
+/// Enclave mode's configuration (from the `--enclave-*` options).
+#[derive(Clone, Debug)]
+pub struct EnclaveConfig {
+    pub control: Endpoint,
+    pub data: Endpoint,
+    pub forwards: Vec<Forward>,
+    pub attestation: AttestationMode,
+    /// Subject alternative names of the generated certificate.
+    pub tls_names: Vec<String>,
+    /// `--tls-*` client-certificate options (the server certificate options are refused).
+    pub tls: crate::cli::TlsOptions,
+}
+
+impl EnclaveConfig {
+    /// Checks the command line for enclave mode: key sources and a server certificate are
+    /// refused (keys come from the host, the TLS key is made here).
+    pub fn from_cli(
+        global: &crate::cli::GlobalOptions,
+        eth2: &crate::cli::Eth2Options,
+    ) -> Result<EnclaveConfig, StartError> {
+        let e = &global.enclave;
+        let refused = [
+            (global.key_store_path.is_some(), "--key-store-path"),
+            (eth2.keystores_path.is_some(), "--keystores-path"),
+            (eth2.aws.aws_secrets_enabled, "--aws-secrets-enabled"),
+            (eth2.key_manager_api_enabled, "--key-manager-api-enabled"),
+            (
+                eth2.key_cache_secret_file.is_some(),
+                "--key-cache-secret-file",
+            ),
+            (
+                global.tls.tls_keystore_file.is_some(),
+                "--tls-keystore-file",
+            ),
+            (global.tls.tls_cert_file.is_some(), "--tls-cert-file"),
+            (global.tls.tls_key_file.is_some(), "--tls-key-file"),
+        ];
+        for (given, flag) in refused {
+            if given {
+                return Err(StartError::Config(format!(
+                    "{flag} cannot be used with --enclave-mode=true: in enclave mode keys arrive \
+                     encrypted from ensign-host and the TLS key is made inside the enclave"
+                )));
+            }
+        }
+        // (Two TCP port-0 endpoints are two different ports once bound.)
+        let port_zero = matches!(&e.enclave_data_endpoint, Endpoint::Tcp { port: 0, .. });
+        if e.enclave_control_endpoint == e.enclave_data_endpoint && !port_zero {
+            return Err(StartError::Config(
+                "--enclave-control-endpoint and --enclave-data-endpoint must differ: the data \
+                 path must never reach the control protocol"
+                    .into(),
+            ));
+        }
+        if e.enclave_tls_subject_alt_names
+            .iter()
+            .all(|n| n.trim().is_empty())
+        {
+            return Err(StartError::Config(
+                "--enclave-tls-subject-alt-names must name at least one host".into(),
+            ));
+        }
+        Ok(EnclaveConfig {
+            control: e.enclave_control_endpoint.clone(),
+            data: e.enclave_data_endpoint.clone(),
+            forwards: e.enclave_forwards.clone(),
+            attestation: e.enclave_attestation.clone(),
+            tls_names: e
+                .enclave_tls_subject_alt_names
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            tls: global.tls.clone(),
+        })
+    }
+}
+
+/// The TLS identity made at start: the certificate (public) and the hash the attestation
+/// binds. The private key is only inside the rustls configuration.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    pub cert_der: Vec<u8>,
+    pub cert_pem: String,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo DER (the document's `user_data`).
+    pub spki_sha256: [u8; 32],
+}
+
+/// SHA-256 of the DER SubjectPublicKeyInfo of a DER certificate (RFC 5280 §4.1.2.7): what an
+/// enclave's attestation document carries as `user_data`, and what `verify-attestation`
+/// recomputes from the certificate the TLS connection presented.
+pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| format!("cannot encode the certificate's public key: {e}"))?;
+    Ok(Sha256::digest(&spki).into())
+}
+
+/// PEM of a DER certificate (RFC 7468).
+pub fn cert_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Makes the enclave's TLS key (ECDSA P-256, from the OS RNG through ring) and a self-signed
+/// certificate for `names`.
+fn generate_tls(
+    names: &[String],
+) -> Result<(TlsIdentity, CertificateDer<'static>, PrivateKeyDer<'static>), String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot make the TLS key: {e}"))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| format!("--enclave-tls-subject-alt-names: {e}"))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ensign enclave");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("cannot make the TLS certificate: {e}"))?;
+    let cert_der = cert.der().to_vec();
+    let pkcs8 = Zeroizing::new(key.serialize_der());
+    let identity = TlsIdentity {
+        spki_sha256: spki_sha256(&cert_der)?,
+        cert_pem: cert_pem(&cert_der),
+        cert_der: cert_der.clone(),
+    };
+    Ok((
+        identity,
+        CertificateDer::from(cert_der),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())),
+    ))
+}
+
+/// How key records are decrypted.
+#[derive(Clone)]
+enum Decrypt {
+    /// KMS `Decrypt` with an attested `Recipient`.
+    Attested(Arc<dyn Attestor>),
+    /// Plain KMS `Decrypt` ([`AttestationMode::UnattestedPlainDecryptForTests`]).
+    Plain,
+}
+
+/// State shared by the HTTP side (gate, health, attestation) and the control handler.
+pub struct EnclaveShared {
+    state: watch::Receiver<EnclaveState>,
+    /// Shared with the control handler, which sets it.
+    last_init_error: Arc<Mutex<Option<String>>>,
+    attestor: Option<Arc<dyn Attestor>>,
+    pub tls: TlsIdentity,
+    attest_slots: Semaphore,
+}
+
+impl std::fmt::Debug for EnclaveShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnclaveShared")
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnclaveShared {
+    /// Initialised (an `Init` succeeded).
+    pub fn ready(&self) -> bool {
+        *self.state.borrow() == EnclaveState::Ready
+    }
+
+    fn state_name(&self) -> &'static str {
+        match &*self.state.borrow() {
+            EnclaveState::WaitingForInit => "waiting-for-init",
+            EnclaveState::Initialising => "initialising",
+            EnclaveState::Ready => "ready",
+            EnclaveState::Failed { .. } => "failed",
+        }
+    }
+
+    /// The `/healthcheck` entry: the state and, until initialised, the last `Init` error
+    /// (reasons such as KMS's `AccessDenied` message; never secrets).
+    pub fn health_entry(&self) -> Value {
+        let ready = self.ready();
+        let mut data = json!({"state": self.state_name()});
+        if !ready {
+            if let Some(e) = self
+                .last_init_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                data["last-init-error"] = json!(e);
+            }
+        }
+        json!({"id": "enclave", "status": if ready { "UP" } else { "DOWN" }, "data": data})
+    }
+}
+
+/// Answers 503 for everything but [`SERVED_BEFORE_INIT`] until the enclave is initialised.
+pub async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(enclave) = &st.enclave {
+        if !enclave.ready() && !SERVED_BEFORE_INIT.contains(&req.uri().path()) {
+            return ApiError::EnclaveNotReady(format!(
+                "the enclave is not initialised (state: {}); see /healthcheck",
+                enclave.state_name()
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The `nonce` of `?nonce=<hex>` (the only parameter; at most [`MAX_NONCE_LEN`] bytes).
+fn parse_nonce(query: Option<&str>) -> Result<Option<Vec<u8>>, ApiError> {
+    let bad = |m: &str| ApiError::Request(api_spec::Error::Malformed(m.to_string()));
+    let mut nonce = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "nonce" {
+            return Err(bad("the only query parameter is nonce"));
+        }
+        if nonce.is_some() {
+            return Err(bad("nonce given twice"));
+        }
+        let digits = value.strip_prefix("0x").unwrap_or(value);
+        if digits.len() > 2 * MAX_NONCE_LEN {
+            return Err(bad("nonce is longer than 64 bytes"));
+        }
+        let bytes = hex::decode(digits).map_err(|_| bad("nonce must be hex"))?;
+        nonce = Some(bytes);
+    }
+    Ok(nonce.filter(|n| !n.is_empty()))
+}
+
+/// `GET /api/v1/attestation?nonce=<hex>`: an attestation document binding the TLS
+/// certificate's public key (`user_data` = SHA-256 of its SPKI DER) and the nonce, with the
+/// certificate. Served before `Init` too. 404 outside enclave mode.
+pub async fn attestation(
+    State(st): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Some(enclave) = st.enclave.clone() else {
+        return Err(ApiError::NotEnclaveMode);
+    };
+    let nonce = parse_nonce(query.as_deref())?;
+    let Some(attestor) = enclave.attestor.clone() else {
+        return Err(ApiError::Internal(
+            "this enclave runs without an attestor (unattested test mode)".into(),
+        ));
+    };
+    let _slot = enclave
+        .attest_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("attestation closed".into()))?;
+    let user_data = enclave.tls.spki_sha256;
+    let document = tokio::task::spawn_blocking(move || {
+        attestor.attest(Some(&user_data), nonce.as_deref(), None)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("attestation task: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("attestation: {e}")))?;
+    Ok(Json(json!({
+        "attestation_document": base64::engine::general_purpose::STANDARD.encode(document),
+        "certificate": enclave.tls.cert_pem,
+    }))
+    .into_response())
+}
+
+/// The control protocol's handler: turns key records into keys in the ring.
+struct Handler {
+    app: OnceLock<Weak<AppState>>,
+    /// The last `Init` error, for `/healthcheck`.
+    last_error: Arc<Mutex<Option<String>>>,
+    decrypt: Decrypt,
+    resolve_to: Option<IpAddr>,
+    /// The KMS settings of the accepted `Init` (credentials replaced by RefreshCredentials).
+    session: Mutex<Option<KmsClientConfig>>,
+    /// Records that failed to load: id → reason (the health check's error count).
+    failed: Mutex<BTreeMap<String, String>>,
+}
+
+/// One record's outcome.
+type Loaded = Result<(String, ValidatorKey), KeyFailure>;
+
+impl Handler {
+    fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn app(&self) -> Result<Arc<AppState>, HandlerError> {
+        self.app
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| HandlerError::new("the signer is shutting down"))
+    }
+
+    fn decryptor(
+        &self,
+        config: &KmsClientConfig,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn KeyDecryptor>, HandlerError>> + Send + 'static
+    {
+        let client = kms_client(config);
+        let decrypt = self.decrypt.clone();
+        async move {
+            match decrypt {
+                Decrypt::Plain => {
+                    Ok(Arc::new(PlainDecryptor::new(client)) as Arc<dyn KeyDecryptor>)
+                }
+                Decrypt::Attested(attestor) => {
+                    // RSA-2048 generation: CPU-bound, so off the reactor.
+                    let d = tokio::task::spawn_blocking(move || {
+                        RecipientDecryptor::new(client, attestor)
+                    })
+                    .await
+                    .map_err(|_| HandlerError::new("key generation aborted"))?
+                    .map_err(|e| HandlerError::new(e.to_string()))?;
+                    Ok(Arc::new(d) as Arc<dyn KeyDecryptor>)
+                }
+            }
+        }
+    }
+
+    /// Decrypts every record (KMS, then the keystore), a few at a time. Once KMS proved
+    /// unreachable and nothing succeeded, the rest fail at once with the same reason (a
+    /// thousand records must not take a thousand timeouts).
+    async fn load(
+        &self,
+        config: &KmsClientConfig,
+        records: &[EncryptedKeyRecord],
+    ) -> Result<Vec<Loaded>, HandlerError> {
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let decryptor = self.decryptor(config).await?;
+        let kms_slots = Arc::new(Semaphore::new(KMS_CONCURRENCY));
+        // Memory budget for concurrent scrypt derivations, in MiB (as the keystore loader).
+        let budget_mib =
+            (keystore::default_max_kdf_memory() >> 20).clamp(1, u32::MAX as u64) as u32;
+        let kdf_slots = Arc::new(Semaphore::new(budget_mib as usize));
+        let unreachable: Arc<Mutex<Option<String>>> = Arc::default();
+        let any_ok = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, record) in records.iter().cloned().enumerate() {
+            let (decryptor, kms_slots, kdf_slots) =
+                (decryptor.clone(), kms_slots.clone(), kdf_slots.clone());
+            let (unreachable, any_ok) = (unreachable.clone(), any_ok.clone());
+            tasks.spawn(async move {
+                let fail = |reason: String| KeyFailure {
+                    id: record.id.clone(),
+                    reason,
+                };
+                let plaintext = {
+                    let _slot = kms_slots.acquire().await.expect("never closed");
+                    if !any_ok.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Some(why) = unreachable
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone()
+                        {
+                            return (i, Err(fail(format!("not attempted: {why}"))));
+                        }
+                    }
+                    let got = decryptor
+                        .decrypt(DecryptRequest {
+                            ciphertext: &record.ciphertext.0,
+                            key_id: record.kms_key_id.as_deref(),
+                            encryption_context: Some(&record.encryption_context),
+                        })
+                        .await;
+                    match got {
+                        Ok(p) => p,
+                        Err(e) => {
+                            if matches!(e, KmsError::Transport(_)) {
+                                unreachable
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert_with(|| e.to_string());
+                            }
+                            return (i, Err(fail(e.to_string())));
+                        }
+                    }
+                };
+                let parsed = RecordPlaintext::parse(plaintext.expose())
+                    .and_then(|r| r.keystore().map(|k| (r, k)));
+                drop(plaintext);
+                let (record_plain, ks) = match parsed {
+                    Ok(x) => x,
+                    Err(e) => return (i, Err(fail(e.to_string()))),
+                };
+                let mib = ((ks.kdf_memory() >> 20) as u32).clamp(1, budget_mib);
+                let _mem = kdf_slots.acquire_many(mib).await.expect("never closed");
+                let key = tokio::task::spawn_blocking(move || record_plain.decrypt(&ks)).await;
+                let key = match key {
+                    Ok(Ok(k)) => k,
+                    Ok(Err(e)) => return (i, Err(fail(e.to_string()))),
+                    Err(_) => return (i, Err(fail("keystore decryption aborted".into()))),
+                };
+                if let Some(labelled) = &record.pubkey {
+                    let actual = key.pubkey();
+                    if parse_identifier(labelled) != Some(actual) {
+                        return (
+                            i,
+                            Err(fail(
+                                crate::key_records::RecordError::PubkeyMismatch {
+                                    labelled: labelled.clone(),
+                                    actual: hex0x(&actual),
+                                }
+                                .to_string(),
+                            )),
+                        );
+                    }
+                }
+                any_ok.store(true, std::sync::atomic::Ordering::Relaxed);
+                (i, Ok((record.id.clone(), key)))
+            });
+        }
+        let mut out: Vec<Option<Loaded>> = (0..records.len()).map(|_| None).collect();
+        while let Some(done) = tasks.join_next().await {
+            let (i, outcome) = done.map_err(|_| HandlerError::new("a key task died"))?;
+            out[i] = Some(outcome);
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every task answered"))
+            .collect())
+    }
+
+    /// Puts loaded keys into the ring (copy and swap) and records failures; returns the
+    /// report.
+    fn apply(&self, outcomes: Vec<Loaded>) -> Result<KeysReport, HandlerError> {
+        let app = self.app()?;
+        let mut report = KeysReport::default();
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next: KeyRing = (*app.keyring()).clone();
+        for outcome in outcomes {
+            match outcome {
+                Ok((id, key)) => {
+                    let pubkey = hex0x(&key.pubkey());
+                    if !next.insert(Arc::new(key)) {
+                        tracing::info!(key = %pubkey, "key already loaded");
+                    } else {
+                        tracing::info!(key = %pubkey, "key loaded from the host's record");
+                    }
+                    failed.remove(&id);
+                    report.loaded.push(id);
+                }
+                Err(f) => {
+                    tracing::warn!(record = %f.id, reason = %f.reason, "key record not loaded");
+                    failed.insert(f.id.clone(), f.reason.clone());
+                    report.failed.push(f);
+                }
+            }
+        }
+        next.sources = vec![SourceReport {
+            id: SOURCE_ID,
+            keys_loaded: next.len(),
+            error_count: failed.len(),
+        }];
+        app.set_keyring(next);
+        Ok(report)
+    }
+
+    fn config_for(&self, request: &InitRequest) -> KmsClientConfig {
+        KmsClientConfig {
+            region: request.region.clone(),
+            credentials: request.credentials.clone(),
+            endpoint_url: request.kms_endpoint.clone(),
+            resolve_to: self.resolve_to,
+        }
+    }
+
+    async fn init_inner(&self, request: InitRequest) -> Result<KeysReport, HandlerError> {
+        if request.tls.is_some() {
+            return Err(HandlerError::new(
+                "Init carries a TLS key, but this enclave makes its own (it never leaves the enclave)",
+            ));
+        }
+        check_not_expired(&request.credentials)?;
+        let config = self.config_for(&request);
+        tracing::info!(records = request.keys.len(), region = %request.region,
+            access_key_id = %request.credentials.access_key_id, "Init: decrypting key records");
+        let outcomes = self.load(&config, &request.keys).await?;
+        let total = outcomes.len();
+        let loaded = outcomes.iter().filter(|o| o.is_ok()).count();
+        if total > 0 && loaded == 0 {
+            let first = outcomes
+                .iter()
+                .find_map(|o| o.as_ref().err())
+                .map(|f| f.reason.clone())
+                .unwrap_or_default();
+            return Err(HandlerError::new(format!(
+                "no key could be loaded ({total} of {total} records failed); first failure: {first}"
+            )));
+        }
+        let report = self.apply(outcomes)?;
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        Ok(report)
+    }
+}
+
+/// Refuses credentials already past their expiry (KMS would answer `ExpiredTokenException`
+/// for each record; saying so once is clearer).
+fn check_not_expired(credentials: &AwsCredentials) -> Result<(), HandlerError> {
+    if let Some(expiry) = credentials.expiration {
+        let now = enclave_bridge::kms::unix_seconds(SystemTime::now());
+        if expiry <= now {
+            return Err(HandlerError::new(format!(
+                "the AWS credentials (access key {}) expired at {expiry} (seconds since the \
+                 epoch, now {now}): credentials expired; the host must send fresh ones",
+                credentials.access_key_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ControlHandler for Handler {
+    async fn init(&self, request: InitRequest) -> Result<KeysReport, HandlerError> {
+        // The previous error stays visible in /healthcheck while this attempt runs.
+        let outcome = self.init_inner(request).await;
+        if outcome.is_ok() {
+            self.set_last_error(None);
+        }
+        match &outcome {
+            Ok(report) => tracing::info!(
+                loaded = report.loaded.len(),
+                failed = report.failed.len(),
+                "enclave initialised"
+            ),
+            Err(e) => {
+                tracing::error!(reason = %e, "Init failed: no key loaded; the data port stays closed");
+                self.set_last_error(Some(e.message.clone()));
+            }
+        }
+        outcome
+    }
+
+    async fn add_keys(&self, request: AddKeysRequest) -> Result<KeysReport, HandlerError> {
+        let config = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| HandlerError::new("no KMS session (Init first)"))?;
+        check_not_expired(&config.credentials)?;
+        tracing::info!(
+            records = request.keys.len(),
+            "AddKeys: decrypting key records"
+        );
+        let outcomes = self.load(&config, &request.keys).await?;
+        self.apply(outcomes)
+    }
+
+    async fn remove_keys(&self, request: RemoveKeysRequest) -> Result<RemoveReport, HandlerError> {
+        let app = self.app()?;
+        let mut next: KeyRing = (*app.keyring()).clone();
+        let mut report = RemoveReport::default();
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        for given in request.pubkeys {
+            match parse_identifier(&given) {
+                Some(pk) => {
+                    failed.retain(|id, _| parse_identifier(id) != Some(pk));
+                    if next.remove(&pk) {
+                        tracing::info!(key = %hex0x(&pk), "key removed at the host's request");
+                        report.removed.push(given);
+                    } else {
+                        report.not_found.push(given);
+                    }
+                }
+                None => report.not_found.push(given),
+            }
+        }
+        next.sources = vec![SourceReport {
+            id: SOURCE_ID,
+            keys_loaded: next.len(),
+            error_count: failed.len(),
+        }];
+        app.set_keyring(next);
+        Ok(report)
+    }
+
+    async fn refresh_credentials(&self, credentials: AwsCredentials) -> Result<(), HandlerError> {
+        check_not_expired(&credentials)?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(config) = session.as_mut() else {
+            return Err(HandlerError::new("no KMS session (Init first)"));
+        };
+        tracing::info!(access_key_id = %credentials.access_key_id, "AWS credentials refreshed");
+        // The next batch builds its client from these.
+        config.credentials = credentials;
+        Ok(())
+    }
+}
+
+/// The parts of enclave mode made before the HTTP server starts.
+pub struct Prepared {
+    pub shared: Arc<EnclaveShared>,
+    /// TLS with the key made here.
+    pub tls: Arc<rustls::ServerConfig>,
+    pub data_listener: Listener,
+    /// The forwarders' tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+    /// The endpoints actually bound (with the port picked for 0).
+    pub control_endpoint: Endpoint,
+    pub data_endpoint: Endpoint,
+    pub control: ControlParts,
+}
+
+/// The control server, not yet serving.
+pub struct ControlParts {
+    handler: Arc<Handler>,
+    server: ControlServer<Handler>,
+    listener: Listener,
+}
+
+impl ControlParts {
+    /// Connects the handler to the running signer's state and serves the control endpoint;
+    /// returns the task. The handler holds the state weakly, so stopping the HTTP server
+    /// still releases it (and the slashing store) as it does outside enclave mode.
+    pub fn start(self, state: &Arc<AppState>) -> JoinHandle<()> {
+        let _ = self.handler.app.set(Arc::downgrade(state));
+        let (server, listener) = (self.server, self.listener);
+        tokio::spawn(async move { server.serve(listener, std::future::pending()).await })
+    }
+}
+
+/// SHA-384 of the running executable: the insecure-test attestor's PCR0, the nearest
+/// off-enclave analogue of an image measurement.
+#[cfg(feature = "insecure-test-attestation")]
+fn executable_sha384() -> Result<[u8; 48], String> {
+    let path = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = sha2::Sha384::new();
+    std::io::copy(&mut file, &mut h).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(h.finalize().into())
+}
+
+fn attestor(mode: &AttestationMode) -> Result<Decrypt, StartError> {
+    match mode {
+        AttestationMode::Nsm => {
+            let nsm = enclave_bridge::attestation::NsmAttestor::open().map_err(|e| {
+                StartError::Config(format!(
+                    "--enclave-attestation nsm: {e}; off-enclave, use insecure-test:<dir> (tests and demos only)"
+                ))
+            })?;
+            tracing::info!("attestation by the Nitro Secure Module");
+            Ok(Decrypt::Attested(Arc::new(nsm)))
+        }
+        #[cfg(feature = "insecure-test-attestation")]
+        AttestationMode::InsecureTest(dir) => {
+            use enclave_bridge::test_util::{TestAttestor, TestPki};
+            let pki = TestPki::load_or_generate(dir).map_err(|e| {
+                StartError::Config(format!(
+                    "insecure-test attestation PKI in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            let pcr0 = executable_sha384().map_err(|e| {
+                StartError::Config(format!("cannot measure the executable for PCR0: {e}"))
+            })?;
+            for line in [
+                "INSECURE: --enclave-attestation insecure-test: attestation documents are signed by a THROW-AWAY TEST PKI, not the Nitro Secure Module",
+                "INSECURE: they prove nothing about this process; real KMS refuses them; NEVER use this outside tests and demos",
+            ] {
+                tracing::warn!("{line}");
+            }
+            tracing::warn!(root = %dir.join(enclave_bridge::test_util::TEST_ROOT_FILE).display(),
+                pcr0 = %hex::encode(pcr0), "INSECURE test attestation root and PCR0 (SHA-384 of this executable)");
+            Ok(Decrypt::Attested(Arc::new(TestAttestor::new(
+                Arc::new(pki),
+                pcr0,
+            ))))
+        }
+        #[cfg(not(feature = "insecure-test-attestation"))]
+        AttestationMode::InsecureTest(_) => Err(StartError::Config(
+            "this build has no insecure-test attestation".into(),
+        )),
+        AttestationMode::UnattestedPlainDecryptForTests => {
+            for _ in 0..3 {
+                tracing::warn!("INSECURE: enclave mode WITHOUT attestation, plain KMS Decrypt (the plaintext crosses the host): test builds only");
+            }
+            Ok(Decrypt::Plain)
+        }
+    }
+}
+
+/// Starts the forwarders, the attestor, the TLS identity, and binds both endpoints.
+pub async fn prepare(config: &EnclaveConfig) -> Result<Prepared, StartError> {
+    tracing::info!(control = %config.control, data = %config.data, "starting in ENCLAVE MODE");
+    let mut tasks = Vec::new();
+    for f in &config.forwards {
+        let listener = f.local.bind().await.map_err(|source| StartError::Bind {
+            addr: f.local.to_string(),
+            source,
+        })?;
+        tracing::info!(local = %f.local, remote = %f.remote, "enclave forwarder");
+        let fwd = Forwarder::new(listener, f.remote.clone(), ForwardLimits::default());
+        tasks.push(tokio::spawn(fwd.run(std::future::pending())));
+    }
+    let decrypt = attestor(&config.attestation)?;
+    let attestor_for_http = match &decrypt {
+        Decrypt::Attested(a) => Some(a.clone()),
+        Decrypt::Plain => None,
+    };
+
+    let (identity, cert, key) = generate_tls(&config.tls_names).map_err(StartError::Config)?;
+    let tls = crate::tls::server_config_with_key(&config.tls, vec![cert], key, true)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    tracing::info!(
+        fingerprint = %crate::tls::fingerprint_hex(&crate::tls::fingerprint(&identity.cert_der)),
+        names = ?config.tls_names,
+        "TLS key made inside the enclave (certificate SHA-256 fingerprint; verify it with ensign verify-attestation)"
+    );
+
+    let resolve_to = (!config.forwards.is_empty()).then_some(IpAddr::from([127, 0, 0, 1]));
+    let control_listener = config
+        .control
+        .bind()
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.control.to_string(),
+            source,
+        })?;
+    let data_listener = config
+        .data
+        .bind()
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.data.to_string(),
+            source,
+        })?;
+    let bound = |l: &Listener, ep: &Endpoint| {
+        l.local_endpoint().map_err(|source| StartError::Bind {
+            addr: ep.to_string(),
+            source,
+        })
+    };
+    let control_endpoint = bound(&control_listener, &config.control)?;
+    let data_endpoint = bound(&data_listener, &config.data)?;
+
+    // The control server owns the enclave's state; the HTTP side watches it.
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let handler = Arc::new(Handler {
+        app: OnceLock::new(),
+        last_error: last_error.clone(),
+        decrypt,
+        resolve_to,
+        session: Mutex::new(None),
+        failed: Mutex::new(BTreeMap::new()),
+    });
+    let server =
+        ControlServer::with_shared_handler(handler.clone(), ControlServerConfig::default());
+    let shared = Arc::new(EnclaveShared {
+        state: server.subscribe(),
+        last_init_error: last_error,
+        attestor: attestor_for_http,
+        tls: identity,
+        attest_slots: Semaphore::new(ATTEST_CONCURRENCY),
+    });
+    Ok(Prepared {
+        shared,
+        tls,
+        data_listener,
+        tasks,
+        control_endpoint,
+        data_endpoint,
+        control: ControlParts {
+            handler,
+            server,
+            listener: control_listener,
+        },
+    })
+}

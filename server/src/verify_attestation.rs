@@ -1,0 +1,300 @@
+//! `ensign verify-attestation`: does the signer at `--url` run the expected enclave image, and
+//! is the TLS key it answers with the one that image made?
+//!
+//! 1. Connect over TLS, accepting the server's (self-signed) certificate for this one
+//!    connection, but keeping it: it is what the rest checks.
+//! 2. `GET /api/v1/attestation?nonce=<fresh random hex>` on that same connection.
+//! 3. Verify the document (`enclave_bridge::attestation::verify_attestation`: COSE_Sign1
+//!    ES384 signature, certificate chain to `--root-cert`, by default the AWS Nitro Enclaves
+//!    root G1, validity now).
+//! 4. Compare PCR0 with `--expected-pcr0`, the document's nonce with ours (freshness: not a
+//!    replayed document), and the document's `user_data` with the SHA-256 of the
+//!    SubjectPublicKeyInfo of the certificate the connection presented (the TLS key is the
+//!    attested enclave's). The `certificate` in the answer must be that certificate too.
+//!
+//! On success it prints the certificate's SHA-256 fingerprint, for validator clients to pin
+//! (the certificate itself is in the answer, and in `/api/v1/attestation`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::cli::VerifyAttestationArgs;
+use crate::enclave::{spki_sha256, ATTESTATION_PATH, MAX_NONCE_LEN};
+use crate::tls::{fingerprint, fingerprint_hex};
+
+/// Largest answer read (a document is a few KiB).
+const MAX_ANSWER: usize = 256 * 1024;
+
+/// Accepts any server certificate (the attestation is what vouches for it), but still checks
+/// that the server holds the certificate's key (handshake signatures, by the provider).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `https://HOST:PORT[/]` → (host, port).
+fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("--url {url}: must start with https://"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') || authority.contains('?') {
+        return Err(format!("--url {url}: give only https://HOST:PORT"));
+    }
+    let bad_port = || format!("--url {url}: bad port");
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, rest) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("--url {url}: unclosed ["))?;
+        let port = match rest.strip_prefix(':') {
+            Some(p) => p.parse::<u16>().map_err(|_| bad_port())?,
+            None if rest.is_empty() => 443,
+            None => return Err(bad_port()),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad_port())?),
+            None => (authority, 443),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("--url {url}: no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// The DER of the first CERTIFICATE block of a PEM text.
+fn pem_to_der(pem: &[u8], what: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or_else(|| format!("{what}: no CERTIFICATE block"))?
+        .map(|c| c.to_vec())
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// Runs the command; the report, or why verification failed.
+pub async fn run(args: &VerifyAttestationArgs) -> Result<String, String> {
+    let fail = |m: String| format!("verify-attestation FAILED: {m}");
+    let (host, port) = parse_url(&args.url).map_err(fail)?;
+    let root = match &args.root_cert {
+        Some(path) => pem_to_der(
+            &std::fs::read(path).map_err(|e| fail(format!("{}: {e}", path.display())))?,
+            &path.display().to_string(),
+        )
+        .map_err(fail)?,
+        None => enclave_bridge::attestation::aws_nitro_root_g1_der(),
+    };
+    let nonce = match &args.nonce {
+        Some(h) => {
+            let b = hex::decode(h.strip_prefix("0x").unwrap_or(h))
+                .map_err(|_| fail("--nonce must be hex".into()))?;
+            if b.is_empty() || b.len() > MAX_NONCE_LEN {
+                return Err(fail(format!("--nonce must be 1 to {MAX_NONCE_LEN} bytes")));
+            }
+            b
+        }
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let timeout = Duration::from_secs(args.timeout_seconds.max(1));
+
+    let (presented, body) = tokio::time::timeout(timeout, fetch(&host, port, &nonce))
+        .await
+        .map_err(|_| fail(format!("no answer from {} within {timeout:?}", args.url)))?
+        .map_err(fail)?;
+
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| fail("the answer is not JSON".into()))?;
+    let document = answer["attestation_document"]
+        .as_str()
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .ok_or_else(|| fail("the answer has no base64 attestation_document".into()))?;
+    let cert_pem = answer["certificate"]
+        .as_str()
+        .ok_or_else(|| fail("the answer has no certificate".into()))?;
+    let answered_cert =
+        pem_to_der(cert_pem.as_bytes(), "the answer's certificate").map_err(fail)?;
+
+    let doc = enclave_bridge::attestation::verify_attestation(&document, &root, SystemTime::now())
+        .map_err(|e| fail(format!("the attestation document does not verify: {e}")))?;
+    let pcr0 = doc
+        .pcr(0)
+        .ok_or_else(|| fail("the document has no PCR0".into()))?;
+    if pcr0 != args.expected_pcr0 {
+        return Err(fail(format!(
+            "PCR0 is {}, expected {}: the signer runs another image",
+            hex::encode(pcr0),
+            hex::encode(args.expected_pcr0)
+        )));
+    }
+    if doc.nonce.as_deref() != Some(nonce.as_slice()) {
+        return Err(fail(
+            "the document's nonce is not the one sent (a replayed document?)".into(),
+        ));
+    }
+    let spki = spki_sha256(&presented).map_err(fail)?;
+    if doc.user_data.as_deref() != Some(spki.as_slice()) {
+        return Err(fail(
+            "the document's user_data is not the SHA-256 of the public key of the TLS \
+             certificate this connection presented: the TLS key is not the attested enclave's"
+                .into(),
+        ));
+    }
+    if answered_cert != presented {
+        return Err(fail(
+            "the certificate in the answer is not the one the connection presented".into(),
+        ));
+    }
+    Ok(format!(
+        "attestation verified: {url}\n\
+         module_id: {module}\n\
+         PCR0: {pcr0}\n\
+         TLS certificate SHA-256 fingerprint (pin this): {fp}",
+        url = args.url,
+        module = doc.module_id,
+        pcr0 = hex::encode(pcr0),
+        fp = fingerprint_hex(&fingerprint(&presented)),
+    ))
+}
+
+/// One HTTPS GET of the attestation, returning the certificate the connection presented and
+/// the answer's body.
+async fn fetch(host: &str, port: u16, nonce: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
+    let presented = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("the server presented no certificate")?
+        .to_vec();
+
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let request = hyper::Request::get(format!("{ATTESTATION_PATH}?nonce={}", hex::encode(nonce)))
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let status = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes()
+        .to_vec();
+    driver.abort();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(format!(
+            "{ATTESTATION_PATH} answered {status}: {}",
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ));
+    }
+    Ok((presented, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://127.0.0.1:8443").unwrap(),
+            ("127.0.0.1".into(), 8443)
+        );
+        assert_eq!(
+            parse_url("https://signer.example/").unwrap(),
+            ("signer.example".into(), 443)
+        );
+        assert_eq!(parse_url("https://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(parse_url("http://127.0.0.1:1").is_err());
+        assert_eq!(parse_url("https://[::1]").unwrap(), ("::1".into(), 443));
+        assert!(parse_url("https://h:1/path").is_err());
+        assert!(parse_url("https://h:x").is_err());
+    }
+}

@@ -1,0 +1,1321 @@
+//! Enclave mode end to end, off-enclave: TCP stands in for vsock, the insecure-test attestation
+//! PKI for the Nitro Secure Module (PCR0 = SHA-384 of the `ensign` executable), and
+//! `enclave_bridge`'s fake KMS for KMS (it verifies each Recipient attestation document against
+//! the test root, applies a PCR0 key policy, and answers with a real CMS envelope).
+//!
+//! - The whole flow: records made by `ensign keys encrypt` (KMS Encrypt at the fake KMS),
+//!   `ensign-host` starting the release `ensign` in enclave mode (`--run-command`), Init through
+//!   the host's KMS proxy and the enclave's loopback forwarder, a validator-style sign request
+//!   through the host's listen port over TLS pinned to the enclave's attested certificate
+//!   (signature checked with blst), `ensign verify-attestation` (right PCR0: exit 0; wrong: not),
+//!   keys added and removed by editing the host's key directory, a second Init refused.
+//! - A wrong PCR0 policy: no key anywhere, signing 503, the reason in /healthcheck and in the
+//!   host's log, the host still running.
+//! - The enclave alone: fail-closed before Init, an Init sent before the host's KMS proxy
+//!   exists (refused, with the reason; a later Init works), garbage and oversize frames on the
+//!   control port, a mislabelled record.
+//! - The plain-Decrypt path against moto (whose KMS ignores Recipient): `ensign keys encrypt`
+//!   into DynamoDB and a directory, read back with ensign-host's own readers, Init with them in
+//!   an in-process enclave-mode signer whose attestation is off (a code-only test mode).
+
+#[path = "../../keystore/tests/common/moto.rs"]
+mod moto;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use enclave_bridge::control::{
+    read_frame, write_frame, AwsCredentials, ControlClient, ControlError, EncryptedKeyRecord,
+    EndpointUrl, ErrorCode, InitRequest, RemoveKeysRequest,
+};
+use enclave_bridge::secret::{Base64Bytes, SecretString};
+use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestPki, TEST_ROOT_FILE};
+use enclave_bridge::Endpoint;
+use serde_json::{json, Value};
+use sha2::Digest;
+use tempfile::TempDir;
+use tests::body::{attestation, signing_root};
+use tests::Resp;
+
+const REGION: &str = "us-east-1";
+const PASSWORD: &str = "enclave test pässword";
+/// The consensus specs' BLS signature domain separation tag (proof of possession).
+const DST: &[u8] = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
+/// How long a step that awaits a readiness signal may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A loopback port nobody listens on right now (for endpoints ensign-host must know ahead).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sha384_file(path: &Path) -> [u8; 48] {
+    sha2::Sha384::digest(std::fs::read(path).unwrap()).into()
+}
+
+fn ensign() -> PathBuf {
+    let bin = tests::binary_path();
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it with `cargo build --release -p server`",
+        bin.display()
+    );
+    bin
+}
+
+fn host_binary(test: &str) -> Option<PathBuf> {
+    match tests::ensign_host_path() {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var_os("ENSIGN_REQUIRE_ENSIGN_HOST").is_some() => {
+            panic!("ENSIGN_REQUIRE_ENSIGN_HOST is set but ensign-host is unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n*** NOT RUN: {test}: {e}; set ENSIGN_REQUIRE_ENSIGN_HOST=1 to fail instead ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// An EIP-2335 keystore (fast PBKDF2) and its password file.
+struct KeyFiles {
+    keystore: PathBuf,
+    password: PathBuf,
+    secret: [u8; 32],
+    pubkey: String,
+}
+
+fn key_files(dir: &Path, seed: &[u8]) -> KeyFiles {
+    let secret = tests::test_secret(seed);
+    let key = keystore::ValidatorKey::from_secret_bytes(&secret).unwrap();
+    let json = keystore::encrypt(&key, PASSWORD, keystore::Kdf::Pbkdf2 { c: 16 }).unwrap();
+    let pubkey = tests::pubkey_hex(&secret);
+    std::fs::create_dir_all(dir).unwrap();
+    let keystore = dir.join(format!("{pubkey}.keystore.json"));
+    let password = dir.join(format!("{pubkey}.password.txt"));
+    std::fs::write(&keystore, json).unwrap();
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    KeyFiles {
+        keystore,
+        password,
+        secret,
+        pubkey,
+    }
+}
+
+/// `ensign keys encrypt` with dummy AWS credentials (the stand-ins do not check signatures).
+async fn keys_encrypt(k: &KeyFiles, endpoint: &str, key_id: &str, dest: &[&str]) -> (i32, String) {
+    let mut args: Vec<String> = [
+        "keys",
+        "encrypt",
+        "--kms-key-id",
+        key_id,
+        "--region",
+        REGION,
+        "--endpoint-url",
+        endpoint,
+        "--keystore",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(k.keystore.display().to_string());
+    args.push("--password-file".into());
+    args.push(k.password.display().to_string());
+    args.extend(dest.iter().map(|s| s.to_string()));
+    let bin = ensign();
+    // The fake KMS runs on this test's runtime: never block a worker on the child.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `ensign verify-attestation`; (exit code, output).
+async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String) {
+    let args = vec![
+        "verify-attestation".to_string(),
+        "--url".into(),
+        url.into(),
+        "--expected-pcr0".into(),
+        hex::encode(pcr0),
+        "--root-cert".into(),
+        root.display().to_string(),
+    ];
+    let bin = ensign();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A client for probing before the certificate has been checked (accepts any).
+fn unverified_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
+/// A validator client's: trusts exactly the enclave's certificate.
+fn pinned_client(pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Resp {
+    let r = client.get(url).send().await.expect("GET");
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Resp {
+        status,
+        content_type,
+        body: r.text().await.unwrap_or_default(),
+    }
+}
+
+async fn sign(client: &reqwest::Client, base: &str, pubkey: &str, body: &Value) -> Resp {
+    let r = client
+        .post(format!("{base}/api/v1/eth2/sign/{pubkey}"))
+        .header("accept", "application/json")
+        .json(body)
+        .send()
+        .await
+        .expect("POST");
+    Resp {
+        status: r.status().as_u16(),
+        content_type: String::new(),
+        body: r.text().await.unwrap_or_default(),
+    }
+}
+
+/// The signature answers `request` for `secret`'s key (blst, independent of the server).
+fn assert_valid_signature(secret: &[u8; 32], request: &Value, signature_hex: &str) {
+    let pk = blst::min_pk::SecretKey::from_bytes(secret)
+        .unwrap()
+        .sk_to_pk();
+    let sig = hex::decode(signature_hex.trim_start_matches("0x")).unwrap();
+    let sig = blst::min_pk::Signature::from_bytes(&sig).expect("a compressed G2 point");
+    let root = signing_root(request);
+    assert_eq!(
+        sig.verify(true, &root, DST, &[], &pk, true),
+        blst::BLST_ERROR::BLST_SUCCESS,
+        "the signature does not verify"
+    );
+}
+
+/// Polls `probe` until it returns `Some` (a readiness check, with short pauses between
+/// probes), or fails the test after [`DEADLINE`] with `what` and `context()`.
+async fn wait_until<T, F, Fut>(what: &str, context: impl Fn() -> String, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out waiting for {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process whose stdout and stderr lines are collected (and echoed with
+/// `ENSIGN_TEST_ECHO`). Dropping it stops it with SIGTERM (so ensign-host terminates its
+/// enclave process group), then SIGKILL.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Output pipes closed so far (2: the process and its children are gone).
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, label: &'static str) -> Proc {
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let closed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let out: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for pipe in out {
+            let (lines, closed) = (lines.clone(), closed.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if std::env::var_os("ENSIGN_TEST_ECHO").is_some() {
+                        eprintln!("[{label}] {line}");
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        Proc {
+            child,
+            lines,
+            closed,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn tail(&self) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The first line containing `marker`, once written (fails at once if the process ended
+    /// without writing it).
+    async fn line_with(&self, marker: &str) -> String {
+        let (lines, closed) = (self.lines.clone(), self.closed.clone());
+        let found = wait_until(
+            &format!("a line with {marker:?}"),
+            || self.tail(),
+            || {
+                let found = lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(marker))
+                    .cloned();
+                let ended = closed.load(std::sync::atomic::Ordering::SeqCst) == 2;
+                async move {
+                    match found {
+                        Some(l) => Some(Some(l)),
+                        None if ended => Some(None),
+                        None => None,
+                    }
+                }
+            },
+        )
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "the process ended without a line with {marker:?}:\n{}",
+                self.tail()
+            )
+        })
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value after `key=` in a log line, up to white space or a quote.
+fn field(line: &str, key: &str) -> String {
+    line.split(key)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// ensign-host with the release ensign as its enclave (TCP endpoints, insecure-test
+/// attestation, a loopback KMS forwarder to the host's proxy, SQLite slashing protection).
+struct HostRun {
+    proc: Proc,
+    /// `https://127.0.0.1:PORT`: the host's listen port (validator clients').
+    base: String,
+    control: Endpoint,
+}
+
+async fn start_host(
+    host_bin: &Path,
+    dir: &Path,
+    kms: &FakeKms,
+    keys_dir: &Path,
+    pki_dir: &Path,
+) -> HostRun {
+    let (data, control, forward, kms_proxy) = (free_port(), free_port(), free_port(), free_port());
+    let kms_port = kms.url().rsplit(':').next().unwrap().to_string();
+    let ensign_cmd = format!(
+        "exec '{ensign}' --enclave-mode=true \
+         --enclave-forward \"tcp:127.0.0.1:{forward}=$ENSIGN_HOST_KMS_PROXY\" \
+         --enclave-attestation 'insecure-test:{pki}' --data-path '{data_path}' \
+         eth2 --network mainnet",
+        ensign = ensign().display(),
+        pki = pki_dir.display(),
+        data_path = dir.join("enclave-data").display(),
+    );
+    let mut cmd = Command::new(host_bin);
+    cmd.args(["--region", REGION, "--keys-dir"])
+        .arg(keys_dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--enclave-transport",
+            "tcp",
+            "--data-port",
+            &data.to_string(),
+            "--control-port",
+            &control.to_string(),
+            "--kms-proxy-listen",
+            &format!("tcp:127.0.0.1:{kms_proxy}"),
+            "--kms-endpoint",
+            &format!("127.0.0.1:{kms_port}"),
+            // The real KMS host name: only the enclave's resolver sends it to its forwarder.
+            "--kms-endpoint-url",
+            &format!("http://kms.{REGION}.amazonaws.com:{forward}"),
+            "--credentials",
+            "static-for-tests",
+            "--poll-interval-secs",
+            "1",
+            "--enclave-boot-timeout-secs",
+            "60",
+            "--run-command",
+            &ensign_cmd,
+        ]);
+    let proc = Proc::spawn(cmd, "host");
+    let line = proc.line_with("data path listening").await;
+    let listen = field(&line, "listen=tcp:");
+    HostRun {
+        proc,
+        base: format!("https://{listen}"),
+        control: format!("tcp:127.0.0.1:{control}").parse().unwrap(),
+    }
+}
+
+/// The attestation endpoint's certificate (PEM), fetched without checking it.
+async fn certificate(base: &str) -> String {
+    let r = get(
+        &unverified_client(),
+        &format!("{base}/api/v1/attestation?nonce=00"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["certificate"].as_str().unwrap().to_string()
+}
+
+fn all_logs_free_of(logs: &[String], secrets: &[String]) {
+    for line in logs {
+        for s in secrets {
+            assert!(
+                !line.contains(s.as_str()),
+                "secret material in a log line: {line}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_through_ensign_host() {
+    let Some(host_bin) = host_binary("whole_flow_through_ensign_host") else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
+    let pcr0 = sha384_file(&ensign());
+    let mut config = FakeKmsConfig::new(pki.root_der.clone());
+    config.required_pcr0 = Some(pcr0.to_vec());
+    let kms = FakeKms::start(config).await.unwrap();
+
+    // A key record made the way an operator makes one.
+    let keys_dir = dir.path().join("records");
+    let k1 = key_files(&dir.path().join("keystores"), b"enclave whole flow 1");
+    let (code, out) = keys_encrypt(
+        &k1,
+        kms.url(),
+        kms.key_arn(),
+        &["--out-dir", &keys_dir.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(keys_dir.join(format!("{}.json", k1.pubkey))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["pubkey"], k1.pubkey.as_str());
+    assert_eq!(record["kms_key_id"], kms.key_arn());
+    assert_eq!(
+        record["encryption_context"]["ensign-pubkey"],
+        k1.pubkey.as_str()
+    );
+
+    let mut host = start_host(&host_bin, dir.path(), &kms, &keys_dir, &pki_dir).await;
+    let base = host.base.clone();
+    let probe = unverified_client();
+    wait_until(
+        "the enclave to be initialised (healthcheck 200 through the host)",
+        || host.proc.tail(),
+        || {
+            let (probe, url) = (probe.clone(), format!("{base}/healthcheck"));
+            async move {
+                let r = probe.get(url).send().await.ok()?;
+                (r.status().as_u16() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        kms.stats()
+            .decrypt_with_recipient
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(
+        kms.stats()
+            .decrypt_plain
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // The client checks the image and the TLS key before it trusts the certificate.
+    let root = pki_dir.join(TEST_ROOT_FILE);
+    let (code, out) = verify_attestation(&base, &pcr0, &root).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("attestation verified"), "{out}");
+    let pem = certificate(&base).await;
+    let fp = server::tls::fingerprint_hex(&server::tls::fingerprint(&pem_der(&pem)));
+    assert!(
+        out.contains(&fp),
+        "the fingerprint to pin is printed: {out}"
+    );
+    let mut wrong = pcr0;
+    wrong[0] ^= 1;
+    let (code, out) = verify_attestation(&base, &wrong, &root).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("PCR0 is"), "{out}");
+    // The default root (AWS's) does not accept a test document.
+    let args = vec![
+        "verify-attestation".to_string(),
+        "--url".into(),
+        base.clone(),
+        "--expected-pcr0".into(),
+        hex::encode(pcr0),
+    ];
+    let bin = ensign();
+    let out = tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trusted root"),
+        "{out:?}"
+    );
+
+    // A validator-style request through the host, over TLS pinned to the attested certificate.
+    let client = pinned_client(&pem);
+    let keys = get(&client, &format!("{base}/api/v1/eth2/publicKeys")).await;
+    assert_eq!(keys.status, 200, "{keys:?}");
+    assert_eq!(keys.json(), json!([k1.pubkey]));
+    let request = attestation(10, 11, 1);
+    let r = sign(&client, &base, &k1.pubkey, &request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_valid_signature(
+        &k1.secret,
+        &request,
+        r.json()["signature"].as_str().unwrap(),
+    );
+    // Slashing protection runs inside the enclave as anywhere: a double vote is refused.
+    let r = sign(&client, &base, &k1.pubkey, &attestation(10, 11, 2)).await;
+    assert_eq!(r.status, 412, "{r:?}");
+
+    // A second Init, from anyone reaching the control port, is refused; the enclave serves on.
+    let mut control = ControlClient::connect(&host.control).await.unwrap();
+    let err = control.init(init_request(vec![], None)).await.unwrap_err();
+    assert_eq!(
+        err.remote_code(),
+        Some(ErrorCode::AlreadyInitialised),
+        "{err}"
+    );
+
+    // A record added to the host's directory is delivered (AddKeys) and signs; a record removed
+    // is unloaded (RemoveKeys).
+    let k2 = key_files(&dir.path().join("keystores"), b"enclave whole flow 2");
+    let (code, out) = keys_encrypt(
+        &k2,
+        kms.url(),
+        kms.key_arn(),
+        &["--out-dir", &keys_dir.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let mut sorted: Vec<String> = vec![k1.pubkey.clone(), k2.pubkey.clone()];
+    sorted.sort();
+    wait_until(
+        "the added key to be loaded",
+        || host.proc.tail(),
+        || {
+            let (client, url, sorted) = (
+                client.clone(),
+                format!("{base}/api/v1/eth2/publicKeys"),
+                sorted.clone(),
+            );
+            async move {
+                let r = get(&client, &url).await;
+                (r.json() == json!(sorted)).then_some(())
+            }
+        },
+    )
+    .await;
+    let request = attestation(20, 21, 1);
+    let r = sign(&client, &base, &k2.pubkey, &request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_valid_signature(
+        &k2.secret,
+        &request,
+        r.json()["signature"].as_str().unwrap(),
+    );
+    std::fs::remove_file(keys_dir.join(format!("{}.json", k1.pubkey))).unwrap();
+    wait_until(
+        "the removed key to be unloaded",
+        || host.proc.tail(),
+        || {
+            let (client, url, k2) = (
+                client.clone(),
+                format!("{base}/api/v1/eth2/publicKeys"),
+                k2.pubkey.clone(),
+            );
+            async move {
+                let r = get(&client, &url).await;
+                (r.json() == json!([k2])).then_some(())
+            }
+        },
+    )
+    .await;
+    let r = sign(&client, &base, &k1.pubkey, &attestation(30, 31, 1)).await;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    assert!(host.proc.running(), "the host keeps running");
+    let status = host.proc.terminate();
+    assert!(
+        status.success(),
+        "ensign-host did not stop cleanly: {status}\n{}",
+        host.proc.tail()
+    );
+    let logs = host.proc.lines();
+    assert!(
+        logs.iter().any(|l| l.contains("enclave ready")),
+        "{}",
+        host.proc.tail()
+    );
+    all_logs_free_of(
+        &logs,
+        &[
+            PASSWORD.to_string(),
+            hex::encode(k1.secret),
+            hex::encode(k2.secret),
+        ],
+    );
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+fn credentials() -> AwsCredentials {
+    AwsCredentials {
+        access_key_id: "ASIATESTENCLAVE".into(),
+        secret_access_key: SecretString::new("testing"),
+        session_token: None,
+        expiration: None,
+    }
+}
+
+fn init_request(keys: Vec<EncryptedKeyRecord>, kms_endpoint: Option<String>) -> InitRequest {
+    InitRequest {
+        credentials: credentials(),
+        region: serde_json::from_value(json!(REGION)).unwrap(),
+        kms_endpoint: kms_endpoint.map(|u| EndpointUrl::try_from(u).unwrap()),
+        keys,
+        tls: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pcr0_policy_keeps_every_key_out() {
+    let Some(host_bin) = host_binary("wrong_pcr0_policy_keeps_every_key_out") else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
+    let mut config = FakeKmsConfig::new(pki.root_der.clone());
+    // The key policy names another image.
+    config.required_pcr0 = Some(vec![0x11; 48]);
+    let kms = FakeKms::start(config).await.unwrap();
+    let keys_dir = dir.path().join("records");
+    let k = key_files(&dir.path().join("keystores"), b"enclave wrong pcr0");
+    let (code, out) = keys_encrypt(
+        &k,
+        kms.url(),
+        kms.key_arn(),
+        &["--out-dir", &keys_dir.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+
+    let mut host = start_host(&host_bin, dir.path(), &kms, &keys_dir, &pki_dir).await;
+    let base = host.base.clone();
+    let probe = unverified_client();
+    let health = wait_until(
+        "/healthcheck to report the refused Init",
+        || host.proc.tail(),
+        || {
+            let (probe, url) = (probe.clone(), format!("{base}/healthcheck"));
+            async move {
+                // The enclave may not listen yet (the host's forwarder then closes the connection).
+                let r = probe.get(url).send().await.ok()?;
+                let status = r.status().as_u16();
+                let body = r.text().await.ok()?;
+                body.contains("last-init-error").then_some(Resp {
+                    status,
+                    content_type: String::new(),
+                    body,
+                })
+            }
+        },
+    )
+    .await;
+    assert_eq!(health.status, 503, "{health:?}");
+    let entry = health.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "enclave")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["status"], "DOWN");
+    let reason = entry["data"]["last-init-error"].as_str().unwrap();
+    assert!(reason.contains("KMS denied access"), "{reason}");
+    assert!(reason.contains("no key could be loaded"), "{reason}");
+
+    // Closed: no signing, no key list; attestation and upcheck still answer.
+    let r = sign(&probe, &base, &k.pubkey, &attestation(1, 2, 1)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("not initialised"), "{r:?}");
+    let r = get(&probe, &format!("{base}/api/v1/eth2/publicKeys")).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(get(&probe, &format!("{base}/upcheck")).await.status, 200);
+    certificate(&base).await;
+
+    // The host reports the refusal with its likely cause, and keeps running (it retries).
+    let refused = host.proc.line_with("refused Init").await;
+    assert!(refused.contains("PCR0"), "{refused}");
+    assert!(host.proc.running(), "the host keeps running");
+    let stats = kms.stats();
+    assert!(stats.denied.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(
+        stats
+            .decrypt_with_recipient
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        stats
+            .decrypt_plain
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let status = host.proc.terminate();
+    assert!(status.success(), "{status}\n{}", host.proc.tail());
+    all_logs_free_of(
+        &host.proc.lines(),
+        &[PASSWORD.to_string(), hex::encode(k.secret)],
+    );
+}
+
+/// The release ensign in enclave mode on its own (no host), TCP endpoints on port 0.
+struct Enclave {
+    proc: Proc,
+    base: String,
+    control: Endpoint,
+}
+
+/// `forwards`: (local port, remote port) loopback pairs; `eth2_args` after `eth2`.
+async fn start_enclave(
+    data_path: &Path,
+    pki_dir: &Path,
+    forwards: &[(u16, u16)],
+    eth2_args: &[String],
+) -> Enclave {
+    let mut cmd = Command::new(ensign());
+    cmd.args([
+        "--enclave-mode=true",
+        "--enclave-control-endpoint",
+        "tcp:127.0.0.1:0",
+        "--enclave-data-endpoint",
+        "tcp:127.0.0.1:0",
+        "--enclave-attestation",
+        &format!("insecure-test:{}", pki_dir.display()),
+        "--data-path",
+        &data_path.display().to_string(),
+    ]);
+    for (local, remote) in forwards {
+        cmd.args([
+            "--enclave-forward",
+            &format!("tcp:127.0.0.1:{local}=tcp:127.0.0.1:{remote}"),
+        ]);
+    }
+    cmd.args(["eth2", "--network", "mainnet"]);
+    cmd.args(eth2_args);
+    let proc = Proc::spawn(cmd, "enclave");
+    let control = proc.line_with("enclave control endpoint listening").await;
+    let listening = proc.line_with("listening on https://").await;
+    Enclave {
+        base: format!("https://{}", field(&listening, "listening on https://")),
+        control: field(&control, "control=").parse().unwrap(),
+        proc,
+    }
+}
+
+/// A record for the fake KMS made without HTTP (plaintext in ensign's format).
+fn fake_record(kms: &FakeKms, k: &KeyFiles, label: &str) -> EncryptedKeyRecord {
+    let keystore: serde_json::Map<String, Value> =
+        serde_json::from_slice(&std::fs::read(&k.keystore).unwrap()).unwrap();
+    let plaintext = server::key_records::encode_plaintext(&keystore, PASSWORD).unwrap();
+    let context =
+        std::collections::BTreeMap::from([("ensign-pubkey".to_string(), label.to_string())]);
+    EncryptedKeyRecord {
+        id: label.to_string(),
+        pubkey: Some(label.to_string()),
+        ciphertext: Base64Bytes(kms.encrypt(&plaintext[..], &context)),
+        encryption_context: context,
+        kms_key_id: Some(kms.key_arn().to_string()),
+    }
+}
+
+/// One frame's JSON reply to raw bytes written on a fresh control connection.
+async fn control_reply(control: &Endpoint, raw: &[u8]) -> Value {
+    use tokio::io::AsyncWriteExt;
+    let mut s = control.connect().await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let frame = read_frame(&mut s, 1 << 20)
+        .await
+        .unwrap()
+        .expect("a reply frame");
+    serde_json::from_slice(&frame).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
+    let dir = TempDir::new().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
+    let mut config = FakeKmsConfig::new(pki.root_der.clone());
+    config.required_pcr0 = Some(sha384_file(&ensign()).to_vec());
+    let kms = FakeKms::start(config).await.unwrap();
+    let kms_addr = kms.url().trim_start_matches("http://").to_string();
+    // The enclave's KMS forwarder points at the host's proxy port, where nothing listens yet.
+    let (forward, proxy_port) = (free_port(), free_port());
+    let e = start_enclave(
+        &dir.path().join("enclave-data"),
+        &pki_dir,
+        &[(forward, proxy_port)],
+        &[],
+    )
+    .await;
+    let probe = unverified_client();
+
+    // Before Init: upcheck, health (DOWN, waiting) and attestation only.
+    assert_eq!(
+        get(&probe, &format!("{}/upcheck", e.base)).await.status,
+        200
+    );
+    let h = get(&probe, &format!("{}/healthcheck", e.base)).await;
+    assert_eq!(h.status, 503, "{h:?}");
+    assert!(h.body.contains("waiting-for-init"), "{h:?}");
+    for path in [
+        "/api/v1/eth2/publicKeys",
+        "/api/v1/eth2/highWatermark",
+        "/reload",
+        "/api-docs/openapi.yaml",
+    ] {
+        let r = get(&probe, &format!("{}{path}", e.base)).await;
+        assert_eq!(r.status, 503, "{path}: {r:?}");
+    }
+    // The attestation binds the certificate this connection sees, and our nonce.
+    let r = get(
+        &probe,
+        &format!("{}/api/v1/attestation?nonce=0123abcd", e.base),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let answer = r.json();
+    let doc = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(answer["attestation_document"].as_str().unwrap())
+            .unwrap()
+    };
+    let verified = enclave_bridge::attestation::verify_attestation(
+        &doc,
+        &pki.root_der,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        verified.nonce.as_deref(),
+        Some(&[0x01, 0x23, 0xab, 0xcd][..])
+    );
+    let cert = pem_der(answer["certificate"].as_str().unwrap());
+    assert_eq!(
+        verified.user_data.as_deref(),
+        Some(&server::enclave::spki_sha256(&cert).unwrap()[..])
+    );
+    for bad in [
+        "nonce=zz",
+        "nonce=abc",
+        "other=1",
+        &format!("nonce={}", "00".repeat(65)),
+    ] {
+        let r = get(&probe, &format!("{}/api/v1/attestation?{bad}", e.base)).await;
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+    }
+
+    // Garbage and oversize frames on the control port: refused, connection closed, enclave fine.
+    let reply = control_reply(&e.control, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(reply["body"]["code"], "FrameTooLarge", "{reply}");
+    let reply = control_reply(&e.control, &[0xff, 0xff, 0xff, 0xff]).await;
+    assert_eq!(reply["body"]["code"], "FrameTooLarge", "{reply}");
+    let reply = control_reply(&e.control, &[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']).await;
+    assert_eq!(reply["body"]["code"], "MalformedMessage", "{reply}");
+    let mut framed = vec![];
+    write_frame(&mut framed, br#"{"type":"Init","body":{}}"#, 1 << 20)
+        .await
+        .unwrap();
+    let reply = control_reply(&e.control, &framed).await;
+    assert_eq!(reply["body"]["code"], "MalformedMessage", "{reply}");
+    let mut framed = vec![];
+    write_frame(&mut framed, br#"{"type":"Status"}"#, 1 << 20)
+        .await
+        .unwrap();
+    let reply = control_reply(&e.control, &framed).await;
+    assert_eq!(reply["body"]["code"], "HandshakeRequired", "{reply}");
+
+    // Init before the host's KMS proxy is up: refused with the reason, nothing loaded.
+    let k = key_files(&dir.path().join("keystores"), b"enclave alone");
+    let stranger = key_files(&dir.path().join("keystores"), b"someone else");
+    let endpoint = Some(format!("http://kms.{REGION}.amazonaws.com:{forward}"));
+    let mut control = ControlClient::connect(&e.control).await.unwrap();
+    let err = control
+        .init(init_request(
+            vec![fake_record(&kms, &k, &k.pubkey)],
+            endpoint.clone(),
+        ))
+        .await
+        .unwrap_err();
+    let ControlError::Remote { code, message } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*code, ErrorCode::HandlerFailed);
+    assert!(message.contains("KMS request failed"), "{message}");
+    let h = get(&probe, &format!("{}/healthcheck", e.base)).await;
+    assert_eq!(h.status, 503);
+    assert!(
+        h.body.contains("\"failed\"") && h.body.contains("KMS request failed"),
+        "{h:?}"
+    );
+    assert_eq!(
+        sign(&probe, &e.base, &k.pubkey, &attestation(1, 2, 1))
+            .await
+            .status,
+        503
+    );
+
+    // The host's proxy comes up: the next Init works. A record labelled with another key's
+    // public key is refused alone (and counted in the health check until removed).
+    let proxy = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = proxy.accept().await {
+            let target = kms_addr.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let records = vec![
+        fake_record(&kms, &k, &k.pubkey),
+        fake_record(&kms, &k, &stranger.pubkey),
+    ];
+    let report = control.init(init_request(records, endpoint)).await.unwrap();
+    assert_eq!(report.loaded, vec![k.pubkey.clone()]);
+    assert_eq!(report.failed.len(), 1);
+    assert!(
+        report.failed[0].reason.contains("labelled"),
+        "{:?}",
+        report.failed
+    );
+    let h = get(&probe, &format!("{}/healthcheck", e.base)).await;
+    assert_eq!(h.status, 503, "a record failed to load: {h:?}");
+    assert!(h.body.contains("\"error-count\":1"), "{h:?}");
+    let removed = control
+        .remove_keys(RemoveKeysRequest {
+            pubkeys: vec![stranger.pubkey.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed.not_found, vec![stranger.pubkey.clone()]);
+    let h = get(&probe, &format!("{}/healthcheck", e.base)).await;
+    assert_eq!(h.status, 200, "{h:?}");
+
+    let pem = certificate(&e.base).await;
+    let client = pinned_client(&pem);
+    let request = attestation(5, 6, 1);
+    let r = sign(&client, &e.base, &k.pubkey, &request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_valid_signature(&k.secret, &request, r.json()["signature"].as_str().unwrap());
+    let r = client
+        .post(format!("{}/reload", e.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        409,
+        "reload does not apply in enclave mode"
+    );
+
+    // Re-init refused; the enclave keeps its keys.
+    let err = control.init(init_request(vec![], None)).await.unwrap_err();
+    assert_eq!(
+        err.remote_code(),
+        Some(ErrorCode::AlreadyInitialised),
+        "{err}"
+    );
+    let r = sign(&client, &e.base, &k.pubkey, &attestation(6, 7, 1)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    all_logs_free_of(
+        &e.proc.lines(),
+        &[PASSWORD.to_string(), hex::encode(k.secret)],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enclave_mode_refuses_local_key_sources() {
+    let dir = TempDir::new().unwrap();
+    for extra in [
+        vec!["--key-store-path", "/nonexistent"],
+        vec!["--tls-cert-file", "/x.pem", "--tls-key-file", "/x.key"],
+    ] {
+        let mut args: Vec<String> = vec![
+            "--enclave-mode=true".into(),
+            "--data-path".into(),
+            dir.path().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["eth2".to_string()]);
+        let (code, stderr) = tests::run_binary(&args);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("cannot be used with --enclave-mode=true"),
+            "{stderr}"
+        );
+    }
+    let (code, stderr) = tests::run_binary(&[
+        "--enclave-mode=true".into(),
+        "--enclave-forward".into(),
+        "tcp:0.0.0.0:443=vsock:3:8000".into(),
+        "eth2".into(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("loopback"), "{stderr}");
+    // Off-enclave, the default attestation (the NSM) is not there: a clear start-up error.
+    let (code, stderr) = tests::run_binary(&[
+        "--enclave-mode=true".into(),
+        "--enclave-control-endpoint".into(),
+        "tcp:127.0.0.1:0".into(),
+        "--enclave-data-endpoint".into(),
+        "tcp:127.0.0.1:0".into(),
+        "--data-path".into(),
+        dir.path().display().to_string(),
+        "eth2".into(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/dev/nsm"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_decrypt_path_against_moto() {
+    let Some(moto) = tokio::task::spawn_blocking(moto::Moto::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let auth = keystore::AwsAuth::Specified {
+        access_key_id: "testing".into(),
+        secret_access_key: zeroize::Zeroizing::new("testing".into()),
+    };
+    let sdk = keystore::aws::sdk_config(&auth, Some(REGION), Some(&moto.url))
+        .await
+        .unwrap();
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let key_id = kms
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_string();
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    ddb.create_table()
+        .table_name("ensign-keys")
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pubkey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pubkey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+
+    let dir = TempDir::new().unwrap();
+    let k = key_files(&dir.path().join("keystores"), b"enclave moto");
+    let (code, out) =
+        keys_encrypt(&k, &moto.url, &key_id, &["--dynamodb-table", "ensign-keys"]).await;
+    assert_eq!(code, 0, "{out}");
+    let records_dir = dir.path().join("records");
+    let (code, out) = keys_encrypt(
+        &k,
+        &moto.url,
+        &key_id,
+        &["--out-dir", &records_dir.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    // A wrong password is found before anything is encrypted.
+    std::fs::write(&k.password, "not the password").unwrap();
+    let (code, out) = keys_encrypt(
+        &k,
+        &moto.url,
+        &key_id,
+        &["--out-dir", &records_dir.display().to_string()],
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+
+    // ensign-host's own readers take what `keys encrypt` wrote.
+    use enclave_bridge::host::keys::{dynamodb_client, DirKeySource, DynamoKeySource};
+    let creds = aws_sdk_kms::config::SharedCredentialsProvider::new(
+        aws_sdk_kms::config::Credentials::new("testing", "testing", None, None, "test"),
+    );
+    let region: enclave_bridge::control::AwsRegion = serde_json::from_value(json!(REGION)).unwrap();
+    let from_table = DynamoKeySource::new(
+        dynamodb_client(&region, creds, Some(&moto.url)),
+        "ensign-keys".into(),
+        None,
+    )
+    .list()
+    .await
+    .unwrap();
+    assert!(from_table.problems.is_empty(), "{:?}", from_table.problems);
+    let from_dir = DirKeySource::new(&records_dir).list().await.unwrap();
+    assert!(from_dir.problems.is_empty(), "{:?}", from_dir.problems);
+    assert_eq!(from_table.records.len(), 1);
+    assert_eq!(from_dir.records.len(), 1);
+    let record = from_table.records[&k.pubkey].clone();
+    assert_eq!(record.encryption_context["ensign-pubkey"], k.pubkey);
+    let dir_record = from_dir.records[&k.pubkey].clone();
+
+    // An in-process enclave-mode signer with attestation off (code-only test mode): Init with
+    // both records through plain KMS Decrypt at moto.
+    let args: Vec<String> = [
+        "ensign",
+        "--enclave-mode=true",
+        "--enclave-control-endpoint",
+        "tcp:127.0.0.1:0",
+        "--enclave-data-endpoint",
+        "tcp:127.0.0.1:0",
+        "--data-path",
+        &dir.path().join("data").display().to_string(),
+        "eth2",
+        "--network",
+        "mainnet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cli = <server::cli::Cli as clap::Parser>::try_parse_from(&args).unwrap();
+    let server::cli::Mode::Eth2(eth2) = &cli.mode else {
+        unreachable!()
+    };
+    let mut config = server::Config::from_cli(&cli.global, eth2).unwrap();
+    config.enclave.as_mut().unwrap().attestation =
+        server::enclave::AttestationMode::UnattestedPlainDecryptForTests;
+    let running = server::start(config).await.unwrap();
+    let endpoints = running.enclave.clone().unwrap();
+    let base = format!("https://{}", running.addr);
+    let mut control = ControlClient::connect(&endpoints.control).await.unwrap();
+    let mut dup = dir_record.clone();
+    dup.id = "from-directory".into();
+    let report = control
+        .init(init_request(vec![record, dup], Some(moto.url.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.loaded,
+        vec![k.pubkey.clone(), "from-directory".to_string()],
+        "{report:?}"
+    );
+    let client = unverified_client();
+    let request = attestation(3, 4, 1);
+    let r = sign(&client, &base, &k.pubkey, &request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_valid_signature(&k.secret, &request, r.json()["signature"].as_str().unwrap());
+    // No attestor in this mode: no document either.
+    assert_eq!(
+        get(&client, &format!("{base}/api/v1/attestation"))
+            .await
+            .status,
+        500
+    );
+    running.stop().await.unwrap();
+}
+
+/// Production's slashing setup in an enclave: PostgreSQL reached through a loopback forwarder.
+/// The history outlives the enclave (a new one, with fresh memory, still refuses a double vote),
+/// which SQLite in an enclave's memory-backed file system could not do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
+    let Some(schema) =
+        tests::PgSchema::new("slashing_history_in_postgresql_survives_an_enclave_restart")
+    else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
+    let mut config = FakeKmsConfig::new(pki.root_der.clone());
+    config.required_pcr0 = Some(sha384_file(&ensign()).to_vec());
+    let kms = FakeKms::start(config).await.unwrap();
+    let k = key_files(&dir.path().join("keystores"), b"enclave postgres");
+    let pg_forward = free_port();
+    let eth2 = vec![
+        "--slashing-protection-db-url".to_string(),
+        schema.url_via(Some(&format!("127.0.0.1:{pg_forward}"))),
+    ];
+    let mut refused_after_restart = false;
+    for round in 0..2 {
+        // A fresh data path each time: what an enclave's memory holds is gone after a restart.
+        let data_path = dir.path().join(format!("enclave-data-{round}"));
+        let mut e = start_enclave(&data_path, &pki_dir, &[(pg_forward, 5432)], &eth2).await;
+        let mut control = ControlClient::connect(&e.control).await.unwrap();
+        let report = control
+            .init(init_request(
+                vec![fake_record(&kms, &k, &k.pubkey)],
+                Some(kms.url().to_string()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(report.loaded, vec![k.pubkey.clone()], "{report:?}");
+        let client = pinned_client(&certificate(&e.base).await);
+        if round == 0 {
+            let r = sign(&client, &e.base, &k.pubkey, &attestation(10, 11, 1)).await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        // A double vote for target 11: refused in this enclave and in its successor.
+        let r = sign(&client, &e.base, &k.pubkey, &attestation(10, 11, 2 + round)).await;
+        assert_eq!(r.status, 412, "round {round}: {r:?}");
+        refused_after_restart = round == 1;
+        let status = e.proc.terminate();
+        assert!(status.success(), "{status}\n{}", e.proc.tail());
+    }
+    assert!(refused_after_restart);
+}
