@@ -52,7 +52,7 @@ export interface EnsignConfig {
   readonly vpcEndpoints: boolean;
 
   /**
-   * Development mode: the enclave runs with `--debug-mode` (console readable from the host) and the
+   * Development mode: the enclave runs in debug mode (`ensign-host --enclave-debug-mode=true`; console readable from the host) and the
    * KMS key policy accepts the all-zero PCR0 that every debug enclave reports, i.e. ANY debug
    * enclave image can decrypt the keys. Never with real validator keys.
    */

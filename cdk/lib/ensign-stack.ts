@@ -56,7 +56,7 @@ export class EnsignStack extends cdk.Stack {
     if (c.devMode) {
       cdk.Annotations.of(this).addWarningV2(
         'ensign:devMode',
-        'DEVELOPMENT MODE: the enclave runs with --debug-mode and the KMS key policy accepts the all-zero PCR0 of ANY debug enclave. Never load real validator keys into this stack.',
+        'DEVELOPMENT MODE: the enclave runs in debug mode (ensign-host --enclave-debug-mode=true) and the KMS key policy accepts the all-zero PCR0 of ANY debug enclave. Never load real validator keys into this stack.',
       );
       new cdk.CfnOutput(this, 'DevModeWarning', {
         description: 'This stack is in development mode',

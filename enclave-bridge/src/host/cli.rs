@@ -397,9 +397,11 @@ impl HostArgs {
         if let Some(db) = &db {
             named.push(("the database proxy listener", db.listen.clone()));
         }
+        // Two TCP listeners on port 0 are not the same: each bind picks its own free port.
+        let ephemeral = |e: &Endpoint| matches!(e, Endpoint::Tcp { port: 0, .. });
         for (i, (a, ea)) in named.iter().enumerate() {
             for (b, eb) in &named[i + 1..] {
-                if ea == eb {
+                if ea == eb && !ephemeral(ea) {
                     return Err(ConfigError::SameEndpoint {
                         a,
                         b,
@@ -634,6 +636,20 @@ mod tests {
             e.to_string().contains("must never reach the control port"),
             "{e}"
         );
+        // Listeners on TCP port 0 each get their own port when bound: not a clash.
+        let c = args(&[
+            "--keys-dir",
+            "/k",
+            "--run-command",
+            "true",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-proxy-listen",
+            "tcp:127.0.0.1:0",
+        ])
+        .unwrap()
+        .into_config();
+        assert!(c.is_ok(), "{:?}", c.err());
     }
 
     #[test]
