@@ -390,7 +390,7 @@ async fn sign(
     // One line per sign request (issue 5): type, key, slot/epoch, outcome, duration. The
     // identifier is client input: it is logged only once it parsed as a public key, and then
     // in canonical hex, so a request cannot inject text into the log.
-    let pubkey = parse_identifier(&identifier).map(|pk| hex0x(&pk));
+    let pubkey = info.pubkey.map(|pk| hex0x(&pk));
     let pubkey = pubkey.as_deref().unwrap_or("(malformed)");
     match &result {
         Ok(_) => tracing::info!(
@@ -426,6 +426,8 @@ async fn sign(
 #[derive(Default)]
 struct SignInfo {
     sign_type: &'static str,
+    /// The identifier, when it is a well-formed public key.
+    pubkey: Option<[u8; 48]>,
     slot: Option<u64>,
     epoch: Option<u64>,
 }
@@ -438,9 +440,11 @@ async fn sign_inner(
     info: &mut SignInfo,
 ) -> Result<Response, ApiError> {
     info.sign_type = "unknown";
+    info.pubkey = parse_identifier(identifier);
     let request = SignRequest::parse(body)?;
     info.sign_type = request.sign_type.name();
-    let key = parse_identifier(identifier)
+    let key = info
+        .pubkey
         .and_then(|pk| st.keyring().get(&pk))
         .ok_or_else(|| ApiError::UnknownKey(identifier.to_string()))?;
     let signable = request.signable(&st.network)?;
@@ -457,10 +461,6 @@ async fn sign_inner(
         let gvr = slashing::Root(gvr.0);
         let root = slashing::Root(signable.signing_root.0);
         let db_started = Instant::now();
-        let operation = match check {
-            SlashingCheck::Block { .. } => "block",
-            SlashingCheck::Attestation { .. } => "attestation",
-        };
         let submitted = match check {
             SlashingCheck::Block { slot } => slashing::Check::Block { slot },
             SlashingCheck::Attestation {
@@ -471,21 +471,19 @@ async fn sign_inner(
                 target_epoch,
             },
         };
+        let operation = match submitted {
+            slashing::Check::Block { .. } => "block",
+            slashing::Check::Attestation { .. } => "attestation",
+        };
         // SQLite decides on its writer thread and answers this task directly; PostgreSQL's
         // decision is a blocking round trip and gets a blocking thread.
         let verdict = match sp.submit(gvr, pubkey, submitted, root) {
             Some(pending) => pending.await.map_err(|_| {
                 ApiError::Internal("slashing store stopped before answering".into())
             })?,
-            None => tokio::task::spawn_blocking(move || match submitted {
-                slashing::Check::Block { slot } => sp.sign_block(gvr, pubkey, slot, root),
-                slashing::Check::Attestation {
-                    source_epoch,
-                    target_epoch,
-                } => sp.sign_attestation(gvr, pubkey, source_epoch, target_epoch, root),
-            })
-            .await
-            .map_err(|e| ApiError::Internal(format!("slashing task: {e}")))?,
+            None => tokio::task::spawn_blocking(move || sp.decide(gvr, pubkey, submitted, root))
+                .await
+                .map_err(|e| ApiError::Internal(format!("slashing task: {e}")))?,
         };
         metrics::histogram!("eth2_slashingprotection_database_duration", "signingOperation" => operation)
             .record(db_started.elapsed().as_secs_f64());

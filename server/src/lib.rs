@@ -391,8 +391,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Config(format!("loading keys: {e}")))?;
     tracing::info!(keys = keys.len(), network = %config.network.name, "ready to sign");
 
-    let (listener, local) = match &prepared {
-        Some(p) => (None, enclave_socket_addr(&p.data_endpoint)),
+    // What serves the signing API: the enclave's data endpoint, or a TCP listener bound here.
+    enum Front {
+        Enclave(Box<enclave::Prepared>),
+        Tcp(TcpListener),
+    }
+    let (front, local) = match prepared {
+        Some(p) => {
+            let local = enclave_socket_addr(&p.data_endpoint);
+            (Front::Enclave(Box::new(p)), local)
+        }
         None => {
             let addr = format!("{}:{}", config.listen_host, config.listen_port);
             let listener = TcpListener::bind(&addr)
@@ -404,7 +412,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
-            (Some(listener), local)
+            (Front::Tcp(listener), local)
         }
     };
     let state = Arc::new(app::AppState {
@@ -420,7 +428,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         signer: keys::SigningPool::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         key_manager_token: token,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_signing)),
-        enclave: prepared.as_ref().map(|p| p.shared.clone()),
+        enclave: match &front {
+            Front::Enclave(p) => Some(p.shared.clone()),
+            Front::Tcp(_) => None,
+        },
     });
     let router = app::router(state.clone());
     ensure_fd_limit(config.limits.max_connections);
@@ -428,8 +439,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = async move {
         let _ = rx.await;
     };
-    let (join, enclave_endpoints) = match (prepared, listener) {
-        (Some(p), _) => {
+    let (join, enclave_endpoints) = match front {
+        Front::Enclave(p) => {
+            let p = *p;
             let acceptor = tokio_rustls::TlsAcceptor::from(p.tls.clone());
             background.extend(p.tasks);
             background.push(p.control.start(&state));
@@ -457,7 +469,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             };
             (join, Some(endpoints))
         }
-        (None, Some(listener)) => {
+        Front::Tcp(listener) => {
             let scheme = if config.tls.is_some() {
                 "https"
             } else {
@@ -475,7 +487,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::info!("listening on {scheme}://{local}");
             (join, None)
         }
-        (None, None) => unreachable!("a TCP listener is bound outside enclave mode"),
     };
     drop(state);
     Ok(Running {

@@ -238,11 +238,28 @@ pub trait SlashingProtection: Send + Sync + 'static {
         target_epoch: u64,
         signing_root: Root,
     ) -> Result<Permit, Error>;
+    /// The blocking form of a check: [`sign_block`](Self::sign_block) or
+    /// [`sign_attestation`](Self::sign_attestation), by the check's kind.
+    fn decide(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        check: Check,
+        signing_root: Root,
+    ) -> Result<Permit, Error> {
+        match check {
+            Check::Block { slot } => self.sign_block(gvr, pubkey, slot, signing_root),
+            Check::Attestation {
+                source_epoch,
+                target_epoch,
+            } => self.sign_attestation(gvr, pubkey, source_epoch, target_epoch, signing_root),
+        }
+    }
     /// Submit a check without blocking the caller: `Some` when the store decides on a thread
     /// of its own (SQLite's writer) and answers through the returned receiver, so an async
     /// caller needs no blocking thread of its own per request; `None` when the store's
-    /// decision is a blocking round trip (PostgreSQL): call `sign_block`/`sign_attestation`
-    /// on a blocking thread instead. Same verdicts and durability as the blocking methods.
+    /// decision is a blocking round trip (PostgreSQL): call [`decide`](Self::decide) on a
+    /// blocking thread instead. Same verdicts and durability as the blocking methods.
     fn submit(
         &self,
         gvr: Root,

@@ -97,15 +97,7 @@ fn sqlite_one_winner_submit_and_blocking_mixed() {
                 .expect("SQLite decides on its writer thread");
             rx.blocking_recv().expect("the writer answers")
         } else {
-            match check {
-                Check::Block { slot } => s.sign_block(common::GVR, common::pk(7), slot, root),
-                Check::Attestation {
-                    source_epoch,
-                    target_epoch,
-                } => {
-                    s.sign_attestation(common::GVR, common::pk(7), source_epoch, target_epoch, root)
-                }
-            }
+            s.decide(common::GVR, common::pk(7), check, root)
         }
     };
     let r = race(vec![s.clone()], move |s, i| {
