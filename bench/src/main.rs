@@ -8,6 +8,8 @@
 //! Invariants: all traffic goes to a server this tool started on the loopback interface; every
 //! phase is bounded in requests and time; results are data (Markdown and JSON), never asserted.
 
+mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,6 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 const DST: &[u8] = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
-const GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +55,10 @@ struct Args {
     /// Skip the signing benchmarks.
     #[arg(long)]
     no_signing: bool,
+    /// Which stores to measure (comma-separated: sqlite, off, postgres); default all of them
+    /// (`--quick`: sqlite and off).
+    #[arg(long, value_delimiter = ',')]
+    stores: Vec<String>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     json_out: PathBuf,
@@ -116,8 +121,17 @@ fn main() -> Result<()> {
         startup::run(&ensign, cores, pbkdf2_n, scrypt_n, cache_n)?
     };
     let mut stores: Vec<(&str, Store)> = vec![("sqlite", Store::Sqlite), ("off", Store::Off)];
-    if !args.quick && !args.postgres.is_empty() {
+    let postgres_asked = args.stores.iter().any(|s| s == "postgres");
+    if (!args.quick || postgres_asked) && !args.postgres.is_empty() {
         stores.push(("postgres", Store::Postgres(args.postgres.clone())));
+    }
+    if !args.stores.is_empty() {
+        for wanted in &args.stores {
+            if !["sqlite", "off", "postgres"].contains(&wanted.as_str()) {
+                bail!("--stores: unknown store {wanted:?} (sqlite, off, postgres)");
+            }
+        }
+        stores.retain(|(label, _)| args.stores.iter().any(|w| w == label));
     }
     if args.no_signing {
         stores.clear();
@@ -134,8 +148,14 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?;
         let load = Load {
-            base: server.base.clone(),
-            pubkeys: server.pubkeys.clone(),
+            addr: server.addr.clone(),
+            paths: Arc::new(
+                server
+                    .pubkeys
+                    .iter()
+                    .map(|pk| format!("/api/v1/eth2/sign/{pk}"))
+                    .collect(),
+            ),
         };
         eprintln!(
             "== {label}: attestations, {} connections, {}s",
@@ -268,7 +288,8 @@ enum Store {
 
 struct Server {
     child: Child,
-    base: String,
+    /// `HOST:PORT` it listens on.
+    addr: String,
     pubkeys: Arc<Vec<String>>,
     _dir: tempfile::TempDir,
 }
@@ -328,29 +349,33 @@ impl Server {
                     .arg(format!("{url}/{db}"));
             }
         }
+        // Its log (one line per request) goes to a file, as it would in production: reading
+        // it through a pipe would put that work on the load generator's side of the machine.
+        let log_path = dir.path().join("ensign.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut child = cmd
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(log))
             .stderr(Stdio::inherit())
             .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                break rest.lines().next().unwrap_or("").trim().to_string();
             }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(300))
-            .context("ensign did not start")?;
+            if let Some(status) = child.try_wait()? {
+                bail!("ensign exited before serving ({status}); its log: {text}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("ensign did not start within 300 s");
+            }
+            // The log file is the only readiness signal before the port is known.
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Ok(Server {
             child,
-            base: format!("http://{addr}"),
+            addr,
             pubkeys: Arc::new(pubkeys),
             _dir: dir,
         })
@@ -383,20 +408,23 @@ enum Mix {
 }
 
 struct Load {
-    base: String,
-    pubkeys: Arc<Vec<String>>,
+    /// `HOST:PORT` of the signer.
+    addr: String,
+    /// The sign path of each validator, `/api/v1/eth2/sign/0x…`.
+    paths: Arc<Vec<String>>,
 }
 
-fn fork_info() -> Value {
-    json!({
-        "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
-        "genesis_validators_root": GVR,
-    })
-}
+/// The `fork_info` member of every request (Fulu on mainnet), pre-rendered.
+const FORK_INFO: &str = concat!(
+    r#"{"fork":{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"},"#,
+    r#""genesis_validators_root":"0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"}"#
+);
 
 /// The `k`-th request: validator `k mod N`, epochs advancing by one per round over all
-/// validators, so no request is slashable and no two in flight share a validator.
-fn request(k: u64, validators: usize, mix: Mix) -> (usize, Value) {
+/// validators, so no request is slashable and no two in flight share a validator. The body is
+/// written straight into a string (what a validator client sends); a JSON value tree would cost
+/// the load generator CPU that the signer then lacks.
+fn request(k: u64, validators: usize, mix: Mix) -> (usize, String) {
     let v = (k % validators as u64) as usize;
     let round = k / validators as u64;
     let epoch = 420_000 + round;
@@ -406,26 +434,24 @@ fn request(k: u64, validators: usize, mix: Mix) -> (usize, Value) {
         Mix::Attestations => 0,
         Mix::All => k % 10,
     };
+    let f = FORK_INFO;
     let body = match kind {
-        0..=5 => json!({"type": "ATTESTATION", "fork_info": fork_info(), "attestation": {
-            "slot": slot.to_string(), "index": "0", "beacon_block_root": root,
-            "source": {"epoch": (epoch - 1).to_string(), "root": root},
-            "target": {"epoch": epoch.to_string(), "root": root}}}),
-        6 => {
-            json!({"type": "AGGREGATION_SLOT", "fork_info": fork_info(), "aggregation_slot": {"slot": slot.to_string()}})
-        }
-        7 => {
-            json!({"type": "SYNC_COMMITTEE_MESSAGE", "fork_info": fork_info(), "sync_committee_message": {
-            "beacon_block_root": root, "slot": slot.to_string()}})
-        }
-        8 => {
-            json!({"type": "RANDAO_REVEAL", "fork_info": fork_info(), "randao_reveal": {"epoch": epoch.to_string()}})
-        }
-        _ => {
-            json!({"type": "BLOCK_V2", "fork_info": fork_info(), "beacon_block": {"version": "FULU", "block_header": {
-            "slot": slot.to_string(), "proposer_index": v.to_string(), "parent_root": root,
-            "state_root": root, "body_root": root}}})
-        }
+        0..=5 => format!(
+            r#"{{"type":"ATTESTATION","fork_info":{f},"attestation":{{"slot":"{slot}","index":"0","beacon_block_root":"{root}","source":{{"epoch":"{}","root":"{root}"}},"target":{{"epoch":"{epoch}","root":"{root}"}}}}}}"#,
+            epoch - 1
+        ),
+        6 => format!(
+            r#"{{"type":"AGGREGATION_SLOT","fork_info":{f},"aggregation_slot":{{"slot":"{slot}"}}}}"#
+        ),
+        7 => format!(
+            r#"{{"type":"SYNC_COMMITTEE_MESSAGE","fork_info":{f},"sync_committee_message":{{"beacon_block_root":"{root}","slot":"{slot}"}}}}"#
+        ),
+        8 => format!(
+            r#"{{"type":"RANDAO_REVEAL","fork_info":{f},"randao_reveal":{{"epoch":"{epoch}"}}}}"#
+        ),
+        _ => format!(
+            r#"{{"type":"BLOCK_V2","fork_info":{f},"beacon_block":{{"version":"FULU","block_header":{{"slot":"{slot}","proposer_index":"{v}","parent_root":"{root}","state_root":"{root}","body_root":"{root}"}}}}}}"#
+        ),
     };
     (v, body)
 }
@@ -471,34 +497,19 @@ impl Outcome {
 }
 
 impl Load {
-    async fn one(
-        client: &reqwest::Client,
-        base: &str,
-        pubkeys: &[String],
-        k: u64,
-        mix: Mix,
-    ) -> (bool, u64) {
-        let (v, body) = request(k, pubkeys.len(), mix);
-        let url = format!("{base}/api/v1/eth2/sign/{}", pubkeys[v]);
+    async fn one(conn: &mut http::Conn, paths: &[String], k: u64, mix: Mix) -> (bool, u64) {
+        let (v, body) = request(k, paths.len(), mix);
         let t = Instant::now();
-        let ok = match client
-            .post(url)
-            .header("accept", "application/json")
-            .json(&body)
-            .send()
-            .await
-        {
+        let ok = match conn.post_json(&paths[v], &body).await {
+            Ok(r) if r.status == 200 && http::is_signature_json(r.body) => true,
             Ok(r) => {
-                let status = r.status();
-                let body = r.bytes().await.unwrap_or_default();
-                if !status.is_success() {
-                    // Rare by construction; say which, so an error count is never a mystery.
-                    eprintln!(
-                        "   request {k} (validator {v}): {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                }
-                status.is_success()
+                // Rare by construction; say which, so an error count is never a mystery.
+                eprintln!(
+                    "   request {k} (validator {v}): {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(r.body)
+                );
+                false
             }
             Err(e) => {
                 eprintln!("   request {k} (validator {v}): {e}");
@@ -508,7 +519,8 @@ impl Load {
         (ok, t.elapsed().as_micros() as u64)
     }
 
-    /// `connections` workers, each sending its next request as soon as the last one returned.
+    /// `connections` workers, each on its own connection, sending its next request as soon as
+    /// the last one returned.
     async fn closed_loop(
         &self,
         connections: usize,
@@ -516,29 +528,30 @@ impl Load {
         mix: Mix,
         offset: u64,
     ) -> Result<Outcome> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(connections)
-            .build()?;
+        let mut conns = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            conns.push(http::Conn::connect(&self.addr).await?);
+        }
         let next = Arc::new(AtomicU64::new(offset));
         let start = Instant::now();
         let mut tasks = vec![];
-        for _ in 0..connections {
-            let (client, next, base, pubkeys) = (
-                client.clone(),
-                next.clone(),
-                self.base.clone(),
-                self.pubkeys.clone(),
-            );
+        for mut conn in conns {
+            let (next, paths, addr) = (next.clone(), self.paths.clone(), self.addr.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = vec![];
                 let mut errors = 0;
                 while start.elapsed() < d {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    let (ok, us) = Load::one(&client, &base, &pubkeys, k, mix).await;
+                    let (ok, us) = Load::one(&mut conn, &paths, k, mix).await;
                     if ok {
                         lat.push(us);
                     } else {
                         errors += 1;
+                        // The connection may be unusable after an error: start a new one.
+                        match http::Conn::connect(&addr).await {
+                            Ok(c) => conn = c,
+                            Err(_) => break,
+                        }
                     }
                 }
                 (lat, errors)
@@ -565,9 +578,8 @@ impl Load {
 
     /// Requests started at a fixed `rate` (open loop), at most `cap` in flight.
     async fn open_loop(&self, rate: f64, cap: usize, d: Duration, offset: u64) -> Result<Outcome> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(cap)
-            .build()?;
+        // Idle connections; a request takes one (or opens one) and gives it back.
+        let idle = Arc::new(std::sync::Mutex::new(Vec::<http::Conn>::new()));
         let sem = Arc::new(tokio::sync::Semaphore::new(cap));
         let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
         let start = Instant::now();
@@ -578,9 +590,23 @@ impl Load {
             tokio::time::sleep_until(due.into()).await;
             due += interval;
             let permit = sem.clone().acquire_owned().await?;
-            let (client, base, pubkeys) = (client.clone(), self.base.clone(), self.pubkeys.clone());
+            let (idle, addr, paths) = (idle.clone(), self.addr.clone(), self.paths.clone());
             tasks.push(tokio::spawn(async move {
-                let r = Load::one(&client, &base, &pubkeys, k, Mix::Attestations).await;
+                let taken = idle.lock().expect("idle pool").pop();
+                let mut conn = match taken {
+                    Some(c) => c,
+                    None => match http::Conn::connect(&addr).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("   request {k}: cannot connect: {e}");
+                            return (false, 0);
+                        }
+                    },
+                };
+                let r = Load::one(&mut conn, &paths, k, Mix::Attestations).await;
+                if r.0 {
+                    idle.lock().expect("idle pool").push(conn);
+                }
                 drop(permit);
                 r
             }));
