@@ -314,6 +314,7 @@ export class EnsignStack extends cdk.Stack {
     this.database.node.addDependency(dbLogs);
     dbSg.addIngressRule(signerSg, ec2.Port.tcp(5432), 'PostgreSQL from signer instances (ensign-host proxies the enclave)');
     const dbSecret = this.database.secret as cdk.aws_secretsmanager.ISecret;
+    // ensign-host's --db-secret-arn: GetSecretValue (and DescribeSecret) on this secret only.
     dbSecret.grantRead(role);
 
     // --- Signer instances --------------------------------------------------------------------------

@@ -45,6 +45,9 @@ export function ensignHostCommand(i: UserDataInputs): string {
     `--enclave-memory-mib ${c.enclaveMemoryMib}`,
     `--db-endpoint ${i.dbEndpoint}`,
     `--db-proxy-port ${DB_PROXY_PORT}`,
+    // The Aurora secret (JSON with username and password): ensign-host reads it with the
+    // instance role and hands the credentials to the enclave at Init, and again when rotated.
+    `--db-secret-arn ${i.dbSecretArn}`,
     ...(c.devMode ? ['--enclave-debug-mode=true'] : []),
   ].join(' ');
 }

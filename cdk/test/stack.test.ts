@@ -133,6 +133,26 @@ describe('signer instances', () => {
     }
   });
 
+  test('ensign-host gets the Aurora secret: --db-secret-arn in user data, GetSecretValue on that secret only', () => {
+    const t = prod();
+    // The cluster's secret as RDS attached it (JSON with username, password, host, …).
+    const attachment = resourceByPrefix(t, 'AWS::SecretsManager::SecretTargetAttachment', 'SlashingDbSecretAttachment');
+    expect(userData(t)).toMatch(/ExecStart=.* --db-proxy-port 5432 --db-secret-arn \{"Ref":"SlashingDbSecretAttachment[0-9A-F]+"\}/);
+    expect(userData(t)).toContain(`--db-secret-arn {"Ref":"${attachment.id}"}`);
+    // Every statement of the instance role that names a Secrets Manager action names exactly
+    // that secret, and grants no more than reading it.
+    const policies = Object.values(t.findResources('AWS::IAM::Policy', { Properties: { Roles: [{ Ref: roleId(t) }] } })) as any[];
+    const statements = policies.flatMap((p) => p.Properties.PolicyDocument.Statement);
+    const secretStatements = statements.filter((s: any) => ([] as string[]).concat(s.Action).some((a) => a.startsWith('secretsmanager:')));
+    expect(secretStatements).toHaveLength(1);
+    expect(secretStatements[0]).toMatchObject({
+      Effect: 'Allow',
+      Action: ['secretsmanager:DescribeSecret', 'secretsmanager:GetSecretValue'],
+      Resource: { Ref: attachment.id },
+    });
+    expect(JSON.stringify(statements)).not.toMatch(/secretsmanager:\*/);
+  });
+
   test('user data installs nitro-cli, sizes the allocator, fetches the release, checks PCR0, runs ensign-host under systemd', () => {
     const ud = userData(prod());
     expect(ud).toContain('dnf install -y aws-nitro-enclaves-cli');
@@ -141,7 +161,7 @@ describe('signer instances', () => {
     expect(ud).toMatch(/aws s3 cp --region eu-west-1 s3:\/\/.*\/releases\/v1\/ensign.eif \/opt\/ensign\/ensign.eif/);
     expect(ud).toContain(`if [ "\${actual_pcr0,,}" != "${PROD_PCR0}" ]; then`);
     expect(ud).toContain('[Service]');
-    expect(ud).toMatch(/ExecStart=\/opt\/ensign\/ensign-host --listen 0.0.0.0:8443 --enclave-cid 16 --data-port 5000 --control-port 5001 --kms-proxy-port 8000 --region eu-west-1 --keys-table .* --eif \/opt\/ensign\/ensign.eif --enclave-cpus 2 --enclave-memory-mib 2048 --db-endpoint .* --db-proxy-port 5432/);
+    expect(ud).toMatch(/ExecStart=\/opt\/ensign\/ensign-host --listen 0.0.0.0:8443 --enclave-cid 16 --data-port 5000 --control-port 5001 --kms-proxy-port 8000 --region eu-west-1 --keys-table .* --eif \/opt\/ensign\/ensign.eif --enclave-cpus 2 --enclave-memory-mib 2048 --db-endpoint .* --db-proxy-port 5432 --db-secret-arn /);
     expect(ud).toContain('User=ensign-host');
     expect(ud).toContain('Restart=always');
     expect(ud).toContain('systemctl enable --now ensign-host.service');

@@ -127,6 +127,7 @@ fn init_request(ids: &[&str]) -> InitRequest {
         kms_endpoint: None,
         keys: ids.iter().map(|id| record(id)).collect(),
         tls: None,
+        database: None,
     }
 }
 

@@ -154,6 +154,7 @@ async fn init_decrypts_keys_through_the_proxy_only_for_the_right_image() {
         ),
         keys,
         tls: None,
+        database: None,
     };
 
     // The right image: both keys load, the garbage one fails alone.

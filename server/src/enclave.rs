@@ -37,10 +37,21 @@
 //!   vsock:3:8000`; PostgreSQL: `tcp:127.0.0.1:5432=vsock:3:5432`). With forwards, the KMS
 //!   client resolves every name to 127.0.0.1 but still speaks TLS to the real KMS host name.
 //!
-//! Slashing protection is unchanged: PostgreSQL through a forward (`--slashing-protection-db-url
-//! postgresql://…@127.0.0.1:5432/…`) is the production setup; SQLite also works, but an
-//! enclave's file system lives in its memory, so SQLite's history is LOST when the enclave
-//! restarts — a restarted enclave would not know what it signed. Use it for demos only.
+//! Slashing protection: PostgreSQL through a forward (`--slashing-protection-db-url
+//! postgresql://127.0.0.1:5432/…`) is the production setup. In enclave mode it is **opened at
+//! `Init`, not at start**: `Init` may carry the database's user and password (ensign-host reads
+//! them from Secrets Manager, `--db-secret-arn`), which replace the URL's and the
+//! `--slashing-protection-db-username/-password` options (set on the parsed connection
+//! configuration, so no character of a password needs URL-encoding); without them the URL is
+//! used as given. A database that cannot be opened fails `Init` with the reason (state
+//! `Failed`, `/healthcheck`, the host's log; never the password). Until it is open nothing is
+//! signed (the gate answers 503 before `Init` succeeds). `RefreshDatabaseCredentials` opens a
+//! new store (a new connection pool) with rotated credentials and swaps it in: decisions in
+//! flight finish on the old pool, whose connections close when it is dropped; if the new
+//! credentials do not work the old store stays and the host hears why. SQLite also works (opened
+//! at start, as outside enclave mode), but an enclave's file system lives in its memory, so
+//! SQLite's history is LOST when the enclave restarts — a restarted enclave would not know what
+//! it signed. Use it for demos only.
 //!
 //! # Invariants
 //!
@@ -68,8 +79,8 @@ use der::{Decode, Encode};
 use enclave_bridge::attestation::Attestor;
 use enclave_bridge::control::{
     AddKeysRequest, AwsCredentials, ControlHandler, ControlServer, ControlServerConfig,
-    EnclaveState, EncryptedKeyRecord, HandlerError, InitRequest, KeyFailure, KeysReport,
-    RemoveKeysRequest, RemoveReport,
+    DatabaseCredentials, EnclaveState, EncryptedKeyRecord, HandlerError, InitRequest, KeyFailure,
+    KeysReport, RemoveKeysRequest, RemoveReport,
 };
 use enclave_bridge::forward::{ForwardLimits, Forwarder};
 use enclave_bridge::kms::{
@@ -81,6 +92,7 @@ use keystore::ValidatorKey;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use slashing::{SlashingProtection, StoreConfig};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
@@ -473,12 +485,222 @@ struct Handler {
     session: Mutex<Option<KmsClientConfig>>,
     /// Records that failed to load: id → reason (the health check's error count).
     failed: Mutex<BTreeMap<String, String>>,
+    /// PostgreSQL slashing protection, opened at `Init` (`None`: SQLite, opened at start, or
+    /// protection off).
+    db: Option<Database>,
+}
+
+/// The PostgreSQL slashing database of an enclave (see the module docs).
+struct Database {
+    /// `--slashing-protection-db-url` and the `-username`/`-password` options.
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    /// What the signer uses; empty until `Init` opened it.
+    store: Arc<DeferredStore>,
+}
+
+impl Database {
+    /// The store configuration with `Init`'s credentials, if any, in place of the configured
+    /// ones. (`slashing` sets them on the parsed connection configuration: nothing to encode.)
+    fn config(&self, credentials: Option<&DatabaseCredentials>) -> StoreConfig {
+        match credentials {
+            Some(c) => StoreConfig::Postgres {
+                url: self.url.clone(),
+                username: Some(c.username.clone()),
+                password: Some(c.password.expose().to_owned()),
+            },
+            None => StoreConfig::Postgres {
+                url: self.url.clone(),
+                username: self.username.clone(),
+                password: self.password.clone(),
+            },
+        }
+    }
+}
+
+/// A slashing store opened after start: enclave mode's PostgreSQL store, which needs the
+/// credentials `Init` brings. Every call goes to the store opened last; before the first, each
+/// fails as a store fault (so nothing could be signed even past the gate). Replacing the store
+/// leaves calls in flight on the old one, which is dropped with its last user.
+pub struct DeferredStore {
+    current: std::sync::RwLock<Option<Arc<dyn SlashingProtection>>>,
+}
+
+impl DeferredStore {
+    fn new() -> Self {
+        Self {
+            current: std::sync::RwLock::new(None),
+        }
+    }
+
+    fn store(&self) -> Result<Arc<dyn SlashingProtection>, slashing::Error> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                slashing::Error::Store(
+                    "the database is not open yet: the enclave opens it at Init, with the \
+                     credentials ensign-host sends"
+                        .into(),
+                )
+            })
+    }
+
+    /// Puts `store` in place; returns the previous one.
+    fn replace(&self, store: Arc<dyn SlashingProtection>) -> Option<Arc<dyn SlashingProtection>> {
+        self.current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(store)
+    }
+}
+
+impl SlashingProtection for DeferredStore {
+    fn sign_block(
+        &self,
+        gvr: slashing::Root,
+        pubkey: slashing::Pubkey,
+        slot: u64,
+        signing_root: slashing::Root,
+    ) -> Result<slashing::Permit, slashing::Error> {
+        self.store()?.sign_block(gvr, pubkey, slot, signing_root)
+    }
+
+    fn sign_attestation(
+        &self,
+        gvr: slashing::Root,
+        pubkey: slashing::Pubkey,
+        source_epoch: u64,
+        target_epoch: u64,
+        signing_root: slashing::Root,
+    ) -> Result<slashing::Permit, slashing::Error> {
+        self.store()?
+            .sign_attestation(gvr, pubkey, source_epoch, target_epoch, signing_root)
+    }
+
+    fn decide(
+        &self,
+        gvr: slashing::Root,
+        pubkey: slashing::Pubkey,
+        check: slashing::Check,
+        signing_root: slashing::Root,
+    ) -> Result<slashing::Permit, slashing::Error> {
+        self.store()?.decide(gvr, pubkey, check, signing_root)
+    }
+
+    fn submit(
+        &self,
+        gvr: slashing::Root,
+        pubkey: slashing::Pubkey,
+        check: slashing::Check,
+        signing_root: slashing::Root,
+    ) -> Option<slashing::PendingVerdict> {
+        // Not open: `None` sends the caller to `decide`, which reports why.
+        self.store().ok()?.submit(gvr, pubkey, check, signing_root)
+    }
+
+    fn health_check(&self) -> Result<(), slashing::Error> {
+        self.store()?.health_check()
+    }
+
+    fn high_watermark(&self) -> Result<Option<slashing::HighWatermark>, slashing::Error> {
+        self.store()?.high_watermark()
+    }
+
+    fn set_high_watermark(
+        &self,
+        hw: Option<slashing::HighWatermark>,
+    ) -> Result<(), slashing::Error> {
+        self.store()?.set_high_watermark(hw)
+    }
+
+    fn import_interchange(&self, json: &str) -> Result<slashing::ImportSummary, slashing::Error> {
+        self.store()?.import_interchange(json)
+    }
+
+    fn export_interchange(&self) -> Result<String, slashing::Error> {
+        self.store()?.export_interchange()
+    }
+
+    fn genesis_validators_root(&self) -> Result<Option<slashing::Root>, slashing::Error> {
+        self.store()?.genesis_validators_root()
+    }
+
+    fn pin_genesis_validators_root(&self, gvr: slashing::Root) -> Result<(), slashing::Error> {
+        self.store()?.pin_genesis_validators_root(gvr)
+    }
+
+    fn set_validator_enabled(
+        &self,
+        pubkey: slashing::Pubkey,
+        enabled: bool,
+    ) -> Result<(), slashing::Error> {
+        self.store()?.set_validator_enabled(pubkey, enabled)
+    }
+
+    fn prune(
+        &self,
+        epochs_to_keep: u64,
+        slots_per_epoch: u64,
+    ) -> Result<slashing::PruneSummary, slashing::Error> {
+        self.store()?.prune(epochs_to_keep, slots_per_epoch)
+    }
 }
 
 /// One record's outcome.
 type Loaded = Result<(String, ValidatorKey), KeyFailure>;
 
 impl Handler {
+    /// Opens the PostgreSQL slashing store with `credentials` (or the configured ones) and puts
+    /// it in place of the current one. Without PostgreSQL there is nothing to open.
+    async fn open_database(
+        &self,
+        credentials: Option<&DatabaseCredentials>,
+    ) -> Result<(), HandlerError> {
+        let Some(db) = &self.db else {
+            if credentials.is_some() {
+                tracing::warn!("database credentials received, but slashing protection is not PostgreSQL: ignored");
+            }
+            return Ok(());
+        };
+        let config = db.config(credentials);
+        let user = match (credentials, &db.username) {
+            (Some(c), _) => format!("user {} from ensign-host", c.username),
+            (None, Some(u)) => format!("user {u}"),
+            (None, None) => "the URL's user".to_string(),
+        };
+        let store = db.store.clone();
+        // Connecting and migrating block; the replaced store's connections are closed here too,
+        // on a blocking thread (never on the reactor).
+        let opened = tokio::task::spawn_blocking(move || {
+            let opened = slashing::open(&config)?;
+            drop(store.replace(opened));
+            Ok::<(), slashing::Error>(())
+        })
+        .await
+        .map_err(|_| HandlerError::new("opening the slashing protection database aborted"))?;
+        match opened {
+            Ok(()) => {
+                tracing::info!("slashing protection database (PostgreSQL) opened with {user}");
+                Ok(())
+            }
+            Err(e) => {
+                let mut reason =
+                    format!("the slashing protection database cannot be opened with {user}: {e}");
+                // PostgreSQL's messages do not echo passwords; make sure of it.
+                if let Some(c) = credentials {
+                    let p = c.password.expose();
+                    if !p.is_empty() && reason.contains(p) {
+                        reason = reason.replace(p, "<redacted>");
+                    }
+                }
+                Err(HandlerError::new(reason))
+            }
+        }
+    }
+
     fn set_last_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
@@ -672,6 +894,8 @@ impl Handler {
             ));
         }
         check_not_expired(&request.credentials)?;
+        // Before any key: a signer that cannot record what it signs must not serve.
+        self.open_database(request.database.as_ref()).await?;
         let config = self.config_for(&request);
         tracing::info!(records = request.keys.len(), region = %request.region,
             access_key_id = %request.credentials.access_key_id, "Init: decrypting key records");
@@ -724,7 +948,7 @@ impl ControlHandler for Handler {
                 "enclave initialised"
             ),
             Err(e) => {
-                tracing::error!(reason = %e, "Init failed: no key loaded; the data port stays closed");
+                tracing::error!(reason = %e, "Init failed; the data port stays closed");
                 self.set_last_error(Some(e.message.clone()));
             }
         }
@@ -786,11 +1010,21 @@ impl ControlHandler for Handler {
         config.credentials = credentials;
         Ok(())
     }
+
+    async fn refresh_database_credentials(
+        &self,
+        credentials: DatabaseCredentials,
+    ) -> Result<(), HandlerError> {
+        // On failure the current store stays in use (its pool keeps the connections it has).
+        self.open_database(Some(&credentials)).await
+    }
 }
 
 /// The parts of enclave mode made before the HTTP server starts.
 pub struct Prepared {
     pub shared: Arc<EnclaveShared>,
+    /// With PostgreSQL slashing protection: the store the signer uses, opened at `Init`.
+    pub slashing: Option<Arc<dyn SlashingProtection>>,
     /// TLS with the key made here.
     pub tls: Arc<rustls::ServerConfig>,
     pub data_listener: Listener,
@@ -880,8 +1114,12 @@ fn attestor(mode: &AttestationMode) -> Result<Decrypt, StartError> {
     }
 }
 
-/// Starts the forwarders, the attestor, the TLS identity, and binds both endpoints.
-pub async fn prepare(config: &EnclaveConfig) -> Result<Prepared, StartError> {
+/// Starts the forwarders, the attestor, the TLS identity, and binds both endpoints. A
+/// PostgreSQL `slashing` store is not opened here but at `Init` ([`Prepared::slashing`]).
+pub async fn prepare(
+    config: &EnclaveConfig,
+    slashing: Option<&StoreConfig>,
+) -> Result<Prepared, StartError> {
     tracing::info!(control = %config.control, data = %config.data, "starting in ENCLAVE MODE");
     let mut tasks = Vec::new();
     for f in &config.forwards {
@@ -934,6 +1172,26 @@ pub async fn prepare(config: &EnclaveConfig) -> Result<Prepared, StartError> {
     let control_endpoint = bound(&control_listener, &config.control)?;
     let data_endpoint = bound(&data_listener, &config.data)?;
 
+    let db = match slashing {
+        Some(StoreConfig::Postgres {
+            url,
+            username,
+            password,
+        }) => {
+            tracing::info!("slashing protection: PostgreSQL, opened at Init (with the credentials ensign-host sends, if any)");
+            Some(Database {
+                url: url.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                store: Arc::new(DeferredStore::new()),
+            })
+        }
+        _ => None,
+    };
+    let deferred = db
+        .as_ref()
+        .map(|d| d.store.clone() as Arc<dyn SlashingProtection>);
+
     // The control server owns the enclave's state; the HTTP side watches it.
     let last_error: Arc<Mutex<Option<String>>> = Arc::default();
     let handler = Arc::new(Handler {
@@ -943,6 +1201,7 @@ pub async fn prepare(config: &EnclaveConfig) -> Result<Prepared, StartError> {
         resolve_to,
         session: Mutex::new(None),
         failed: Mutex::new(BTreeMap::new()),
+        db,
     });
     let server =
         ControlServer::with_shared_handler(handler.clone(), ControlServerConfig::default());
@@ -955,6 +1214,7 @@ pub async fn prepare(config: &EnclaveConfig) -> Result<Prepared, StartError> {
     });
     Ok(Prepared {
         shared,
+        slashing: deferred,
         tls,
         data_listener,
         tasks,
@@ -966,4 +1226,90 @@ pub async fn prepare(config: &EnclaveConfig) -> Result<Prepared, StartError> {
             listener: control_listener,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enclave_bridge::secret::SecretString;
+
+    #[test]
+    fn init_credentials_replace_the_configured_ones() {
+        let url = "postgresql://postgres@127.0.0.1:5432/ensign?options=-c%20search_path%3Dx";
+        let db = Database {
+            url: url.into(),
+            username: Some("from_cli".into()),
+            password: Some("cli-password".into()),
+            store: Arc::new(DeferredStore::new()),
+        };
+        assert_eq!(
+            db.config(None),
+            StoreConfig::Postgres {
+                url: url.into(),
+                username: Some("from_cli".into()),
+                password: Some("cli-password".into()),
+            }
+        );
+        // Set as connection parameters, not spliced into the URL: no encoding to get wrong.
+        let from_host = DatabaseCredentials {
+            username: "from_host".into(),
+            password: SecretString::new("p@ss:w/rd%?#&="),
+        };
+        assert_eq!(
+            db.config(Some(&from_host)),
+            StoreConfig::Postgres {
+                url: url.into(),
+                username: Some("from_host".into()),
+                password: Some("p@ss:w/rd%?#&=".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn a_deferred_store_refuses_until_opened_then_delegates() {
+        let store = DeferredStore::new();
+        let (gvr, pubkey) = (slashing::Root([1; 32]), slashing::Pubkey([2; 48]));
+        let vote = slashing::Check::Attestation {
+            source_epoch: 1,
+            target_epoch: 2,
+        };
+        let e = store.health_check().unwrap_err();
+        assert!(e.to_string().contains("not open yet"), "{e}");
+        assert!(store
+            .submit(gvr, pubkey, vote, slashing::Root([3; 32]))
+            .is_none());
+        let e = store
+            .decide(gvr, pubkey, vote, slashing::Root([3; 32]))
+            .unwrap_err();
+        assert!(matches!(e, slashing::Error::Store(_)), "{e}");
+
+        let dir = std::env::temp_dir().join(format!(
+            "ensign-deferred-store-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opened = slashing::open(&StoreConfig::Sqlite {
+            path: dir.join("sp.sqlite"),
+        })
+        .unwrap();
+        assert!(store.replace(opened).is_none());
+        store.health_check().unwrap();
+        store
+            .decide(gvr, pubkey, vote, slashing::Root([3; 32]))
+            .unwrap();
+        let double = store
+            .decide(gvr, pubkey, vote, slashing::Root([4; 32]))
+            .unwrap_err();
+        assert!(double.is_refusal(), "{double}");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rand_suffix() -> u128 {
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
 }

@@ -335,10 +335,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Enclave mode: forwarders first (the slashing database may be reached through one), then
     // the attestor, the TLS key, and both endpoints.
     let prepared = match &config.enclave {
-        Some(e) => Some(enclave::prepare(e).await?),
+        Some(e) => Some(enclave::prepare(e, config.slashing.as_ref()).await?),
         None => None,
     };
+    // Enclave mode opens PostgreSQL at Init, with the host's credentials (see `enclave`).
+    let opened_at_init = prepared.as_ref().and_then(|p| p.slashing.clone());
     let slashing: Option<Arc<dyn SlashingProtection>> = match config.slashing.clone() {
+        Some(_) if opened_at_init.is_some() => opened_at_init,
         Some(store) => {
             let opened = tokio::task::spawn_blocking(move || slashing::open(&store))
                 .await

@@ -14,6 +14,10 @@
 //! - The enclave alone: fail-closed before Init, an Init sent before the host's KMS proxy
 //!   exists (refused, with the reason; a later Init works), garbage and oversize frames on the
 //!   control port, a mislabelled record.
+//! - The slashing database's credentials from Secrets Manager (moto) through ensign-host
+//!   (`--db-secret-arn`) into the enclave, which opens PostgreSQL at Init as the secret's user:
+//!   a nonexistent user fails Init with the database's reason, a fixed secret and SIGHUP
+//!   initialise, a rotated secret is delivered at the next poll; the password is never logged.
 //! - The plain-Decrypt path against moto (whose KMS ignores Recipient): `ensign keys encrypt`
 //!   into DynamoDB and a directory, read back with ensign-host's own readers, Init with them in
 //!   an in-process enclave-mode signer whose attestation is off (a code-only test mode).
@@ -109,6 +113,44 @@ fn key_files(dir: &Path, seed: &[u8]) -> KeyFiles {
         secret,
         pubkey,
     }
+}
+
+/// An AWS SDK configuration for moto at `url` (its fixed test credentials, [`REGION`]).
+async fn moto_sdk_config(url: &str) -> keystore::aws::SdkConfig {
+    let auth = keystore::AwsAuth::Specified {
+        access_key_id: "testing".into(),
+        secret_access_key: zeroize::Zeroizing::new("testing".into()),
+    };
+    keystore::aws::sdk_config(&auth, Some(REGION), Some(url))
+        .await
+        .unwrap()
+}
+
+/// A test PKI under `dir/pki` and a fake KMS whose key policy admits `pcr0` (`None`: this
+/// build's `ensign`, the image an enclave test runs).
+async fn pki_and_kms(dir: &Path, pcr0: Option<Vec<u8>>) -> (PathBuf, TestPki, FakeKms) {
+    let pki_dir = dir.join("pki");
+    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
+    let mut config = FakeKmsConfig::new(pki.root_der.clone());
+    config.required_pcr0 = Some(pcr0.unwrap_or_else(|| sha384_file(&ensign()).to_vec()));
+    let kms = FakeKms::start(config).await.unwrap();
+    (pki_dir, pki, kms)
+}
+
+/// A keystore made from `seed` and its key record, encrypted under `kms` by `ensign keys
+/// encrypt` the way an operator makes one, in `dir/records` (returned).
+async fn record_in_dir(dir: &Path, kms: &FakeKms, seed: &[u8]) -> (PathBuf, KeyFiles) {
+    let keys_dir = dir.join("records");
+    let k = key_files(&dir.join("keystores"), seed);
+    let (code, out) = keys_encrypt(
+        &k,
+        kms.url(),
+        kms.key_arn(),
+        &["--out-dir", &keys_dir.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    (keys_dir, k)
 }
 
 /// `ensign keys encrypt` with dummy AWS credentials (the stand-ins do not check signatures).
@@ -408,16 +450,48 @@ async fn start_host(
     keys_dir: &Path,
     pki_dir: &Path,
 ) -> HostRun {
+    start_host_with(
+        host_bin,
+        dir,
+        kms,
+        keys_dir,
+        pki_dir,
+        &HostExtras::default(),
+    )
+    .await
+}
+
+/// Additions to [`start_host`]'s command lines.
+#[derive(Default)]
+struct HostExtras {
+    /// More ensign-host options.
+    host_args: Vec<String>,
+    /// More global options of the enclave's ensign (a shell fragment: `$ENSIGN_HOST_*` expand).
+    ensign_global: String,
+    /// More eth2 options of the enclave's ensign (a shell fragment).
+    ensign_eth2: String,
+}
+
+async fn start_host_with(
+    host_bin: &Path,
+    dir: &Path,
+    kms: &FakeKms,
+    keys_dir: &Path,
+    pki_dir: &Path,
+    extras: &HostExtras,
+) -> HostRun {
     let (data, control, forward, kms_proxy) = (free_port(), free_port(), free_port(), free_port());
     let kms_port = kms.url().rsplit(':').next().unwrap().to_string();
     let ensign_cmd = format!(
         "exec '{ensign}' --enclave-mode=true \
-         --enclave-forward \"tcp:127.0.0.1:{forward}=$ENSIGN_HOST_KMS_PROXY\" \
+         --enclave-forward \"tcp:127.0.0.1:{forward}=$ENSIGN_HOST_KMS_PROXY\" {global} \
          --enclave-attestation 'insecure-test:{pki}' --data-path '{data_path}' \
-         eth2 --network mainnet",
+         eth2 --network mainnet {eth2}",
         ensign = ensign().display(),
         pki = pki_dir.display(),
         data_path = dir.join("enclave-data").display(),
+        global = extras.ensign_global,
+        eth2 = extras.ensign_eth2,
     );
     let mut cmd = Command::new(host_bin);
     cmd.args(["--region", REGION, "--keys-dir"])
@@ -446,7 +520,8 @@ async fn start_host(
             "60",
             "--run-command",
             &ensign_cmd,
-        ]);
+        ])
+        .args(&extras.host_args);
     let proc = Proc::spawn(cmd, "host");
     let line = proc.line_with("data path listening").await;
     let listen = field(&line, "listen=tcp:");
@@ -485,24 +560,11 @@ async fn whole_flow_through_ensign_host() {
         return;
     };
     let dir = TempDir::new().unwrap();
-    let pki_dir = dir.path().join("pki");
-    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
     let pcr0 = sha384_file(&ensign());
-    let mut config = FakeKmsConfig::new(pki.root_der.clone());
-    config.required_pcr0 = Some(pcr0.to_vec());
-    let kms = FakeKms::start(config).await.unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
 
     // A key record made the way an operator makes one.
-    let keys_dir = dir.path().join("records");
-    let k1 = key_files(&dir.path().join("keystores"), b"enclave whole flow 1");
-    let (code, out) = keys_encrypt(
-        &k1,
-        kms.url(),
-        kms.key_arn(),
-        &["--out-dir", &keys_dir.display().to_string()],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
+    let (keys_dir, k1) = record_in_dir(dir.path(), &kms, b"enclave whole flow 1").await;
     let record: Value = serde_json::from_slice(
         &std::fs::read(keys_dir.join(format!("{}.json", k1.pubkey))).unwrap(),
     )
@@ -706,6 +768,7 @@ fn init_request(keys: Vec<EncryptedKeyRecord>, kms_endpoint: Option<String>) -> 
         kms_endpoint: kms_endpoint.map(|u| EndpointUrl::try_from(u).unwrap()),
         keys,
         tls: None,
+        database: None,
     }
 }
 
@@ -715,22 +778,9 @@ async fn wrong_pcr0_policy_keeps_every_key_out() {
         return;
     };
     let dir = TempDir::new().unwrap();
-    let pki_dir = dir.path().join("pki");
-    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
-    let mut config = FakeKmsConfig::new(pki.root_der.clone());
     // The key policy names another image.
-    config.required_pcr0 = Some(vec![0x11; 48]);
-    let kms = FakeKms::start(config).await.unwrap();
-    let keys_dir = dir.path().join("records");
-    let k = key_files(&dir.path().join("keystores"), b"enclave wrong pcr0");
-    let (code, out) = keys_encrypt(
-        &k,
-        kms.url(),
-        kms.key_arn(),
-        &["--out-dir", &keys_dir.display().to_string()],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), Some(vec![0x11; 48])).await;
+    let (keys_dir, k) = record_in_dir(dir.path(), &kms, b"enclave wrong pcr0").await;
 
     let mut host = start_host(&host_bin, dir.path(), &kms, &keys_dir, &pki_dir).await;
     let base = host.base.clone();
@@ -877,11 +927,7 @@ async fn control_reply(control: &Endpoint, raw: &[u8]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     let dir = TempDir::new().unwrap();
-    let pki_dir = dir.path().join("pki");
-    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
-    let mut config = FakeKmsConfig::new(pki.root_der.clone());
-    config.required_pcr0 = Some(sha384_file(&ensign()).to_vec());
-    let kms = FakeKms::start(config).await.unwrap();
+    let (pki_dir, pki, kms) = pki_and_kms(dir.path(), None).await;
     let kms_addr = kms.url().trim_start_matches("http://").to_string();
     // The enclave's KMS forwarder points at the host's proxy port, where nothing listens yet.
     let (forward, proxy_port) = (free_port(), free_port());
@@ -1124,13 +1170,7 @@ async fn plain_decrypt_path_against_moto() {
     else {
         return;
     };
-    let auth = keystore::AwsAuth::Specified {
-        access_key_id: "testing".into(),
-        secret_access_key: zeroize::Zeroizing::new("testing".into()),
-    };
-    let sdk = keystore::aws::sdk_config(&auth, Some(REGION), Some(&moto.url))
-        .await
-        .unwrap();
+    let sdk = moto_sdk_config(&moto.url).await;
     let kms = aws_sdk_kms::Client::new(&sdk);
     let key_id = kms
         .create_key()
@@ -1280,11 +1320,7 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
         return;
     };
     let dir = TempDir::new().unwrap();
-    let pki_dir = dir.path().join("pki");
-    let pki = TestPki::load_or_generate(&pki_dir).unwrap();
-    let mut config = FakeKmsConfig::new(pki.root_der.clone());
-    config.required_pcr0 = Some(sha384_file(&ensign()).to_vec());
-    let kms = FakeKms::start(config).await.unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
     let k = key_files(&dir.path().join("keystores"), b"enclave postgres");
     let pg_forward = free_port();
     let eth2 = vec![
@@ -1318,4 +1354,264 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
         assert!(status.success(), "{status}\n{}", e.proc.tail());
     }
     assert!(refused_after_restart);
+}
+
+/// Runs admin SQL on the test server (as its superuser) from a plain thread, as the harness
+/// does (the synchronous client must not run inside the tests' runtime); the first column of
+/// every row, as text.
+async fn pg_rows(sql: String) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&tests::pg_base_url(), postgres::NoTls).unwrap();
+        c.simple_query(&sql)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+                _ => None,
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Sessions of `role` open on the server.
+async fn sessions_of(role: &str) -> usize {
+    pg_rows(format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .await[0]
+        .parse()
+        .unwrap()
+}
+
+/// Fresh LOGIN roles for one test, dropped with everything they own (the schema included).
+struct PgRoles(Vec<String>);
+
+impl Drop for PgRoles {
+    fn drop(&mut self) {
+        let roles = self.0.join(", ");
+        let sql = format!("DROP OWNED BY {roles} CASCADE; DROP ROLE IF EXISTS {roles}");
+        let _ = std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&tests::pg_base_url(), postgres::NoTls)?;
+            c.batch_execute(&sql)
+        })
+        .join();
+    }
+}
+
+/// The slashing database's credentials travel from Secrets Manager (moto) through ensign-host
+/// into the enclave: the enclave's URL names another user (`postgres`), so the role that owns
+/// the tables and holds the sessions proves which credentials were used. The test server trusts
+/// every local login, so the user name is what shows delivery; the password (with characters a
+/// URL would need encoded) must never appear in a log line.
+///
+/// 1. The secret names a role that does not exist: Init fails with the database's reason, in
+///    /healthcheck and the host's log; signing stays 503.
+/// 2. The secret is fixed and the host gets SIGHUP: Init succeeds as that role, which creates
+///    and owns the tables; an attestation is signed and recorded.
+/// 3. The secret is rotated to a second role: the host delivers it at its next poll; the enclave
+///    reconnects as the new role (the old pool's sessions close) and signs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_credentials_from_secrets_manager_reach_the_enclave() {
+    let test = "database_credentials_from_secrets_manager_reach_the_enclave";
+    let Some(host_bin) = host_binary(test) else {
+        return;
+    };
+    let Some(schema) = tests::PgSchema::new(test) else {
+        return;
+    };
+    let Some(moto) = tokio::task::spawn_blocking(moto::Moto::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let tag = format!("{}_{}", std::process::id(), rand::random::<u32>());
+    let (first, second, missing) = (
+        format!("ensign_db_a_{tag}"),
+        format!("ensign_db_b_{tag}"),
+        format!("ensign_db_missing_{tag}"),
+    );
+    // The second role acts for the first (rotation keeps the tables' owner).
+    pg_rows(format!(
+        "CREATE ROLE {first} LOGIN; CREATE ROLE {second} LOGIN IN ROLE {first}; \
+         ALTER SCHEMA {} OWNER TO {first}",
+        schema.name
+    ))
+    .await;
+    let _roles = PgRoles(vec![first.clone(), second.clone()]);
+
+    const DB_PASSWORD: &str = "dB-pa55:w/rd@%?#&=+ü";
+    let secret_json = |user: &str| {
+        json!({"username": user, "password": DB_PASSWORD, "engine": "postgres", "port": 5432})
+            .to_string()
+    };
+    let sdk = moto_sdk_config(&moto.url).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let arn = sm
+        .create_secret()
+        .name("ensign-test/slashing-db")
+        .secret_string(secret_json(&missing))
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+
+    let dir = TempDir::new().unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
+    let (keys_dir, k) = record_in_dir(dir.path(), &kms, b"enclave database secret").await;
+
+    // Production's path: enclave → loopback forwarder → the host's database proxy → PostgreSQL.
+    let (db_proxy, pg_forward) = (free_port(), free_port());
+    let pg_server = tests::pg_base_url()
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let url = schema.url_via(Some(&format!("127.0.0.1:{pg_forward}")));
+    assert!(url.starts_with("postgresql://postgres@"), "{url}");
+    let extras = HostExtras {
+        host_args: [
+            "--db-endpoint",
+            &pg_server,
+            "--db-proxy-listen",
+            &format!("tcp:127.0.0.1:{db_proxy}"),
+            "--db-secret-arn",
+            &arn,
+            "--secrets-manager-endpoint",
+            &moto.url,
+        ]
+        .map(String::from)
+        .to_vec(),
+        ensign_global: format!(
+            "--enclave-forward \"tcp:127.0.0.1:{pg_forward}=$ENSIGN_HOST_DB_PROXY\""
+        ),
+        ensign_eth2: format!("--slashing-protection-db-url '{url}'"),
+    };
+    let host = start_host_with(&host_bin, dir.path(), &kms, &keys_dir, &pki_dir, &extras).await;
+    let base = host.base.clone();
+    let probe = unverified_client();
+
+    // 1. A role that does not exist: Init fails, and says it is the database.
+    let reason = wait_until(
+        "Init to fail on the database",
+        || host.proc.tail(),
+        || {
+            let probe = probe.clone();
+            let url = format!("{base}/healthcheck");
+            async move {
+                // The data path answers once the enclave listens; errors before that are normal.
+                let h: Value = probe.get(url).send().await.ok()?.json().await.ok()?;
+                let enclave = h["checks"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["id"] == "enclave")?
+                    .clone();
+                (enclave["data"]["state"] == "failed")
+                    .then(|| {
+                        enclave["data"]["last-init-error"]
+                            .as_str()
+                            .map(String::from)
+                    })
+                    .flatten()
+            }
+        },
+    )
+    .await;
+    assert!(
+        reason.contains("slashing protection database")
+            && reason.contains(&missing)
+            && reason.contains("does not exist"),
+        "{reason}"
+    );
+    let refused = host.proc.line_with("the enclave refused Init").await;
+    assert!(
+        refused.contains("slashing protection database"),
+        "{refused}"
+    );
+    let r = sign(&probe, &base, &k.pubkey, &attestation(20, 21, 1)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+
+    // 2. Fixed, and SIGHUP: Init succeeds as `first`, which makes and owns the tables.
+    sm.put_secret_value()
+        .secret_id(&arn)
+        .secret_string(secret_json(&first))
+        .send()
+        .await
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &host.proc.child.id().to_string()])
+        .status();
+    wait_until(
+        "the enclave to become ready",
+        || host.proc.tail(),
+        || {
+            let probe = probe.clone();
+            let url = format!("{base}/healthcheck");
+            async move {
+                let r = probe.get(url).send().await.ok()?;
+                (r.status().as_u16() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    let client = pinned_client(&certificate(&base).await);
+    let request = attestation(20, 21, 1);
+    let r = sign(&client, &base, &k.pubkey, &request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_valid_signature(&k.secret, &request, r.json()["signature"].as_str().unwrap());
+    let owners = pg_rows(format!(
+        "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{}'",
+        schema.name
+    ))
+    .await;
+    assert_eq!(owners, vec![first.clone()], "the tables' owner");
+    let recorded = pg_rows(format!(
+        "SELECT count(*) FROM {}.signed_attestations WHERE target_epoch = 21",
+        schema.name
+    ))
+    .await;
+    assert_eq!(recorded, vec!["1".to_string()]);
+    assert!(
+        sessions_of(&first).await >= 1,
+        "the enclave's sessions are {first}'s"
+    );
+    assert_eq!(sessions_of(&second).await, 0);
+
+    // 3. Rotated: delivered at the next poll; new connections are `second`'s, the old pool's
+    //    sessions close, and signing goes on (and still refuses a double vote).
+    sm.put_secret_value()
+        .secret_id(&arn)
+        .secret_string(secret_json(&second))
+        .send()
+        .await
+        .unwrap();
+    let delivered = host.proc.line_with("the database secret changed").await;
+    assert!(delivered.contains(&second), "{delivered}");
+    assert!(
+        sessions_of(&second).await >= 1,
+        "new sessions are {second}'s"
+    );
+    wait_until(
+        "the old pool's sessions to close",
+        || host.proc.tail(),
+        || async { (sessions_of(&first).await == 0).then_some(()) },
+    )
+    .await;
+    let request = attestation(21, 22, 1);
+    let r = sign(&client, &base, &k.pubkey, &request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = sign(&client, &base, &k.pubkey, &attestation(20, 21, 2)).await;
+    assert_eq!(r.status, 412, "{r:?}");
+    assert!(sessions_of(&second).await >= 1);
+    assert_eq!(sessions_of(&first).await, 0);
+
+    all_logs_free_of(
+        &host.proc.lines(),
+        &[DB_PASSWORD.to_string(), PASSWORD.to_string()],
+    );
 }

@@ -124,6 +124,19 @@ impl ControlClient {
         }
     }
 
+    pub async fn refresh_database_credentials(
+        &mut self,
+        credentials: DatabaseCredentials,
+    ) -> Result<(), ControlError> {
+        match self
+            .request(&Request::RefreshDatabaseCredentials(credentials))
+            .await?
+        {
+            Response::DatabaseCredentialsRefreshed => Ok(()),
+            other => Err(unexpected("DatabaseCredentialsRefreshed", other)),
+        }
+    }
+
     /// Send one request and read its reply. An `Error` reply becomes
     /// [`ControlError::Remote`].
     pub async fn request(&mut self, request: &Request) -> Result<Response, ControlError> {
@@ -164,6 +177,7 @@ fn unexpected(wanted: &'static str, got: Response) -> ControlError {
         Response::KeysAdded(_) => "KeysAdded",
         Response::KeysRemoved(_) => "KeysRemoved",
         Response::CredentialsRefreshed => "CredentialsRefreshed",
+        Response::DatabaseCredentialsRefreshed => "DatabaseCredentialsRefreshed",
         Response::Error(_) => "Error",
     };
     ControlError::UnexpectedReply { wanted, got }

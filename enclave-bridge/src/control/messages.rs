@@ -7,6 +7,24 @@
 //!
 //! Requests (host → enclave): [`Request`]. Replies (enclave → host):
 //! [`Response`], one per request, in order.
+//!
+//! # Versions
+//!
+//! [`PROTOCOL_VERSION`] changes only for changes an older peer would
+//! misread (a field changing meaning, a new required field). Additions that
+//! are optional and sent only when used keep the version: because every
+//! struct and enum refuses what it does not know, an older peer answers them
+//! with a `MalformedMessage` naming the field or variant — never by silently
+//! dropping them — and everything else between the two keeps working.
+//!
+//! Version 1 was extended this way with the slashing database's credentials
+//! (ensign-host reads them from Secrets Manager, `--db-secret-arn`):
+//! [`InitRequest::database`] (omitted when the host has none) and
+//! [`Request::RefreshDatabaseCredentials`] / [`Response::DatabaseCredentialsRefreshed`]
+//! (sent only when the secret changed). A separate request rather than a
+//! wider `RefreshCredentials`: that one's body is [`AwsCredentials`] itself,
+//! and the two rotate independently (instance-role credentials every few
+//! hours, the database password when an operator rotates the secret).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +48,9 @@ pub enum Request {
     AddKeys(AddKeysRequest),
     RemoveKeys(RemoveKeysRequest),
     RefreshCredentials(AwsCredentials),
+    /// New credentials for the slashing-protection database (the secret was
+    /// rotated); only on an initialised enclave.
+    RefreshDatabaseCredentials(DatabaseCredentials),
 }
 
 impl Request {
@@ -42,6 +63,7 @@ impl Request {
             Request::AddKeys(_) => "AddKeys",
             Request::RemoveKeys(_) => "RemoveKeys",
             Request::RefreshCredentials(_) => "RefreshCredentials",
+            Request::RefreshDatabaseCredentials(_) => "RefreshDatabaseCredentials",
         }
     }
 }
@@ -56,6 +78,7 @@ pub enum Response {
     KeysAdded(KeysReport),
     KeysRemoved(RemoveReport),
     CredentialsRefreshed,
+    DatabaseCredentialsRefreshed,
     Error(ErrorReply),
 }
 
@@ -100,6 +123,17 @@ pub struct AwsCredentials {
     /// converts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<u64>,
+}
+
+/// Credentials for the slashing-protection database (PostgreSQL), as the
+/// host reads them from Secrets Manager. The enclave applies them to the
+/// database URL of its command line (which then need name neither user nor
+/// password). Only `username` appears in `Debug`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseCredentials {
+    pub username: String,
+    pub password: SecretString,
 }
 
 /// An AWS region name such as `eu-west-1`: lowercase letters, digits and
@@ -218,6 +252,10 @@ pub struct InitRequest {
     /// The TLS private key for the signer's HTTPS listener, KMS-encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<EncryptedBlob>,
+    /// Credentials for the slashing-protection database; `None`: the
+    /// enclave uses its database URL as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseCredentials>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,5 +346,107 @@ impl ErrorCode {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "p@ss:w/rd%?#&=\"quoted\" ünïcode";
+
+    fn database() -> DatabaseCredentials {
+        DatabaseCredentials {
+            username: "ensign_signer".into(),
+            password: SecretString::new(PASSWORD),
+        }
+    }
+
+    fn init(database: Option<DatabaseCredentials>) -> InitRequest {
+        InitRequest {
+            credentials: AwsCredentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: SecretString::new("aws-secret"),
+                session_token: None,
+                expiration: None,
+            },
+            region: AwsRegion::try_from("eu-west-1".to_owned()).unwrap(),
+            kms_endpoint: None,
+            keys: vec![],
+            tls: None,
+            database,
+        }
+    }
+
+    #[test]
+    fn init_carries_database_credentials_both_ways() {
+        let json = serde_json::to_string(&Request::Init(init(Some(database())))).unwrap();
+        let back: Request = serde_json::from_str(&json).unwrap();
+        let Request::Init(back) = back else {
+            panic!("not Init: {json}")
+        };
+        assert_eq!(back.database, Some(database()));
+        assert_eq!(back.database.unwrap().password.expose(), PASSWORD);
+    }
+
+    #[test]
+    fn init_without_database_credentials_omits_the_field() {
+        // What an older host sends, and what a host without --db-secret-arn sends: an older
+        // enclave still accepts it.
+        let json = serde_json::to_value(Request::Init(init(None))).unwrap();
+        assert!(json["body"].get("database").is_none(), "{json}");
+        let back: Request = serde_json::from_value(json).unwrap();
+        assert!(matches!(
+            back,
+            Request::Init(InitRequest { database: None, .. })
+        ));
+    }
+
+    #[test]
+    fn refresh_database_credentials_round_trip_and_strictness() {
+        let json = serde_json::to_string(&Request::RefreshDatabaseCredentials(database())).unwrap();
+        assert!(
+            json.starts_with(r#"{"type":"RefreshDatabaseCredentials","body":{"#),
+            "{json}"
+        );
+        match serde_json::from_str::<Request>(&json).unwrap() {
+            Request::RefreshDatabaseCredentials(c) => assert_eq!(c, database()),
+            other => panic!("{other:?}"),
+        }
+        let reply = serde_json::to_string(&Response::DatabaseCredentialsRefreshed).unwrap();
+        assert_eq!(reply, r#"{"type":"DatabaseCredentialsRefreshed"}"#);
+        assert!(matches!(
+            serde_json::from_str::<Response>(&reply).unwrap(),
+            Response::DatabaseCredentialsRefreshed
+        ));
+        // Unknown fields are refused, in the credentials and in Init's.
+        let extra = r#"{"type":"RefreshDatabaseCredentials","body":{"username":"u","password":"p","host":"db"}}"#;
+        assert!(serde_json::from_str::<Request>(extra).is_err());
+        let missing = r#"{"type":"RefreshDatabaseCredentials","body":{"username":"u"}}"#;
+        assert!(serde_json::from_str::<Request>(missing).is_err());
+        let mut json = serde_json::to_value(Request::Init(init(Some(database())))).unwrap();
+        json["body"]["database"]["port"] = 5432.into();
+        assert!(serde_json::from_value::<Request>(json).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() {
+        let shown = [
+            format!("{:?}", database()),
+            format!("{:?}", Request::RefreshDatabaseCredentials(database())),
+            format!("{:?}", init(Some(database()))),
+            format!("{:#?}", Request::Init(init(Some(database())))),
+        ];
+        for s in shown {
+            assert!(!s.contains("p@ss"), "{s}");
+            assert!(
+                s.contains("ensign_signer") && s.contains("<redacted>"),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            Request::RefreshDatabaseCredentials(database()).kind(),
+            "RefreshDatabaseCredentials"
+        );
     }
 }

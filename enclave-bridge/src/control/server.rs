@@ -57,6 +57,20 @@ pub trait ControlHandler: Send + Sync + 'static {
         &self,
         credentials: AwsCredentials,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// New credentials for the slashing-protection database. The default
+    /// refuses: an enclave application without a database has no use for them.
+    fn refresh_database_credentials(
+        &self,
+        credentials: DatabaseCredentials,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        drop(credentials);
+        async {
+            Err(HandlerError::new(
+                "this enclave takes no database credentials",
+            ))
+        }
+    }
 }
 
 /// Limits of a [`ControlServer`].
@@ -297,6 +311,14 @@ impl<H: ControlHandler> ControlServer<H> {
                     h.refresh_credentials(creds)
                         .await
                         .map(|()| Response::CredentialsRefreshed)
+                })
+                .await
+            }
+            Request::RefreshDatabaseCredentials(creds) => {
+                self.when_ready(move |h| async move {
+                    h.refresh_database_credentials(creds)
+                        .await
+                        .map(|()| Response::DatabaseCredentialsRefreshed)
                 })
                 .await
             }

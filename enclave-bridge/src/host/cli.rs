@@ -102,6 +102,16 @@ pub struct HostArgs {
     #[arg(long, env = "ENSIGN_HOST_DB_PROXY_PORT", default_value_t = 5432)]
     pub db_proxy_port: u32,
 
+    /// Secrets Manager secret holding the slashing database's credentials, JSON as RDS/Aurora
+    /// generate it (`username`, `password`). Read with the host's AWS credentials, sent to the
+    /// enclave in Init, re-read at every poll and SIGHUP (a change is delivered).
+    #[arg(long, env = "ENSIGN_HOST_DB_SECRET_ARN")]
+    pub db_secret_arn: Option<String>,
+
+    /// Secrets Manager endpoint URL override (VPC endpoint, local stand-in).
+    #[arg(long, env = "ENSIGN_HOST_SECRETS_MANAGER_ENDPOINT")]
+    pub secrets_manager_endpoint: Option<String>,
+
     /// The enclave image.
     #[arg(
         long,
@@ -257,6 +267,14 @@ pub struct DbProxyConfig {
     pub remote: AllowedRemote,
 }
 
+/// Where the slashing database's credentials come from (`--db-secret-arn`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbSecretConfig {
+    pub arn: String,
+    /// `--secrets-manager-endpoint`.
+    pub endpoint_url: Option<String>,
+}
+
 /// A checked configuration: what [`super::run`] needs.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -267,6 +285,7 @@ pub struct HostConfig {
     pub kms_proxy_listen: Endpoint,
     pub kms_remote: AllowedRemote,
     pub db: Option<DbProxyConfig>,
+    pub db_secret: Option<DbSecretConfig>,
     pub region: AwsRegion,
     /// `InitRequest::kms_endpoint`.
     pub init_kms_endpoint: Option<EndpointUrl>,
@@ -315,6 +334,10 @@ pub enum ConfigError {
     EnclaveSize,
     #[error("cannot build the KMS endpoint URL from --kms-endpoint {0}")]
     KmsEndpointUrl(AllowedRemote),
+    #[error("--db-secret-arn `{0}` is not a Secrets Manager secret ARN (arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME)")]
+    DbSecretArn(String),
+    #[error("--secrets-manager-endpoint `{0}` must be an http:// or https:// URL")]
+    SecretsManagerEndpoint(String),
 }
 
 fn tcp_port(what: &'static str, port: u32) -> Result<u16, ConfigError> {
@@ -455,6 +478,26 @@ impl HostArgs {
         if self.db_endpoint.is_none() && self.db_proxy_listen.is_some() {
             return Err(ConfigError::OnlyWith("--db-proxy-listen", "--db-endpoint"));
         }
+        let db_secret = match (self.db_secret_arn, self.secrets_manager_endpoint) {
+            (None, Some(_)) => {
+                return Err(ConfigError::OnlyWith(
+                    "--secrets-manager-endpoint",
+                    "--db-secret-arn",
+                ))
+            }
+            (None, None) => None,
+            (Some(arn), endpoint_url) => {
+                if !is_secret_arn(&arn) {
+                    return Err(ConfigError::DbSecretArn(arn));
+                }
+                if let Some(url) = &endpoint_url {
+                    if !is_url(url) {
+                        return Err(ConfigError::SecretsManagerEndpoint(url.clone()));
+                    }
+                }
+                Some(DbSecretConfig { arn, endpoint_url })
+            }
+        };
         let key_source = match (self.keys_table, self.keys_dir) {
             (Some(table), _) => {
                 if table.is_empty() {
@@ -516,6 +559,7 @@ impl HostArgs {
             kms_proxy_listen,
             kms_remote,
             db,
+            db_secret,
             region: self.region,
             init_kms_endpoint,
             key_source,
@@ -528,6 +572,18 @@ impl HostArgs {
             max_connections: usize::try_from(self.max_connections).unwrap_or(65536),
         })
     }
+}
+
+/// `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`, no white space.
+fn is_secret_arn(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(7, ':').collect();
+    s.len() <= 2048
+        && !s.bytes().any(|b| b <= b' ')
+        && parts.len() == 7
+        && parts[0] == "arn"
+        && parts[2] == "secretsmanager"
+        && parts[5] == "secret"
+        && !parts[6].is_empty()
 }
 
 fn host_for_url(host: &str) -> String {
@@ -734,6 +790,61 @@ mod tests {
         assert_eq!(
             e,
             ConfigError::OnlyWith("--dynamodb-page-size", "--keys-table")
+        );
+    }
+
+    #[test]
+    fn db_secret_options() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:ensign/slashing-db-AbCdEf";
+        let base = ["--keys-dir", "/k", "--run-command", "true"];
+        let c = args(&base).unwrap().into_config().unwrap();
+        assert_eq!(c.db_secret, None);
+        let mut v = base.to_vec();
+        v.extend(["--db-secret-arn", arn]);
+        let c = args(&v).unwrap().into_config().unwrap();
+        assert_eq!(
+            c.db_secret,
+            Some(DbSecretConfig {
+                arn: arn.into(),
+                endpoint_url: None
+            })
+        );
+        v.extend(["--secrets-manager-endpoint", "http://127.0.0.1:5000"]);
+        let c = args(&v).unwrap().into_config().unwrap();
+        assert_eq!(
+            c.db_secret.unwrap().endpoint_url.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+
+        let mut v = base.to_vec();
+        v.extend(["--secrets-manager-endpoint", "http://127.0.0.1:5000"]);
+        assert_eq!(
+            args(&v).unwrap().into_config().unwrap_err(),
+            ConfigError::OnlyWith("--secrets-manager-endpoint", "--db-secret-arn")
+        );
+        for bad in [
+            "ensign/slashing-db",
+            "arn:aws:kms:eu-west-1:111122223333:key/1",
+            "arn:aws:secretsmanager:eu-west-1:111122223333:secret:",
+            "arn:aws:secretsmanager:eu-west-1:1 :secret:x",
+        ] {
+            let mut v = base.to_vec();
+            v.extend(["--db-secret-arn", bad]);
+            assert_eq!(
+                args(&v).unwrap().into_config().unwrap_err(),
+                ConfigError::DbSecretArn(bad.into())
+            );
+        }
+        let mut v = base.to_vec();
+        v.extend([
+            "--db-secret-arn",
+            arn,
+            "--secrets-manager-endpoint",
+            "ftp://x",
+        ]);
+        assert_eq!(
+            args(&v).unwrap().into_config().unwrap_err(),
+            ConfigError::SecretsManagerEndpoint("ftp://x".into())
         );
     }
 

@@ -30,6 +30,11 @@
 //!   every `--poll-interval-secs` and at once on `SIGHUP`. A dead, unreachable
 //!   or failed enclave is terminated, restarted and initialised again, with
 //!   backoff.
+//! - **Database credentials** ([`db_secret`], `--db-secret-arn`): the slashing
+//!   database's user and password, read from Secrets Manager with the host's
+//!   credentials, go to the enclave in `Init` (no `Init` without them when the
+//!   option is set); the secret is re-read at every poll and on `SIGHUP`, and
+//!   a changed value is delivered (`RefreshDatabaseCredentials`).
 //!
 //! # Invariant: the host never holds key material
 //!
@@ -39,7 +44,10 @@
 //! carry ids, counts and reasons, never plaintext. The only secrets the host
 //! handles are the instance role's AWS credentials, which it passes to the
 //! enclave (for its KMS calls) in zeroizing, `Debug`-redacted types and never
-//! logs. Data-path and proxy bytes are TLS end to end and are not inspected.
+//! logs. The same holds for the slashing database's password
+//! (`--db-secret-arn`): the host reads it and passes it on, never logs it
+//! (only the user name and the secret's ARN appear in logs). Data-path and
+//! proxy bytes are TLS end to end and are not inspected.
 //!
 //! # Key records
 //!
@@ -95,6 +103,7 @@
 
 pub mod cli;
 pub mod credentials;
+pub mod db_secret;
 pub mod diagnose;
 pub mod keys;
 pub mod launcher;
@@ -286,9 +295,21 @@ pub async fn run(
     sup_config.poll_interval = config.poll_interval;
     sup_config.boot_timeout = config.boot_timeout;
     sup_config.credentials_refresh_margin = config.credentials_refresh_margin;
+    let db_secret = config.db_secret.as_ref().map(|s| {
+        tracing::info!(secret = %s.arn, "database credentials from Secrets Manager");
+        db_secret::DbSecretSource::new(
+            db_secret::secrets_manager_client(
+                &config.region,
+                credentials.provider(),
+                s.endpoint_url.as_deref(),
+            ),
+            s.arn.clone(),
+        )
+    });
     let supervisor =
         supervisor::Supervisor::new(sup_config, launcher, keys, credentials, reconcile_now)
-            .with_kms_proxy_stats(kms_stats, config.kms_remote.clone());
+            .with_kms_proxy_stats(kms_stats, config.kms_remote.clone())
+            .with_db_secret(db_secret);
     supervisor.run(shutdown).await;
 
     let _ = stop_tx.send(true);

@@ -21,13 +21,14 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::credentials::CredentialSource;
+use super::db_secret::DbSecretSource;
 use super::diagnose::explain;
 use super::keys::{fingerprint, KeyListing, KeyProblem, KeySource};
 use super::launcher::{Enclave, Launcher};
 use crate::control::{
-    AddKeysRequest, AwsRegion, ControlClient, ControlClientConfig, ControlError, EnclaveState,
-    EncryptedKeyRecord, EndpointUrl, ErrorCode, InitRequest, KeysReport, RemoveKeysRequest,
-    StatusReply,
+    AddKeysRequest, AwsRegion, ControlClient, ControlClientConfig, ControlError,
+    DatabaseCredentials, EnclaveState, EncryptedKeyRecord, EndpointUrl, ErrorCode, InitRequest,
+    KeysReport, RemoveKeysRequest, StatusReply,
 };
 use crate::forward::ForwardStats;
 use crate::kms::unix_seconds;
@@ -128,6 +129,9 @@ pub(crate) struct Delivered {
     failed: BTreeMap<String, FailedKey>,
     credentials_expiration: Option<u64>,
     access_key_id: String,
+    /// The database credentials the enclave holds (`--db-secret-arn`), to
+    /// notice a rotated secret. Zeroizing; `Debug` shows the user only.
+    database: Option<DatabaseCredentials>,
 }
 
 impl Delivered {
@@ -265,6 +269,10 @@ pub struct Supervisor {
     kms_proxy: Option<(Arc<ForwardStats>, AllowedRemote)>,
     kms_failures_seen: u64,
     reported_problems: BTreeSet<KeyProblem>,
+    db_secret: Option<DbSecretSource>,
+    /// The last failure to read the database secret (logged once as an error,
+    /// then at debug while it repeats).
+    db_secret_failure: Option<String>,
 }
 
 impl Supervisor {
@@ -284,6 +292,41 @@ impl Supervisor {
             kms_proxy: None,
             kms_failures_seen: 0,
             reported_problems: BTreeSet::new(),
+            db_secret: None,
+            db_secret_failure: None,
+        }
+    }
+
+    /// Read the slashing database's credentials from this secret, send them
+    /// in `Init` and deliver changes (`--db-secret-arn`).
+    pub fn with_db_secret(mut self, source: Option<DbSecretSource>) -> Self {
+        self.db_secret = source;
+        self
+    }
+
+    /// The database credentials, when configured: `Ok(None)` without
+    /// `--db-secret-arn`, `Err` (logged) when the secret cannot be used.
+    async fn database_credentials(&mut self) -> Result<Option<DatabaseCredentials>, ()> {
+        let Some(source) = &self.db_secret else {
+            return Ok(None);
+        };
+        match source.fetch().await {
+            Ok(c) => {
+                if self.db_secret_failure.take().is_some() {
+                    tracing::info!(secret = %source.arn(), "the database secret is readable again");
+                }
+                Ok(Some(c))
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.db_secret_failure.as_deref() == Some(text.as_str()) {
+                    tracing::debug!("database secret still unusable: {text}");
+                } else {
+                    tracing::error!("{text}");
+                }
+                self.db_secret_failure = Some(text);
+                Err(())
+            }
         }
     }
 
@@ -478,6 +521,8 @@ impl Supervisor {
             };
             self.refresh_credentials_if_due(&mut client, &mut delivered)
                 .await;
+            self.refresh_database_credentials(&mut client, &mut delivered)
+                .await;
             self.reconcile(&mut client, &mut delivered, forced).await;
         }
     }
@@ -494,6 +539,11 @@ impl Supervisor {
                 return InitStep::Retry;
             }
         };
+        // With --db-secret-arn, never Init without the credentials: the enclave would connect
+        // with its URL as configured instead.
+        let Ok(database) = self.database_credentials().await else {
+            return InitStep::Retry;
+        };
         let Some(listing) = self.list_keys().await else {
             // Never Init with an empty set because the source failed.
             return InitStep::Retry;
@@ -506,18 +556,22 @@ impl Supervisor {
         let access_key_id = credentials.access_key_id.clone();
         let keys: Vec<EncryptedKeyRecord> = listing.records.values().cloned().collect();
         tracing::info!(phase = "initialising", keys = keys.len(), inactive = listing.inactive,
-            access_key_id = %access_key_id, "sending Init");
+            access_key_id = %access_key_id,
+            database_user = database.as_ref().map(|d| d.username.as_str()),
+            "sending Init");
         let request = InitRequest {
             credentials,
             region: self.config.region.clone(),
             kms_endpoint: self.config.kms_endpoint.clone(),
             keys: keys.clone(),
             tls: None,
+            database: database.clone(),
         };
         match client.init(request).await {
             Ok(report) => {
                 delivered.credentials_expiration = expiration;
                 delivered.access_key_id = access_key_id;
+                delivered.database = database;
                 let retry = self.key_retry();
                 delivered.record(&report, &keys, Instant::now(), retry);
                 tracing::info!(
@@ -622,6 +676,33 @@ impl Supervisor {
                 d.access_key_id = access_key_id;
             }
             Err(e) => tracing::error!("RefreshCredentials failed: {e}"),
+        }
+    }
+
+    /// Re-read the database secret and deliver it if it changed (rotation).
+    /// A failure leaves the enclave with what it has, and is retried at the
+    /// next poll.
+    async fn refresh_database_credentials(
+        &mut self,
+        client: &mut ControlClient,
+        d: &mut Delivered,
+    ) {
+        let Ok(Some(fresh)) = self.database_credentials().await else {
+            return;
+        };
+        if d.database.as_ref() == Some(&fresh) {
+            return;
+        }
+        let user = fresh.username.clone();
+        match client.refresh_database_credentials(fresh.clone()).await {
+            Ok(()) => {
+                tracing::info!(database_user = %user,
+                    "the database secret changed; the enclave now connects with the new credentials");
+                d.database = Some(fresh);
+            }
+            Err(e) => tracing::error!(database_user = %user,
+                "RefreshDatabaseCredentials failed (retried at the next poll): {}",
+                explain(&e.to_string())),
         }
     }
 

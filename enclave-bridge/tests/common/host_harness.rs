@@ -212,10 +212,6 @@ impl Host {
         self.logs.lock().unwrap().join("\n")
     }
 
-    pub fn count_logs(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.logs.lock().unwrap().iter().filter(|l| pred(l)).count()
-    }
-
     /// Wait (polling, bounded by [`DEADLINE`]) for a log line matching `pred`.
     pub async fn wait_log(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
         self.wait_logs(1, pred, what).await
