@@ -184,7 +184,10 @@ async fn healthcheck(State(st): State<Arc<AppState>>) -> Response {
         all_up &= enclave.ready();
         checks.push(enclave.health_entry());
     }
-    if let Some(sp) = st.slashing.clone() {
+    // An enclave opens its PostgreSQL store at Init: before that the database is reported DOWN
+    // without a probe (and without a warning per health check while it waits for ensign-host).
+    let before_init = st.enclave.as_ref().is_some_and(|e| !e.ready());
+    if let Some(sp) = st.slashing.clone().filter(|_| !before_init) {
         let probe = tokio::task::spawn_blocking(move || sp.health_check());
         let db_up = match tokio::time::timeout(DB_HEALTH_TIMEOUT, probe).await {
             Ok(Ok(Ok(()))) => true,
@@ -204,6 +207,10 @@ async fn healthcheck(State(st): State<Arc<AppState>>) -> Response {
         all_up &= db_up;
         checks.push(
             json!({"id": "slashing-protection-db-health-check", "status": status_str(db_up)}),
+        );
+    } else if before_init && st.slashing.is_some() {
+        checks.push(
+            json!({"id": "slashing-protection-db-health-check", "status": status_str(false)}),
         );
     }
     let status = status_str(all_up);

@@ -1121,6 +1121,13 @@ pub async fn prepare(
     slashing: Option<&StoreConfig>,
 ) -> Result<Prepared, StartError> {
     tracing::info!(control = %config.control, data = %config.data, "starting in ENCLAVE MODE");
+    if slashing.is_some_and(|s| !s.server_authenticated()) {
+        // The parent instance relays the database's bytes: without server authentication it
+        // could read them, or answer "not slashable" in the database's place.
+        tracing::warn!(
+            "the slashing protection database is not authenticated (PostgreSQL without              sslmode=verify-full and sslrootcert): the parent instance relaying its traffic              could read or alter it; see docs/deploy-aws.md"
+        );
+    }
     let mut tasks = Vec::new();
     for f in &config.forwards {
         let listener = f.local.bind().await.map_err(|source| StartError::Bind {

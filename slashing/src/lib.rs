@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod interchange;
+mod pg_tls;
 mod postgres_store;
 pub mod rules;
 mod sqlite_store;
@@ -199,6 +200,26 @@ impl std::fmt::Debug for StoreConfig {
                 .field("username", username)
                 .field("password", &password.as_ref().map(|_| "***"))
                 .finish(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// True when the store authenticates the database server it talks to: SQLite (a local
+    /// file), or PostgreSQL with `sslmode=verify-full` and `sslrootcert` (see the URL forms in
+    /// [`PostgresStore`]'s TLS notes). False for PostgreSQL in plaintext or `sslmode=require`,
+    /// where whoever relays the bytes could answer in the database's place.
+    pub fn server_authenticated(&self) -> bool {
+        match self {
+            StoreConfig::Sqlite { .. } => true,
+            StoreConfig::Postgres { url, .. } => {
+                let url = url.trim();
+                let url = url.strip_prefix("jdbc:").unwrap_or(url);
+                matches!(
+                    pg_tls::split_tls(url),
+                    Ok((_, pg_tls::TlsMode::Verified { .. }))
+                )
+            }
         }
     }
 }

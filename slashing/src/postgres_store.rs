@@ -17,6 +17,7 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls, Statement};
 
+use crate::pg_tls::{self, TlsMode};
 use crate::rules::{LowWatermarks, SignedAttestation, SignedBlock};
 use crate::store::{self, pg_placeholders, sql, LockKind, Txn};
 use crate::{
@@ -46,6 +47,8 @@ struct PoolState {
 
 struct Pool {
     config: postgres::Config,
+    /// `None`: plaintext (see [`pg_tls`] for what the URL can ask).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     max: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
@@ -69,7 +72,11 @@ impl Drop for Pool {
 
 impl Pool {
     fn connect(&self) -> Result<Conn, Error> {
-        let client = self.config.connect(NoTls).map_err(|e| {
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        let client = connected.map_err(|e| {
             Error::Store(format!(
                 "PostgreSQL {}: cannot connect: {}",
                 self.shown,
@@ -159,7 +166,7 @@ pub(crate) fn parse_url(
     url: &str,
     username: Option<&str>,
     password: Option<&str>,
-) -> Result<postgres::Config, Error> {
+) -> Result<(postgres::Config, TlsMode), Error> {
     let url = url.trim();
     let plain = if let Some(rest) = url.strip_prefix("jdbc:") {
         // Web3Signer form: jdbc:postgresql://host:port/db (credentials given
@@ -174,7 +181,8 @@ pub(crate) fn parse_url(
                 .into(),
         ));
     }
-    let mut config = postgres::Config::from_str(plain)
+    let (plain, tls) = pg_tls::split_tls(plain)?;
+    let mut config = postgres::Config::from_str(&plain)
         .map_err(|e| Error::Open(format!("invalid PostgreSQL URL: {e}")))?;
     if let Some(u) = username {
         config.user(u);
@@ -188,7 +196,7 @@ pub(crate) fn parse_url(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 fn describe(config: &postgres::Config) -> String {
@@ -217,11 +225,12 @@ impl PostgresStore {
         password: Option<&str>,
         pool_size: usize,
     ) -> Result<Self, Error> {
-        let config = parse_url(url, username, password)?;
+        let (config, tls) = parse_url(url, username, password)?;
         let shown = describe(&config);
         let store = PostgresStore {
             pool: Pool {
                 config,
+                tls: pg_tls::connector(&tls)?,
                 max: pool_size.max(1),
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),

@@ -948,6 +948,18 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     let h = get(&probe, &format!("{}/healthcheck", e.base)).await;
     assert_eq!(h.status, 503, "{h:?}");
     assert!(h.body.contains("waiting-for-init"), "{h:?}");
+    // The store is reported DOWN before Init (it is opened or trusted only once initialised).
+    let db = h.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "slashing-protection-db-health-check")
+        .cloned();
+    assert_eq!(
+        db.map(|c| c["status"].clone()),
+        Some(json!("DOWN")),
+        "{h:?}"
+    );
     for path in [
         "/api/v1/eth2/publicKeys",
         "/api/v1/eth2/highWatermark",
@@ -1332,6 +1344,15 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
         // A fresh data path each time: what an enclave's memory holds is gone after a restart.
         let data_path = dir.path().join(format!("enclave-data-{round}"));
         let mut e = start_enclave(&data_path, &pki_dir, &[(pg_forward, 5432)], &eth2).await;
+        // Plaintext PostgreSQL through the parent: the operator is told it is not authenticated.
+        assert!(
+            e.proc
+                .lines()
+                .iter()
+                .any(|l| l.contains("database is not authenticated")),
+            "{}",
+            e.proc.tail()
+        );
         let mut control = ControlClient::connect(&e.control).await.unwrap();
         let report = control
             .init(init_request(
