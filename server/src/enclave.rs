@@ -299,18 +299,6 @@ pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
     Ok(Sha256::digest(&spki).into())
 }
 
-/// PEM of a DER certificate (RFC 7468).
-pub fn cert_pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
-
 /// Makes the enclave's TLS key (ECDSA P-256, from the OS RNG through ring) and a self-signed
 /// certificate for `names`.
 fn generate_tls(
@@ -332,7 +320,7 @@ fn generate_tls(
     let pkcs8 = Zeroizing::new(key.serialize_der());
     let identity = TlsIdentity {
         spki_sha256: spki_sha256(&cert_der)?,
-        cert_pem: cert_pem(&cert_der),
+        cert_pem: cert.pem(),
         cert_der: cert_der.clone(),
     };
     Ok((

@@ -213,10 +213,8 @@ impl StoreConfig {
         match self {
             StoreConfig::Sqlite { .. } => true,
             StoreConfig::Postgres { url, .. } => {
-                let url = url.trim();
-                let url = url.strip_prefix("jdbc:").unwrap_or(url);
                 matches!(
-                    pg_tls::split_tls(url),
+                    pg_tls::split_tls(postgres_store::libpq_url(url)),
                     Ok((_, pg_tls::TlsMode::Verified { .. }))
                 )
             }

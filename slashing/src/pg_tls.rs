@@ -97,19 +97,22 @@ pub(crate) fn split_tls(url: &str) -> Result<(String, TlsMode), Error> {
 
 /// The connector for `mode`; `None` for plaintext.
 pub(crate) fn connector(mode: &TlsMode) -> Result<Option<MakeRustlsConnect>, Error> {
+    // `None`: encrypt only (any certificate); `Some`: authenticate by these roots.
+    let roots = match mode {
+        TlsMode::Plain => return Ok(None),
+        TlsMode::Unverified => None,
+        TlsMode::Verified { root_cert } => Some(roots(root_cert)?),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Open(format!("PostgreSQL TLS: {e}")))?;
-    let config = match mode {
-        TlsMode::Plain => return Ok(None),
-        TlsMode::Unverified => builder
+    let config = match roots {
+        None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
             .with_no_client_auth(),
-        TlsMode::Verified { root_cert } => builder
-            .with_root_certificates(roots(root_cert)?)
-            .with_no_client_auth(),
+        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
     };
     Ok(Some(MakeRustlsConnect::new(config)))
 }

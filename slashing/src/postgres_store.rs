@@ -161,20 +161,20 @@ fn db(e: postgres::Error) -> Error {
     Error::Store(format!("postgres: {}", pg_msg(&e)))
 }
 
+/// The URL without Web3Signer's `jdbc:` prefix (`jdbc:postgresql://host:port/db`, credentials
+/// given separately): the remainder is an ordinary libpq URL.
+pub(crate) fn libpq_url(url: &str) -> &str {
+    let url = url.trim();
+    url.strip_prefix("jdbc:").unwrap_or(url)
+}
+
 /// Parse `postgresql://`, `postgres://` or `jdbc:postgresql://` URLs.
 pub(crate) fn parse_url(
     url: &str,
     username: Option<&str>,
     password: Option<&str>,
 ) -> Result<(postgres::Config, TlsMode), Error> {
-    let url = url.trim();
-    let plain = if let Some(rest) = url.strip_prefix("jdbc:") {
-        // Web3Signer form: jdbc:postgresql://host:port/db (credentials given
-        // separately). The remainder is an ordinary libpq URL.
-        rest
-    } else {
-        url
-    };
+    let plain = libpq_url(url);
     if !(plain.starts_with("postgresql://") || plain.starts_with("postgres://")) {
         return Err(Error::Open(
             "unsupported PostgreSQL URL: expected postgresql://, postgres:// or jdbc:postgresql://"

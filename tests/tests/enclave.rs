@@ -173,13 +173,26 @@ async fn keys_encrypt(k: &KeyFiles, endpoint: &str, key_id: &str, dest: &[&str])
     args.push("--password-file".into());
     args.push(k.password.display().to_string());
     args.extend(dest.iter().map(|s| s.to_string()));
+    run_ensign(
+        args,
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    )
+    .await
+}
+
+/// Runs the release `ensign` with `args` (and `env`, without `AWS_PROFILE`) to its end, on a
+/// blocking thread (stand-ins such as the fake KMS run on the test's runtime: never block a
+/// worker on the child); (exit code, stdout and stderr).
+async fn run_ensign(args: Vec<String>, env: &[(&'static str, &'static str)]) -> (i32, String) {
     let bin = ensign();
-    // The fake KMS runs on this test's runtime: never block a worker on the child.
+    let env = env.to_vec();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bin)
             .args(&args)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .envs(env)
             .env_remove("AWS_PROFILE")
             .env("NO_COLOR", "1")
             .output()
@@ -206,22 +219,7 @@ async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String
         "--root-cert".into(),
         root.display().to_string(),
     ];
-    let bin = ensign();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(&args)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    run_ensign(args, &[]).await
 }
 
 /// A client for probing before the certificate has been checked (accepts any).
