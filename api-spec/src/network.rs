@@ -93,6 +93,9 @@ pub struct Network {
     pub slots_per_epoch: u64,
     /// Entry 0 is phase0 (genesis, epoch 0); then every later fork in order.
     pub forks: Vec<ForkEntry>,
+    /// The chain's genesis validators root, for the built-in networks (it is a property of
+    /// the genesis state, not of `config.yaml`, so a custom network has none here).
+    pub genesis_validators_root: Option<[u8; 32]>,
 }
 
 const FAR_FUTURE_EPOCH: u64 = u64::MAX;
@@ -101,7 +104,12 @@ fn v(s: &str) -> Version {
     Version(decode_hex_fixed::<4>(s).expect("built-in fork version is valid hex"))
 }
 
-fn built_in(name: &str, slots_per_epoch: u64, schedule: &[(&str, Option<u64>)]) -> Network {
+fn built_in(
+    name: &str,
+    slots_per_epoch: u64,
+    genesis_validators_root: &str,
+    schedule: &[(&str, Option<u64>)],
+) -> Network {
     let forks = Fork::ALL
         .iter()
         .zip(schedule)
@@ -115,6 +123,9 @@ fn built_in(name: &str, slots_per_epoch: u64, schedule: &[(&str, Option<u64>)]) 
         name: name.to_string(),
         slots_per_epoch,
         forks,
+        genesis_validators_root: Some(
+            decode_hex_fixed::<32>(genesis_validators_root).expect("built-in root is valid hex"),
+        ),
     }
 }
 
@@ -122,12 +133,15 @@ impl Network {
     /// Names accepted by `--network`.
     pub const BUILT_IN: [&'static str; 5] = ["mainnet", "hoodi", "sepolia", "holesky", "gnosis"];
 
-    /// A built-in network by (case-insensitive) name.
+    /// A built-in network by (case-insensitive) name. Each entry: name, slots per epoch, the
+    /// genesis validators root its clients publish (eth-clients/<network> `metadata/
+    /// genesis_validators_root.txt`; gnosischain/configs for gnosis), fork versions and epochs.
     pub fn by_name(name: &str) -> Option<Network> {
         let n = match name.to_ascii_lowercase().as_str() {
             "mainnet" => built_in(
                 "mainnet",
                 32,
+                "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95",
                 &[
                     ("0x00000000", Some(0)),
                     ("0x01000000", Some(74240)),
@@ -141,6 +155,7 @@ impl Network {
             "sepolia" => built_in(
                 "sepolia",
                 32,
+                "0xd8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078",
                 &[
                     ("0x90000069", Some(0)),
                     ("0x90000070", Some(50)),
@@ -154,6 +169,7 @@ impl Network {
             "holesky" => built_in(
                 "holesky",
                 32,
+                "0x9143aa7c615a7f7115e2b6aac319c03529df8242ae705fba9df39b79c59fa8b1",
                 &[
                     ("0x01017000", Some(0)),
                     ("0x02017000", Some(0)),
@@ -167,6 +183,7 @@ impl Network {
             "hoodi" => built_in(
                 "hoodi",
                 32,
+                "0x212f13fc4df078b6cb7db228f1c8307566dcecf900867401a92023d7ba99cb5f",
                 &[
                     ("0x10000910", Some(0)),
                     ("0x20000910", Some(0)),
@@ -180,6 +197,7 @@ impl Network {
             "gnosis" => built_in(
                 "gnosis",
                 16,
+                "0xf5dcb5564e829aab27264b9becd5dfaa017085611224cb3036f573368dbb9d47",
                 &[
                     ("0x00000064", Some(0)),
                     ("0x01000064", Some(512)),
@@ -286,6 +304,7 @@ impl Network {
             name: name.to_string(),
             slots_per_epoch,
             forks,
+            genesis_validators_root: None,
         })
     }
 

@@ -457,6 +457,22 @@ pub struct Eth2Options {
     )]
     pub slashing_protection_enabled: bool,
 
+    /// Start a new slashing-protection history (SQLite) although this data directory already
+    /// held one: its database is missing, empty, replaced or lost its write-ahead log. Without
+    /// it such a start fails (exit 3). Use it once, then import your latest export before
+    /// signing (as Lighthouse's `--init-slashing-protection`).
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_INIT_SLASHING_PROTECTION",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_name = "BOOL"
+    )]
+    pub init_slashing_protection: bool,
+
     /// Slashing-protection database: `postgresql://…` or `jdbc:postgresql://…` (shared by several
     /// instances). Without it, an embedded SQLite database under --data-path is used.
     #[arg(long, env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_URL")]

@@ -1286,6 +1286,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let opened = slashing::open(&StoreConfig::Sqlite {
             path: dir.join("sp.sqlite"),
+            init: false,
         })
         .unwrap();
         assert!(store.replace(opened).is_none());

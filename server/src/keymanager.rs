@@ -55,7 +55,7 @@ async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match given {
         None => (
             StatusCode::UNAUTHORIZED,
@@ -71,6 +71,13 @@ async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         )
             .into_response(),
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>`. The scheme name is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work as well.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -135,9 +142,8 @@ fn bad_request(msg: &str) -> ApiError {
 }
 
 /// Keeps only the interchange entries of `pubkeys` (lowercase 0x hex).
-fn filter_interchange(doc: &str, pubkeys: &HashSet<String>) -> Result<Value, String> {
-    let mut v: Value =
-        serde_json::from_str(doc).map_err(|e| format!("slashing_protection is not JSON: {e}"))?;
+fn filter_interchange(doc: &Value, pubkeys: &HashSet<String>) -> Result<Value, String> {
+    let mut v = doc.clone();
     let data = v
         .get_mut("data")
         .and_then(Value::as_array_mut)
@@ -161,82 +167,142 @@ async fn import(
     }
     let _guard = OPERATIONS.lock().await;
     let dir = managed_dir(&st)?;
-    let parsed: Vec<Result<keystore::Keystore, keystore::Error>> = body
-        .keystores
-        .iter()
-        .map(|k| keystore::Keystore::from_json(k))
-        .collect();
-
-    // Slashing history first, all or nothing: a key must never be usable without its history.
-    if let (Some(doc), Some(sp)) = (body.slashing_protection.as_deref(), st.slashing.clone()) {
-        let pubkeys: HashSet<String> = parsed
-            .iter()
-            .flatten()
-            .filter_map(|k| k.claimed_pubkey())
-            .map(|pk| hex0x(&pk))
-            .collect();
-        let filtered = filter_interchange(doc, &pubkeys)
-            .map_err(|e| bad_request(&e))?
-            .to_string();
-        tokio::task::spawn_blocking(move || sp.import_interchange(&filtered))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| bad_request(&format!("slashing_protection not imported: {e}")))?;
-    }
-
-    let ring = st.keyring();
     let passwords = body.passwords;
     let keystores = body.keystores;
     // Decryption is the KDF: seconds per scrypt keystore, so off the reactor.
-    let decrypted = tokio::task::spawn_blocking(move || {
-        parsed
-            .into_iter()
-            .zip(passwords.iter())
-            .map(|(k, pw)| k.and_then(|k| k.decrypt(pw)).map(|key| (key, pw.clone())))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let decrypted = {
+        let keystores = keystores.clone();
+        tokio::task::spawn_blocking(move || {
+            keystores
+                .iter()
+                .zip(passwords)
+                .map(|(k, pw)| {
+                    keystore::Keystore::from_json(k)
+                        .and_then(|k| k.decrypt(&pw))
+                        .map(|key| (key, pw))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    };
 
-    let mut next = (*ring).clone();
-    let mut statuses = vec![];
+    // Which keystores will be imported: decrypted, not loaded yet, not repeated in the request.
+    let mut next = (*st.keyring()).clone();
+    let mut statuses: Vec<Value> = vec![];
+    let mut chosen = vec![];
     let mut seen = HashSet::new();
-    for (outcome, json_text) in decrypted.into_iter().zip(keystores.iter()) {
-        let (key, password) = match outcome {
-            Ok(x) => x,
+    for (i, outcome) in decrypted.into_iter().enumerate() {
+        match outcome {
+            Err(e) => statuses.push(json!({"status": "error", "message": e.to_string()})),
+            Ok((key, _)) if next.get(&key.pubkey()).is_some() || !seen.insert(key.pubkey()) => {
+                statuses.push(json!({"status": "duplicate", "message": ""}))
+            }
+            Ok((key, password)) => {
+                statuses.push(Value::Null); // decided below
+                chosen.push((i, key, password));
+            }
+        }
+    }
+    // Their files next: a keystore that cannot be persisted is not imported either.
+    chosen.retain(|(i, key, password)| {
+        let stem = hex0x(&key.pubkey());
+        let written = write_private(&dir.join(format!("{stem}.txt")), password.as_bytes())
+            .and_then(|()| {
+                write_private(&dir.join(format!("{stem}.json")), keystores[*i].as_bytes())
+            });
+        match written {
+            Ok(()) => true,
             Err(e) => {
-                statuses.push(json!({"status": "error", "message": e.to_string()}));
-                continue;
+                tracing::error!(error = %e, pubkey = %stem, "cannot persist imported keystore");
+                remove_managed_files(&dir, &stem);
+                statuses[*i] = json!({"status": "error", "message": "cannot persist the keystore"});
+                false
+            }
+        }
+    });
+
+    // The history of exactly those keys, all or nothing, before any of them can sign: a key
+    // must never be usable without its history, and no other key's history is touched.
+    let pubkeys: HashSet<String> = chosen.iter().map(|(_, k, _)| hex0x(&k.pubkey())).collect();
+    let history = body
+        .slashing_protection
+        .as_deref()
+        .filter(|_| !pubkeys.is_empty());
+    if let (Some(doc), Some(sp)) = (history, st.slashing.clone()) {
+        let parsed: Result<Value, String> =
+            serde_json::from_str(doc).map_err(|e| format!("slashing_protection is not JSON: {e}"));
+        let imported = match parsed.and_then(|doc| filter_interchange(&doc, &pubkeys)) {
+            Err(e) => Err(bad_request(&e)),
+            Ok(filtered) => {
+                let filtered = filtered.to_string();
+                tokio::task::spawn_blocking(move || sp.import_interchange(&filtered))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| bad_request(&format!("slashing_protection not imported: {e}")))
+                    .map(drop)
             }
         };
-        let pk = key.pubkey();
-        if next.get(&pk).is_some() || !seen.insert(pk) {
-            statuses.push(json!({"status": "duplicate", "message": ""}));
-            continue;
+        if let Err(e) = imported {
+            for (_, key, _) in &chosen {
+                remove_managed_files(&dir, &hex0x(&key.pubkey()));
+            }
+            return Err(e);
         }
-        let stem = hex0x(&pk);
-        let written = write_private(&dir.join(format!("{stem}.txt")), password.as_bytes())
-            .and_then(|()| write_private(&dir.join(format!("{stem}.json")), json_text.as_bytes()));
-        if let Err(e) = written {
-            tracing::error!(error = %e, "cannot persist imported keystore");
-            statuses.push(json!({"status": "error", "message": "cannot persist the keystore"}));
-            continue;
-        }
+    }
+
+    for (i, key, _) in chosen {
+        let stem = hex0x(&key.pubkey());
         if let Some(sp) = st.slashing.clone() {
-            let p = slashing::Pubkey(pk);
+            let p = slashing::Pubkey(key.pubkey());
             let enabled =
                 tokio::task::spawn_blocking(move || sp.set_validator_enabled(p, true)).await;
             if !matches!(enabled, Ok(Ok(()))) {
-                statuses.push(json!({"status": "error", "message": "slashing protection database unavailable"}));
+                remove_managed_files(&dir, &stem);
+                statuses[i] = json!({"status": "error", "message": "slashing protection database unavailable"});
                 continue;
             }
         }
         tracing::info!(pubkey = %stem, "key imported through the key manager API");
         next.insert_managed(Arc::new(key));
-        statuses.push(json!({"status": "imported", "message": ""}));
+        statuses[i] = json!({"status": "imported", "message": ""});
     }
     st.set_keyring(next);
     Ok(Json(json!({ "data": statuses })).into_response())
+}
+
+/// Removes a managed key's files (keystore and password), ignoring files that do not exist.
+fn remove_managed_files(dir: &Path, stem: &str) {
+    for ext in ["json", "txt"] {
+        let _ = std::fs::remove_file(dir.join(format!("{stem}.{ext}")));
+    }
+}
+
+/// The whole slashing-protection history as an EIP-3076 document. A database that has
+/// recorded nothing yet has no genesis validators root of its own: the network's stands in
+/// (EIP-3076 metadata), with an empty `data` list.
+async fn export_history(
+    st: &AppState,
+    sp: Arc<dyn slashing::SlashingProtection>,
+) -> Result<Value, ApiError> {
+    let network_gvr = st.network.genesis_validators_root;
+    tokio::task::spawn_blocking(move || match sp.genesis_validators_root()? {
+        Some(_) => {
+            let doc = sp.export_interchange()?;
+            serde_json::from_str(&doc).map_err(|e| ApiError::Internal(format!("export: {e}")))
+        }
+        None => Ok(empty_interchange(network_gvr.unwrap_or_else(|| {
+            tracing::warn!("no genesis validators root recorded and none known for this network: the export names the zero root");
+            [0u8; 32]
+        }))),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+fn empty_interchange(gvr: [u8; 32]) -> Value {
+    json!({"metadata": {"interchange_format_version": "5",
+        "genesis_validators_root": hex0x(&gvr)}, "data": []})
 }
 
 #[derive(Deserialize)]
@@ -256,15 +322,11 @@ async fn delete(
     let mut statuses = vec![];
     let mut exported: HashSet<String> = HashSet::new();
     let history = match st.slashing.clone() {
-        Some(sp) => Some(
-            tokio::task::spawn_blocking(move || sp.export_interchange())
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??,
-        ),
+        Some(sp) => Some(export_history(&st, sp).await?),
         None => None,
     };
     let has_history = |pk: &str| {
-        history.as_deref().is_some_and(|h| {
+        history.as_ref().is_some_and(|h| {
             filter_interchange(h, &HashSet::from([pk.to_string()]))
                 .is_ok_and(|v| v["data"].as_array().is_some_and(|d| !d.is_empty()))
         })
@@ -291,9 +353,7 @@ async fn delete(
             }
         }
         if next.remove(&pk) {
-            for ext in ["json", "txt"] {
-                let _ = std::fs::remove_file(dir.join(format!("{stem}.{ext}")));
-            }
+            remove_managed_files(&dir, &stem);
             tracing::info!(pubkey = %stem, "key deleted through the key manager API");
             statuses.push(json!({"status": "deleted", "message": ""}));
             exported.insert(stem);
@@ -307,14 +367,9 @@ async fn delete(
     st.set_keyring(next);
     // The export is taken after the keys were disabled, so it holds their final history.
     let doc = match st.slashing.clone() {
-        Some(sp) => {
-            let full = tokio::task::spawn_blocking(move || sp.export_interchange())
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
-            filter_interchange(&full, &exported).map_err(ApiError::Internal)?
-        }
-        None => json!({"metadata": {"interchange_format_version": "5",
-            "genesis_validators_root": hex0x(&[0u8; 32])}, "data": []}),
+        Some(sp) => filter_interchange(&export_history(&st, sp).await?, &exported)
+            .map_err(ApiError::Internal)?,
+        None => empty_interchange(st.network.genesis_validators_root.unwrap_or([0u8; 32])),
     };
     Ok(Json(json!({"data": statuses, "slashing_protection": doc.to_string()})).into_response())
 }

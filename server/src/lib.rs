@@ -290,6 +290,7 @@ pub fn store_config(
             })?;
             Ok(StoreConfig::Sqlite {
                 path: data_path.join(SQLITE_FILE),
+                init: eth2.init_slashing_protection,
             })
         }
     }

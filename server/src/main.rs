@@ -67,6 +67,8 @@ fn main() -> ExitCode {
             eprintln!("ensign: {e}");
             ExitCode::from(match e {
                 StartError::Config(_) => 2,
+                // An operator must decide (restore the database, or start anew on purpose).
+                StartError::Slashing(slashing::Error::HistoryAtRisk(_)) => 3,
                 _ => 1,
             })
         }

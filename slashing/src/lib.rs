@@ -34,6 +34,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod history_guard;
 pub mod interchange;
 mod pg_tls;
 mod postgres_store;
@@ -118,6 +119,11 @@ pub enum Error {
     /// The store failed while deciding or recording; nothing may be signed.
     #[error("slashing protection store: {0}")]
     Store(String),
+    /// Opening the store could lose signing history (a used data directory without its
+    /// database, another database in its place, a lost write-ahead log): see
+    /// [`history_guard`]. The text says what was found and what to do.
+    #[error("refusing to open the slashing protection database: {0}")]
+    HistoryAtRisk(String),
     /// An interchange document is malformed or unsupported.
     #[error("slashing protection interchange: {0}")]
     Interchange(String),
@@ -169,8 +175,9 @@ pub struct PruneSummary {
 /// Where the slashing-protection database lives. `Debug` never prints the password.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    /// SQLite file (created if missing; its directory must exist).
-    Sqlite { path: PathBuf },
+    /// SQLite file (created if missing; its directory must exist). A directory that held a
+    /// database never gets a new one unless `init` ([`history_guard`]).
+    Sqlite { path: PathBuf, init: bool },
     /// PostgreSQL: `postgresql://…`, `postgres://…` or Web3Signer's
     /// `jdbc:postgresql://host:port/db`; `username` / `password` override the
     /// URL's.
@@ -184,7 +191,11 @@ pub enum StoreConfig {
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Sqlite { path, init } => f
+                .debug_struct("Sqlite")
+                .field("path", path)
+                .field("init", init)
+                .finish(),
             // The URL may carry a password too (`postgresql://user:pw@host/db`): show only
             // what follows the last '@'.
             StoreConfig::Postgres {
@@ -316,7 +327,7 @@ pub trait SlashingProtection: Send + Sync + 'static {
 /// Open (and migrate) the configured store.
 pub fn open(config: &StoreConfig) -> Result<Arc<dyn SlashingProtection>, Error> {
     match config {
-        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreConfig::Sqlite { path, init } => Ok(Arc::new(SqliteStore::open_with(path, *init)?)),
         StoreConfig::Postgres {
             url,
             username,

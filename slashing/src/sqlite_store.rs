@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::history_guard;
 use crate::rules::{self, LowWatermarks, SignedAttestation, SignedBlock};
 use crate::store::{self, sql, LockKind, Txn};
 use crate::{
@@ -48,7 +49,10 @@ use crate::{
 };
 
 /// Numbered migrations, applied in order; `schema_version` records the last.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_identity.sql")),
+];
 
 /// Upper bound of jobs per transaction (keeps a batch's latency bounded).
 const MAX_BATCH: usize = 512;
@@ -167,8 +171,16 @@ fn open_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl SqliteStore {
-    /// Open or create the database file. Its directory must exist.
+    /// Open or create the database file. Its directory must exist. A directory that held a
+    /// database never gets a fresh one implicitly (see [`crate::history_guard`]).
     pub fn open(path: &Path) -> Result<Self, Error> {
+        Self::open_with(path, false)
+    }
+
+    /// [`open`](Self::open); with `init`, the data-directory rule's refusals become warnings
+    /// (`--init-slashing-protection`): a new history is started, or the database found is
+    /// accepted as this directory's.
+    pub fn open_with(path: &Path, init: bool) -> Result<Self, Error> {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -197,9 +209,15 @@ impl SqliteStore {
         if path.is_dir() {
             return Err(open_err(path, "is a directory"));
         }
-        let existed = path.exists();
-        let conn = Connection::open(path).map_err(|e| open_err(path, e))?;
-        let store = Self::start(conn, Some(path.to_path_buf()))?;
+        // Before SQLite opens (and would create) the file.
+        let disk = history_guard::inspect(path)?;
+        if let Err(problem) = history_guard::before_open(&disk) {
+            refuse_unless(init, &problem, path)?;
+        }
+        let existed = disk.db != history_guard::DbFile::Missing;
+        let mut conn = Connection::open(path).map_err(|e| open_err(path, e))?;
+        prepare(&mut conn, path, true)?;
+        begin_session(&mut conn, path, &disk, init)?;
         #[cfg(unix)]
         if !existed {
             // Signing history is private to the operator (as Lighthouse does).
@@ -207,60 +225,23 @@ impl SqliteStore {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| open_err(path, format!("setting permissions: {e}")))?;
         }
-        Ok(store)
+        Self::start(conn, Some(path.to_path_buf()))
     }
 
     /// A private in-memory database (tests, tools).
     pub fn open_in_memory() -> Result<Self, Error> {
-        let conn = Connection::open_in_memory()
+        let mut conn = Connection::open_in_memory()
             .map_err(|e| Error::Open(format!("SQLite in memory: {e}")))?;
+        prepare(&mut conn, Path::new(":memory:"), false)?;
         Self::start(conn, None)
     }
 
-    fn start(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, Error> {
-        let shown = path.clone().unwrap_or_else(|| PathBuf::from(":memory:"));
-        let e = |e: rusqlite::Error| {
-            let hint = if matches!(
-                e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy)
-            ) {
-                " (another process holds the database open)"
-            } else {
-                ""
-            };
-            open_err(&shown, format!("{e}{hint}"))
-        };
-        // Fail fast on a file held by someone else rather than waiting.
-        conn.busy_timeout(Duration::from_millis(500)).map_err(e)?;
-        // EXCLUSIVE before WAL: no shared-memory index, the lock is held for
-        // the life of the connection (one process decides).
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-            .map_err(e)?;
-        if path.is_some() {
-            let mode: String = conn
-                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-                .map_err(e)?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                return Err(open_err(
-                    &shown,
-                    format!("could not enable WAL (journal_mode={mode})"),
-                ));
-            }
-        }
-        // FULL: a commit is on stable storage when COMMIT returns, which is
-        // the durability the server relies on before releasing a signature.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
-        migrate(&mut conn).map_err(|err| match err {
-            Error::Store(m) => open_err(&shown, m),
-            other => other,
-        })?;
-        // Every statement the store uses stays prepared (about 30).
-        conn.set_prepared_statement_cache_capacity(64);
-
+    /// Starts the writer thread on a prepared connection.
+    fn start(conn: Connection, path: Option<PathBuf>) -> Result<Self, Error> {
         let commits = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel::<Msg>();
         let c = Arc::clone(&commits);
+        let file = path.is_some();
         let writer = std::thread::Builder::new()
             .name("slashing-sqlite-writer".into())
             .spawn(move || {
@@ -269,7 +250,7 @@ impl SqliteStore {
                     cache: Cache::default(),
                     commits: c,
                 }
-                .run(receiver)
+                .run(receiver, file)
             })
             .map_err(|err| Error::Open(format!("spawning the SQLite writer thread: {err}")))?;
         Ok(SqliteStore {
@@ -346,6 +327,110 @@ impl Drop for SqliteStore {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+    }
+}
+
+/// Pragmas and migrations on a new connection (`file`: a database file, not in memory).
+fn prepare(conn: &mut Connection, shown: &Path, file: bool) -> Result<(), Error> {
+    let e = |e: rusqlite::Error| {
+        let hint = if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy)
+        ) {
+            " (another process holds the database open)"
+        } else {
+            ""
+        };
+        open_err(shown, format!("{e}{hint}"))
+    };
+    // Fail fast on a file held by someone else rather than waiting.
+    conn.busy_timeout(Duration::from_millis(500)).map_err(e)?;
+    // EXCLUSIVE before WAL: no shared-memory index, the lock is held for
+    // the life of the connection (one process decides).
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(e)?;
+    if file {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(e)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(
+                shown,
+                format!("could not enable WAL (journal_mode={mode})"),
+            ));
+        }
+    }
+    // FULL: a commit is on stable storage when COMMIT returns, which is
+    // the durability the server relies on before releasing a signature.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+    migrate(conn).map_err(|err| match err {
+        Error::Store(m) => open_err(shown, m),
+        other => other,
+    })?;
+    // Every statement the store uses stays prepared (about 30).
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Applies the data-directory rule once the database is open and migrated, then marks the
+/// session as running (flag 0, checkpointed into the main file so that losing the `-wal` file
+/// later cannot hide it) and writes the directory's marker if it has none.
+fn begin_session(
+    conn: &mut Connection,
+    path: &Path,
+    disk: &history_guard::OnDisk,
+    init: bool,
+) -> Result<(), Error> {
+    let (id, clean): (String, Option<bool>) = conn
+        .query_row(
+            "SELECT database_id, clean_shutdown FROM store_identity WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| open_err(path, e))?;
+    let id = history_guard::DatabaseId::parse(&id)
+        .ok_or_else(|| open_err(path, format!("malformed database identity {id:?}")))?;
+    let created = disk.db != history_guard::DbFile::Present;
+    let identity = history_guard::Identity {
+        id: id.clone(),
+        last_session_clean: if created { None } else { clean },
+    };
+    if let Err(problem) = history_guard::after_open(disk, &identity) {
+        refuse_unless(init, &problem, path)?;
+    }
+    conn.execute(
+        "UPDATE store_identity SET clean_shutdown = 0 WHERE id = 1",
+        [],
+    )
+    .map_err(|e| open_err(path, e))?;
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))
+        .map_err(|e| open_err(path, e))?;
+    if busy != 0 {
+        return Err(open_err(path, "could not checkpoint the write-ahead log"));
+    }
+    if disk.marker.as_ref() != Some(&id) {
+        history_guard::write_marker(path, &id)?;
+    }
+    if created {
+        tracing::info!(database = %path.display(), identity = %id,
+            "created a new slashing-protection database (empty history)");
+    } else if disk.marker.is_none() {
+        tracing::info!(database = %path.display(), identity = %id,
+            "slashing-protection database marked as this directory's (marker written)");
+    }
+    Ok(())
+}
+
+/// A refusal of the data-directory rule, or (with `init`) a warning and on.
+fn refuse_unless(init: bool, problem: &history_guard::Problem, path: &Path) -> Result<(), Error> {
+    let text = history_guard::explain(problem, path);
+    if init {
+        tracing::warn!("--init-slashing-protection: going on although: {text}");
+        Ok(())
+    } else {
+        Err(Error::HistoryAtRisk(text))
     }
 }
 
@@ -605,7 +690,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Msg>) {
+    /// Serves jobs until the store is dropped; then, for a database file, records the clean
+    /// close as the session's last write (see [`crate::history_guard`]).
+    fn run(mut self, rx: Receiver<Msg>, file: bool) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -615,6 +702,13 @@ impl Writer {
                 }
             }
             self.run_batch(batch);
+        }
+        if file {
+            if let Err(e) = self.exec("UPDATE store_identity SET clean_shutdown = 1 WHERE id = 1") {
+                // The next start then checks for the write-ahead log, which a clean close
+                // deletes: it would refuse. Say why here.
+                tracing::error!(error = %e, "could not record the clean close of the slashing-protection database");
+            }
         }
     }
 

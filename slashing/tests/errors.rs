@@ -16,7 +16,10 @@ fn open_msg(config: StoreConfig) -> String {
 fn sqlite_missing_parent_directory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("does-not-exist").join("slashing.sqlite");
-    let msg = open_msg(StoreConfig::Sqlite { path: path.clone() });
+    let msg = open_msg(StoreConfig::Sqlite {
+        path: path.clone(),
+        init: false,
+    });
     assert!(msg.contains("does not exist"), "{msg}");
     assert!(msg.contains("does-not-exist"), "{msg}");
     assert!(
@@ -34,6 +37,7 @@ fn sqlite_parent_is_a_regular_file() {
     std::fs::write(&file, b"x").unwrap();
     let msg = open_msg(StoreConfig::Sqlite {
         path: file.join("slashing.sqlite"),
+        init: false,
     });
     assert!(msg.contains("not a directory"), "{msg}");
 }
@@ -43,6 +47,7 @@ fn sqlite_path_is_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let msg = open_msg(StoreConfig::Sqlite {
         path: dir.path().to_path_buf(),
+        init: false,
     });
     assert!(msg.contains("is a directory"), "{msg}");
 }
@@ -52,7 +57,7 @@ fn sqlite_not_a_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("garbage.sqlite");
     std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-    let msg = open_msg(StoreConfig::Sqlite { path });
+    let msg = open_msg(StoreConfig::Sqlite { path, init: false });
     assert!(msg.contains("garbage.sqlite"), "{msg}");
 }
 
@@ -80,7 +85,11 @@ fn sqlite_creates_file_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.sqlite");
     {
-        let s = open(&StoreConfig::Sqlite { path: path.clone() }).unwrap();
+        let s = open(&StoreConfig::Sqlite {
+            path: path.clone(),
+            init: false,
+        })
+        .unwrap();
         s.pin_genesis_validators_root(common::GVR).unwrap();
         s.health_check().unwrap();
     }
@@ -91,7 +100,7 @@ fn sqlite_creates_file_and_reopens() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "database file must be owner-only");
     }
-    let s = open(&StoreConfig::Sqlite { path }).unwrap();
+    let s = open(&StoreConfig::Sqlite { path, init: false }).unwrap();
     assert_eq!(s.genesis_validators_root().unwrap(), Some(common::GVR));
 }
 
@@ -165,6 +174,7 @@ fn show_messages() {
     for c in [
         StoreConfig::Sqlite {
             path: dir.path().join("nope/x.sqlite"),
+            init: false,
         },
         StoreConfig::Postgres {
             url: "postgresql://postgres@127.0.0.1:1/test".into(),

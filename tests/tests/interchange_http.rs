@@ -68,6 +68,7 @@ async fn run_file(name: &str, test: &Value) -> usize {
     let reference_dir = tempfile::TempDir::new().unwrap();
     let reference: Arc<dyn SlashingProtection> = slashing::open(&StoreConfig::Sqlite {
         path: reference_dir.path().join("ref.sqlite"),
+        init: false,
     })
     .unwrap();
     let pin_key = tests::test_secret(b"pins the chain");

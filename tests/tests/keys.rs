@@ -193,3 +193,82 @@ async fn reload_picks_up_added_and_removed_keys_without_dropping_requests() {
     let keys = s.get("/api/v1/eth2/publicKeys").await.json();
     assert_eq!(keys, json!([pubkey_hex(&a)]));
 }
+
+/// Key manager edge cases found by probing the release binary (issue 14): deleting on a database
+/// that has recorded nothing yet (no genesis validators root), a read-only key in a delete, a
+/// lowercase `bearer` scheme, and slashing history sent with keystores that are not imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_manager_history_only_for_imported_keys_and_delete_on_an_empty_database() {
+    let data = tempfile::TempDir::new().unwrap();
+    let loaded = test_secret(b"read-only key");
+    let pk = pubkey_hex(&loaded);
+    let s = SignerBuilder::new()
+        .raw_keys([loaded])
+        .data_dir(data.path())
+        .eth2_arg("--key-manager-api-enabled")
+        .start(Runner::Binary)
+        .await;
+    let token = std::fs::read_to_string(data.path().join("api-token.txt")).unwrap();
+    let token = token.trim();
+
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let req = s
+            .request(Method::GET, "/eth/v1/keystores")
+            .header("authorization", format!("{scheme} {token}"));
+        assert_eq!(s.send(req).await.status, 200, "scheme {scheme}");
+    }
+
+    // Nothing recorded yet: a delete still answers 200 with a valid EIP-3076 document (the
+    // network's genesis validators root, no data), and the read-only key gets its own status.
+    let never = pubkey_hex(&test_secret(b"never loaded"));
+    let r = km(
+        &s,
+        Method::DELETE,
+        Some(token),
+        Some(json!({"pubkeys": [pk, never]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = r.json();
+    assert_eq!(d["data"][0]["status"], "error", "{d}");
+    assert!(
+        d["data"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{d}"
+    );
+    assert_eq!(d["data"][1]["status"], "not_found", "{d}");
+    let doc: Value = serde_json::from_str(d["slashing_protection"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        doc,
+        json!({"metadata": {"interchange_format_version": "5", "genesis_validators_root": GVR}, "data": []})
+    );
+
+    // History sent along with keystores that are not imported is not applied: a wrong password
+    // (error), then the right one for a key that is already loaded (duplicate).
+    let key = keystore::ValidatorKey::from_secret_bytes(&loaded).unwrap();
+    let ks = keystore::encrypt(&key, "right", keystore::Kdf::Pbkdf2 { c: 16 }).unwrap();
+    let history = |target: u64| {
+        json!({
+            "metadata": {"interchange_format_version": "5", "genesis_validators_root": GVR},
+            "data": [{"pubkey": pk, "signed_blocks": [],
+                "signed_attestations": [{"source_epoch": (target - 1).to_string(), "target_epoch": target.to_string()}]}]
+        })
+        .to_string()
+    };
+    for (password, status, target) in [("wrong", "error", 10), ("right", "duplicate", 20)] {
+        let body = json!({"keystores": [ks], "passwords": [password], "slashing_protection": history(target)});
+        let r = km(&s, Method::POST, Some(token), Some(body)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["data"][0]["status"], status, "{}", r.body);
+    }
+    // Had either history been applied, target 7 would be at or below its low watermark.
+    assert_eq!(
+        s.sign(&pk, &attestation(6, 7, 1)).await.status,
+        200,
+        "the loaded key's history was changed by keystores that were not imported"
+    );
+    s.stop().await;
+}

@@ -258,6 +258,148 @@ async fn export_import_round_trip_through_cli() {
     assert!(err.to_lowercase().contains("genesis"), "{err}");
 }
 
+/// Starts the release binary with `builder`'s arguments and expects it to fail at start: its
+/// exit code and stderr. A binary that starts serving instead fails the test (killed first).
+async fn start_must_fail(builder: &SignerBuilder) -> (i32, String) {
+    let work = tempfile::TempDir::new().unwrap();
+    let child = tokio::process::Command::new(tests::binary_path())
+        .args(builder.args_in(work.path()))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Safety net only: a refusal comes within a second; reaching it fails the test.
+    match tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output()).await {
+        Ok(out) => {
+            let out = out.unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !stdout.contains("listening on"),
+                "ensign started serving: {stdout}"
+            );
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+        Err(_) => panic!("ensign did not exit: it started instead of refusing"),
+    }
+}
+
+/// A data directory that has held a slashing-protection database never starts again with an
+/// empty history (issue 14, defect 2): a truncated or deleted database, or a crash followed by
+/// a lost write-ahead log, stop the start (exit 3, a message saying what to do) without
+/// creating anything; restoring the files brings the history back; only
+/// `--init-slashing-protection=true` starts anew, and says so in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_data_directory_never_starts_a_fresh_history() {
+    let key = test_secret(b"data dir rule");
+    let pk = pubkey_hex(&key);
+    let data = tempfile::TempDir::new().unwrap();
+    let db = data.path().join("slashing-protection.sqlite");
+    let wal = data.path().join("slashing-protection.sqlite-wal");
+    let builder = || SignerBuilder::new().raw_keys([key]).data_dir(data.path());
+
+    // A brand-new directory starts with one command.
+    let s = builder().start(Runner::Binary).await;
+    assert!(
+        s.log_lines()
+            .iter()
+            .any(|l| l.contains("created a new slashing-protection database")),
+        "no log line says a database was created"
+    );
+    assert_eq!(s.sign(&pk, &attestation(5, 6, 1)).await.status, 200);
+    assert_eq!(s.sign(&pk, &block_header(300, 1)).await.status, 200);
+    s.stop().await;
+    assert!(data.path().join("slashing-protection.sqlite-id").exists());
+    assert!(!wal.exists(), "a clean stop folds the write-ahead log in");
+    let saved = std::fs::read(&db).unwrap();
+
+    // Truncated, then deleted: refused, and nothing is created in its place.
+    std::fs::write(&db, b"").unwrap();
+    let (code, err) = start_must_fail(&builder()).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("is empty (0 bytes)"), "{err}");
+    assert!(err.contains("--init-slashing-protection=true"), "{err}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+    std::fs::remove_file(&db).unwrap();
+    let (code, err) = start_must_fail(&builder()).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("is missing"), "{err}");
+    assert!(!db.exists(), "a refused start created a database");
+    // `export` (the recommended backup) refuses the same way instead of exporting nothing.
+    let mut export = builder().args_in(data.path());
+    export.extend([
+        "export".into(),
+        "--to".into(),
+        data.path().join("x.json").display().to_string(),
+    ]);
+    let (code, err) = run_binary(&export);
+    assert_eq!(code, 3, "{err}");
+
+    // Restored from the backup: the history is back.
+    std::fs::write(&db, &saved).unwrap();
+    let mut s = builder().start(Runner::Binary).await;
+    assert_eq!(
+        s.sign(&pk, &attestation(5, 6, 2)).await.status,
+        412,
+        "double vote"
+    );
+    assert_eq!(
+        s.sign(&pk, &block_header(300, 2)).await.status,
+        412,
+        "double block"
+    );
+    assert_eq!(s.sign(&pk, &attestation(6, 7, 1)).await.status, 200);
+    assert_eq!(s.sign(&pk, &block_header(301, 1)).await.status, 200);
+
+    // kill -9: the newest records are in the write-ahead log. Losing it is refused.
+    s.kill9();
+    let wal_copy = std::fs::read(&wal).expect("the -wal file survives kill -9");
+    std::fs::remove_file(&wal).unwrap();
+    let (code, err) = start_must_fail(&builder()).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("write-ahead log"), "{err}");
+    // With the -wal file copied back, recovery keeps the crashed session's records.
+    std::fs::write(&wal, &wal_copy).unwrap();
+    let s = builder().start(Runner::Binary).await;
+    assert_eq!(
+        s.sign(&pk, &attestation(6, 7, 2)).await.status,
+        412,
+        "double vote"
+    );
+    assert_eq!(
+        s.sign(&pk, &block_header(301, 2)).await.status,
+        412,
+        "double block"
+    );
+    s.stop().await;
+
+    // Only the explicit option starts a new history, loudly; the directory then uses it.
+    std::fs::remove_file(&db).unwrap();
+    let s = builder()
+        .eth2_arg("--init-slashing-protection=true")
+        .start(Runner::Binary)
+        .await;
+    let log = s.log_lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("--init-slashing-protection")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("created a new slashing-protection database")),
+        "{log:?}"
+    );
+    s.stop().await;
+    let s = builder().start(Runner::Binary).await;
+    assert_eq!(s.sign(&pk, &attestation(7, 8, 1)).await.status, 200);
+    s.stop().await;
+}
+
 /// Start-up failures are clear and non-zero: an unusable data path, a database already in use
 /// by another instance, PostgreSQL not reachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
