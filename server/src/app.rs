@@ -361,6 +361,8 @@ async fn sign(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     // Bounded work: past the limit a request is refused at once (503), it does not queue.
+    // `body` is extracted before this runs, so a permit is taken only once the whole body has
+    // arrived: a client that stalls its body holds none (and `conn` cuts it off with 408).
     let Ok(_permit) = st.in_flight.clone().try_acquire_owned() else {
         metrics::counter!("ensign_signing_requests_total", "type" => "unknown", "outcome" => "overloaded").increment(1);
         return Err(ApiError::Unavailable(

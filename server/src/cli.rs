@@ -157,6 +157,29 @@ pub struct GlobalOptions {
     )]
     pub http_header_read_timeout_seconds: u64,
 
+    /// Seconds a client has to send a request's body, counted from the end of its headers and
+    /// extended by every byte received (see --http-request-body-min-bytes-per-second); past it
+    /// the client gets 408 and the connection is closed. A sign request is a few KiB.
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_REQUEST_BODY_TIMEOUT_SECONDS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub http_request_body_timeout_seconds: u64,
+
+    /// The slowest a request body may arrive, in bytes per second on average: each byte
+    /// received extends the body's deadline by 1/rate seconds, so a large key manager import
+    /// on a slow link completes while a client that stalls or trickles does not. 0: the whole
+    /// body within --http-request-body-timeout-seconds.
+    #[arg(
+        long,
+        env = "ENSIGN_HTTP_REQUEST_BODY_MIN_BYTES_PER_SECOND",
+        default_value_t = 16384,
+        global = true
+    )]
+    pub http_request_body_min_bytes_per_second: u64,
+
     /// Seconds a kept-alive connection may stay idle between requests before it is closed
     /// (Web3Signer's option and default); 0 never closes idle connections.
     #[arg(
@@ -696,6 +719,9 @@ mod tests {
             "--idle-connection-timeout-seconds",
             "5",
             "--http-max-connections=64",
+            "--http-request-body-timeout-seconds=2",
+            "--http-request-body-min-bytes-per-second",
+            "0",
         ])
         .unwrap();
         let tls = &cli.global.tls;
@@ -708,8 +734,15 @@ mod tests {
         assert_eq!(cli.global.idle_connection_timeout_seconds, 5);
         assert_eq!(cli.global.http_max_connections, 64);
         assert_eq!(cli.global.http_header_read_timeout_seconds, 10);
+        assert_eq!(cli.global.http_request_body_timeout_seconds, 2);
+        assert_eq!(cli.global.http_request_body_min_bytes_per_second, 0);
         let defaults = Cli::try_parse_from(["ensign", "eth2"]).unwrap();
         assert_eq!(defaults.global.idle_connection_timeout_seconds, 30);
+        assert_eq!(defaults.global.http_request_body_timeout_seconds, 5);
+        assert_eq!(
+            defaults.global.http_request_body_min_bytes_per_second,
+            16384
+        );
         assert!(!defaults.global.tls.tls_allow_any_client);
         assert!(defaults.global.tls.tls_keystore_file.is_none());
     }

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// `/api/v1/attestation` outside enclave mode.
     #[error("attestation requested outside enclave mode")]
     NotEnclaveMode,
+    /// The request body did not arrive by its deadline (`conn`); the connection is closed.
+    #[error("request body not received in time")]
+    BodyTimeout,
 }
 
 impl From<slashing::Error> for ApiError {
@@ -59,6 +62,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::NotEnclaveMode => StatusCode::NOT_FOUND,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -81,6 +85,7 @@ impl ApiError {
                 "attestation documents are served only in enclave mode (--enclave-mode=true)"
                     .into(),
             ),
+            ApiError::BodyTimeout => Some("the request body did not arrive in time".into()),
             _ => None,
         }
     }

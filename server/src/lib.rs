@@ -10,8 +10,10 @@
 //! - Errors become HTTP statuses in exactly one place (`error.rs`); secret keys never reach
 //!   a log line, an error body or a `Debug` output (keys are `keystore::ValidatorKey`, whose
 //!   `Debug` is redacted).
-//! - The signing API is served by `conn` (hyper HTTP/1.1, optionally TLS configured by `tls`),
-//!   which bounds what one client can hold: connections, head size, head/handshake/idle time.
+//! - The signing API and the metrics listener are served by `conn` (hyper HTTP/1.1, optionally
+//!   TLS configured by `tls`), which bounds what one client can hold: connections (reclaimed
+//!   from clients that send nothing when the cap is reached), head size, head, body, handshake
+//!   and idle time.
 
 pub mod app;
 pub mod cli;
@@ -38,6 +40,9 @@ use tokio::task::JoinHandle;
 
 use crate::cli::{Eth2Options, GlobalOptions};
 use crate::keys::{KeyRing, KeySources};
+
+/// The signing API's listener, as connection log lines name it.
+const API_LISTENER: &str = "signing API (--http-max-connections)";
 
 /// File name of the embedded slashing-protection database under `--data-path`.
 pub const SQLITE_FILE: &str = "slashing-protection.sqlite";
@@ -196,7 +201,8 @@ impl Config {
     }
 }
 
-/// `--http-max-connections` and the connection timeouts, checked.
+/// `--http-max-connections` and the connection timeouts, checked (the metrics listener shares
+/// the timeouts, under a cap of its own).
 fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError> {
     use std::time::Duration;
     for (value, flag) in [
@@ -204,6 +210,10 @@ fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError>
         (
             global.http_header_read_timeout_seconds,
             "--http-header-read-timeout-seconds",
+        ),
+        (
+            global.http_request_body_timeout_seconds,
+            "--http-request-body-timeout-seconds",
         ),
         (
             global.tls.tls_handshake_timeout_seconds,
@@ -220,6 +230,8 @@ fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError>
         idle_timeout: (global.idle_connection_timeout_seconds > 0)
             .then(|| Duration::from_secs(global.idle_connection_timeout_seconds)),
         tls_handshake_timeout: Duration::from_secs(global.tls.tls_handshake_timeout_seconds),
+        body_timeout: Duration::from_secs(global.http_request_body_timeout_seconds),
+        body_min_rate: global.http_request_body_min_bytes_per_second,
     })
 }
 
@@ -375,7 +387,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let metrics_addr = match &config.metrics {
         Some(addr) => {
-            let (bound, task) = metrics::serve(addr)
+            let (bound, task) = metrics::serve(addr, config.limits)
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: addr.clone(),
@@ -456,6 +468,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 Some(acceptor),
                 router,
                 config.limits,
+                API_LISTENER,
                 shutdown,
             ));
             // The harness and operators read the address from this line.
@@ -485,6 +498,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 acceptor,
                 router,
                 config.limits,
+                API_LISTENER,
                 shutdown,
             ));
             // The harness and operators read the chosen port from this line (port 0 picks one).

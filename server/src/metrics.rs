@@ -1,5 +1,7 @@
 //! Prometheus metrics, served on their own listener (`--metrics-enabled`, `--metrics-host`,
-//! `--metrics-port`), never on the signing API's port.
+//! `--metrics-port`), never on the signing API's port. The listener is served by `conn` with
+//! the signing API's timeouts and a small cap of its own ([`MAX_CONNECTIONS`]), so clients that
+//! connect and send nothing cannot hold it either.
 //!
 //! Names follow Web3Signer where it has the metric (`signing_bls_signing_duration`,
 //! `signing_bls_missing_identifier_count_total`, `http_bls_malformed_request_count_total`,
@@ -122,9 +124,16 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `GET /metrics` on `addr`; returns the bound address and the serving task.
+/// Most connections to the metrics listener at once: a scraper or two use one each. Past it,
+/// connections that wait for their client are reclaimed as on the signing API (`conn`).
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics` on `addr` with the signing API's connection timeouts (`limits`) and a
+/// cap of [`MAX_CONNECTIONS`]; returns the bound address and the serving task (aborting it
+/// closes every connection).
 pub async fn serve(
     addr: &str,
+    limits: crate::conn::Limits,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let handle = install();
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -145,8 +154,14 @@ pub async fn serve(
             }
         }),
     );
+    let limits = crate::conn::Limits {
+        max_connections: MAX_CONNECTIONS,
+        ..limits
+    };
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // Serves until the server stops (`Running::stop` aborts this task).
+        let forever = std::future::pending();
+        if let Err(e) = crate::conn::serve(listener, None, app, limits, "metrics", forever).await {
             tracing::error!(error = %e, "metrics listener failed");
         }
     });

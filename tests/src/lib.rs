@@ -627,13 +627,39 @@ impl TestSigner {
         extra_headers: &str,
         body: &[u8],
     ) -> Resp {
+        self.raw_exchange(method, path, extra_headers, body, body.len())
+            .await
+    }
+
+    /// A request over a fresh connection that announces a body of `declared` bytes and sends
+    /// none of it, then reads whatever the server answers until it closes the connection.
+    pub async fn stalled_request(
+        &self,
+        method: &str,
+        path: &str,
+        extra_headers: &str,
+        declared: usize,
+    ) -> Resp {
+        self.raw_exchange(method, path, extra_headers, &[], declared)
+            .await
+    }
+
+    /// Sends a head announcing `content_length` bytes and then `body`, and reads the answer
+    /// until the server closes the connection.
+    async fn raw_exchange(
+        &self,
+        method: &str,
+        path: &str,
+        extra_headers: &str,
+        body: &[u8],
+        content_length: usize,
+    ) -> Resp {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.base.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             {extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+             {extra_headers}Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await.expect("write");
         for chunk in body.chunks(64 * 1024) {

@@ -1,13 +1,20 @@
 //! Connection-level limits against hostile or broken clients, over raw TCP: oversized request
 //! heads (431), a client that never finishes its head (disconnected after
-//! `--http-header-read-timeout-seconds`, even when it trickles bytes), idle kept-alive
-//! connections (closed after `--idle-connection-timeout-seconds`), and the connection cap
-//! (`--http-max-connections`). In each case the server keeps serving everyone else.
+//! `--http-header-read-timeout-seconds`, even when it trickles bytes), a client that never
+//! finishes its body (408 and disconnected after `--http-request-body-timeout-seconds`, even
+//! when it trickles bytes, while a large body on a slow link that keeps the minimum rate is
+//! served), idle kept-alive connections (closed after `--idle-connection-timeout-seconds`), and
+//! the connection cap (`--http-max-connections`: connections that wait for their client give
+//! their slot to new ones, others wait). The metrics listener has the same limits. In each case
+//! the server keeps serving everyone else.
 //!
-//! Waits are for events (a response, the server closing the socket); the only time bounds are
-//! safety nets that fail the test, plus one "no answer yet" check that cannot pass wrongly.
+//! Waits are for events (a response, the server closing the socket); the time bounds are
+//! safety nets that fail the test, or the property under test (answered within a second,
+//! closed by the deadline), plus one "no answer yet" check that cannot pass wrongly.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tests::{Runner, SignerBuilder, TestSigner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,11 +33,16 @@ fn unpooled() -> reqwest::Client {
 }
 
 async fn signer(args: &[&str]) -> TestSigner {
-    let mut b = SignerBuilder::new().client(unpooled());
+    start(Runner::InProcess, SignerBuilder::new(), args).await
+}
+
+/// Starts `b` with `runner`, the global options `args` and a client without idle connections.
+async fn start(runner: Runner, b: SignerBuilder, args: &[&str]) -> TestSigner {
+    let mut b = b.client(unpooled());
     for a in args {
         b = b.global_arg(a);
     }
-    b.start(Runner::InProcess).await
+    b.start(runner).await
 }
 
 async fn assert_serving(s: &TestSigner) {
@@ -208,8 +220,8 @@ async fn idle_kept_alive_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn connections_past_the_cap_wait_until_one_closes() {
-    // Nothing times out during the test: only closing a connection frees a slot.
+async fn past_the_cap_the_connection_waiting_longest_gives_up_its_slot() {
+    // Nothing times out during the test: only the cap can close a connection.
     let s = signer(&[
         "--http-max-connections",
         "2",
@@ -220,7 +232,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     ])
     .await;
 
-    // Two kept-alive connections, each proven accepted by an answer.
+    // Two kept-alive connections, each proven accepted by an answer; `first` idles longest.
     let mut first = TcpStream::connect(s.addr()).await.unwrap();
     first.write_all(upcheck("").as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut first).await, 200);
@@ -228,27 +240,248 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     second.write_all(upcheck("").as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut second).await, 200);
 
-    // The third waits in the listen backlog: no answer while both slots are held. (This
-    // bound cannot make a wrong server pass: one that serves the third answers at once.)
+    // A third is served although both slots are held: the connection idle longest makes room.
     let mut third = TcpStream::connect(s.addr()).await.unwrap();
     third.write_all(upcheck("").as_bytes()).await.unwrap();
-    let mut probe = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(1500), third.peek(&mut probe)).await;
-    assert!(
-        early.is_err(),
-        "a connection past the cap was served: {early:?}"
-    );
-
-    // Closing one frees its slot: the third is answered.
-    drop(first);
     let status = tokio::time::timeout(SAFETY, read_response(&mut third))
         .await
-        .expect("the waiting connection was never served");
+        .expect("a connection past the cap was never served");
     assert_eq!(status, 200);
+    await_closed(&mut first, "the connection idle longest, past the cap").await;
+    // The other one kept its slot.
+    second.write_all(upcheck("").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut second).await, 200);
 
     drop(second);
     drop(third);
     assert_serving(&s).await;
+    s.stop().await;
+}
+
+/// The connection cap of the stalled-body tests: small, so that filling it is quick.
+const CAP: usize = 32;
+/// Their body timeout.
+const BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long past its deadline a connection may take to close: scheduling slack, not a wait.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// Reads what the server sends on `stream` until it closes it, which must happen by
+/// `deadline`; returns what it sent.
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    deadline: Instant,
+) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout_at(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(
+        closed.is_ok(),
+        "a stalled connection was still open past its deadline (got {text:?})"
+    );
+    text
+}
+
+/// The issue's attack: the cap's worth of connections send a sign request's head announcing a
+/// body and then nothing (one trickles a byte every 500 ms). `/upcheck` and signing are served
+/// meanwhile, within a second and before any body deadline; a stalled body holds no signing
+/// permit (`--max-in-flight-signing=1`); every stalled connection is closed by its deadline,
+/// with 408 unless it gave its slot to one of the two requests served meanwhile.
+async fn stalled_bodies(runner: Runner) {
+    let key = tests::test_secret(b"stalled bodies");
+    let pk = tests::pubkey_hex(&key);
+    let cap = CAP.to_string();
+    let timeout = BODY_TIMEOUT.as_secs().to_string();
+    let s = start(
+        runner,
+        SignerBuilder::new().raw_keys([key]),
+        &[
+            "--http-max-connections",
+            cap.as_str(),
+            "--http-request-body-timeout-seconds",
+            timeout.as_str(),
+            "--http-request-body-min-bytes-per-second",
+            "32768",
+            // Only the body deadline (or the cap) can close the connections below.
+            "--http-header-read-timeout-seconds",
+            "600",
+            "--idle-connection-timeout-seconds",
+            "0",
+            "--max-in-flight-signing",
+            "1",
+        ],
+    )
+    .await;
+    let head = format!(
+        "POST /api/v1/eth2/sign/{pk} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    let opened = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..CAP - 1 {
+        let mut c = TcpStream::connect(s.addr()).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(c);
+    }
+    let mut trickle = TcpStream::connect(s.addr()).await.unwrap();
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let (mut trickle_read, mut trickle_write) = trickle.into_split();
+    let dripping = tokio::spawn(async move {
+        // Pacing, not an assertion: stops when the server has closed the connection.
+        while trickle_write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+
+    // Served meanwhile (these connections queue behind the stalled ones in the backlog).
+    let up = tokio::time::timeout(Duration::from_secs(1), s.get("/upcheck"))
+        .await
+        .expect("/upcheck did not answer within 1 s while stalled bodies held the cap");
+    assert_eq!((up.status, up.body.as_str()), (200, "OK"));
+    let signed = tokio::time::timeout(
+        Duration::from_secs(1),
+        s.sign(&pk, &tests::body::attestation(1, 2, 3)),
+    )
+    .await
+    .expect("signing did not answer within 1 s while stalled bodies held the cap");
+    assert_eq!(signed.status, 200, "{signed:?}");
+    assert!(
+        opened.elapsed() < BODY_TIMEOUT,
+        "served only after {:?}: the body deadline may have freed the slots",
+        opened.elapsed()
+    );
+
+    // Every stalled connection closes by its deadline (the trickle earns ~0.1 ms).
+    let deadline = opened + BODY_TIMEOUT + SLACK;
+    let mut answers = Vec::new();
+    for c in &mut stalled {
+        answers.push(read_until_closed(c, deadline).await);
+    }
+    answers.push(read_until_closed(&mut trickle_read, deadline).await);
+    let _ = tokio::time::timeout(SAFETY, dripping).await;
+    let timed_out = answers
+        .iter()
+        .filter(|a| {
+            a.starts_with("HTTP/1.1 408 ")
+                && a.to_ascii_lowercase().contains("connection: close")
+                && a.ends_with("Request Timeout: the request body did not arrive in time")
+        })
+        .count();
+    // Two gave their slot to /upcheck and the sign request (closed without an answer).
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.is_empty() || a.starts_with("HTTP/1.1 408 ")),
+        "{answers:?}"
+    );
+    assert_eq!(timed_out, CAP - 2, "{answers:?}");
+
+    assert_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_bodies_are_closed_and_do_not_lock_out_the_server() {
+    stalled_bodies(Runner::InProcess).await;
+}
+
+#[tokio::test]
+async fn stalled_bodies_are_closed_and_do_not_lock_out_the_release_binary() {
+    stalled_bodies(Runner::Binary).await;
+}
+
+#[tokio::test]
+async fn a_large_body_on_a_slow_link_is_served() {
+    let key = tests::test_secret(b"slow link");
+    let timeout = BODY_TIMEOUT.as_secs().to_string();
+    let s = start(
+        Runner::InProcess,
+        SignerBuilder::new().raw_keys([key]),
+        &[
+            "--http-request-body-timeout-seconds",
+            timeout.as_str(),
+            "--http-request-body-min-bytes-per-second",
+            "32768",
+        ],
+    )
+    .await;
+    // A valid sign request padded to 192 KiB, sent at about 64 KiB/s: it takes longer than the
+    // body timeout, but every byte extends the deadline.
+    let mut body = serde_json::to_vec(&tests::body::attestation(1, 2, 3)).unwrap();
+    body.resize(body.len() + 192 * 1024, b' ');
+    let head = format!(
+        "POST /api/v1/eth2/sign/{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        tests::pubkey_hex(&key),
+        body.len()
+    );
+    let mut c = TcpStream::connect(s.addr()).await.unwrap();
+    let started = Instant::now();
+    c.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(8 * 1024) {
+        c.write_all(chunk).await.unwrap();
+        // Pacing the upload, not waiting for anything.
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+    assert_eq!(read_response(&mut c).await, 200);
+    assert!(
+        started.elapsed() > BODY_TIMEOUT,
+        "the upload was not slower than the body timeout"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_metrics_listener_has_the_same_limits() {
+    let s = start(
+        Runner::InProcess,
+        SignerBuilder::new()
+            .global_arg("--metrics-enabled")
+            .global_arg("--metrics-port=0"),
+        &[
+            "--http-header-read-timeout-seconds",
+            "2",
+            "--idle-connection-timeout-seconds",
+            "0",
+        ],
+    )
+    .await;
+    let base = s.metrics_base.clone().expect("metrics listener");
+    let addr = base.trim_start_matches("http://").to_string();
+    // Three times its cap of connections that send nothing or half a head.
+    let opened = Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..3 * server::metrics::MAX_CONNECTIONS {
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .await
+                .unwrap();
+        }
+        stalled.push(c);
+    }
+    let scrape = tokio::time::timeout(
+        Duration::from_secs(1),
+        unpooled().get(format!("{base}/metrics")).send(),
+    )
+    .await
+    .expect("/metrics did not answer within 1 s while stalled connections held its cap")
+    .unwrap();
+    assert_eq!(scrape.status(), 200);
+    // The header timeout closes the rest (those not closed to make room).
+    let deadline = opened + Duration::from_secs(2) + SLACK;
+    for c in &mut stalled {
+        let sent = read_until_closed(c, deadline).await;
+        assert!(sent.is_empty(), "{sent}");
+    }
     s.stop().await;
 }
 

@@ -570,6 +570,8 @@ async fn every_status_conforms(runner: Runner) {
         .raw_keys([sample_secret()])
         .keystore("slow", ks_json, &ks_password)
         .eth2_arg("--key-manager-api-enabled")
+        // The 408s below wait for it.
+        .global_arg("--http-request-body-timeout-seconds=1")
         .start(runner)
         .await;
     let pk = pubkey_hex(&sample_secret());
@@ -762,6 +764,23 @@ async fn every_status_conforms(runner: Runner) {
             .await;
         assert_eq!(r.status, 413, "{method}: {r:?}");
         c.check(km, method, &r);
+    }
+
+    // 408: a body announced and never sent, on every route that reads one (at once: each
+    // waits for the body timeout).
+    let auth_header = format!("Authorization: {auth}\r\n");
+    let (sign_408, import_408, delete_408) = tokio::join!(
+        s.stalled_request("POST", &sign_url, "", 1000),
+        s.stalled_request("POST", km, &auth_header, 1000),
+        s.stalled_request("DELETE", km, &auth_header, 1000),
+    );
+    for (path, method, r) in [
+        (sign_path, "POST", sign_408),
+        (km, "POST", import_408),
+        (km, "DELETE", delete_408),
+    ] {
+        assert_eq!(r.status, 408, "{method} {path}: {r:?}");
+        c.check(path, method, &r);
     }
     s.stop().await;
 
