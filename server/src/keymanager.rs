@@ -165,6 +165,13 @@ async fn import(
     if body.keystores.len() != body.passwords.len() {
         return Err(bad_request("keystores and passwords differ in length"));
     }
+    // A malformed history is refused whichever keystores turn out to be importable.
+    let history_doc: Option<Value> = body
+        .slashing_protection
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| bad_request(&format!("slashing_protection is not JSON: {e}")))?;
     let _guard = OPERATIONS.lock().await;
     let dir = managed_dir(&st)?;
     let passwords = body.passwords;
@@ -225,14 +232,9 @@ async fn import(
     // The history of exactly those keys, all or nothing, before any of them can sign: a key
     // must never be usable without its history, and no other key's history is touched.
     let pubkeys: HashSet<String> = chosen.iter().map(|(_, k, _)| hex0x(&k.pubkey())).collect();
-    let history = body
-        .slashing_protection
-        .as_deref()
-        .filter(|_| !pubkeys.is_empty());
+    let history = history_doc.filter(|_| !pubkeys.is_empty());
     if let (Some(doc), Some(sp)) = (history, st.slashing.clone()) {
-        let parsed: Result<Value, String> =
-            serde_json::from_str(doc).map_err(|e| format!("slashing_protection is not JSON: {e}"));
-        let imported = match parsed.and_then(|doc| filter_interchange(&doc, &pubkeys)) {
+        let imported = match filter_interchange(&doc, &pubkeys) {
             Err(e) => Err(bad_request(&e)),
             Ok(filtered) => {
                 let filtered = filtered.to_string();
