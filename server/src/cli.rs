@@ -252,7 +252,8 @@ pub struct EnclaveOptions {
 
     /// Who signs attestation documents: `nsm` (the Nitro Secure Module) or
     /// `insecure-test:<dir>` (a throw-away test PKI kept in <dir>, its root written to
-    /// <dir>/test-root.pem; off-enclave tests and demos only: INSECURE).
+    /// <dir>/test-root.pem; off-enclave tests and demos only: INSECURE; only in the
+    /// `ensign-insecure-test` build, cargo feature `insecure-test-attestation`).
     #[arg(
         long,
         env = "ENSIGN_ENCLAVE_ATTESTATION",
@@ -513,6 +514,20 @@ pub struct Eth2Options {
     )]
     pub slashing_protection_db_password: Option<SecretArg>,
 
+    /// Seconds ensign waits for the PostgreSQL slashing-protection database before a request
+    /// fails with 500 (no signature) and the connection is replaced: a signing decision must be
+    /// done in this time as a whole (waiting for a pooled connection, connecting, the
+    /// transaction). Import, export and pruning allow each of their statements at least 60 s.
+    /// 1 to 3600.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_TIMEOUT_SECONDS",
+        default_value_t = slashing::DEFAULT_POSTGRES_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        value_name = "SECONDS"
+    )]
+    pub slashing_protection_db_timeout_seconds: u64,
+
     /// Periodically delete slashing-protection history older than
     /// --slashing-protection-pruning-epochs-to-keep, raising each validator's low watermark
     /// first so that pruning never opens a gap.
@@ -748,6 +763,24 @@ mod tests {
     }
 
     #[test]
+    fn slashing_db_timeout_is_positive_seconds() {
+        let eth2 = |args: &[&str]| {
+            let all = ["ensign", "eth2"].iter().chain(args).copied();
+            Cli::try_parse_from(all).map(|cli| match cli.mode {
+                Mode::Eth2(eth2) => eth2.slashing_protection_db_timeout_seconds,
+                _ => panic!("eth2 mode"),
+            })
+        };
+        assert_eq!(eth2(&[]).unwrap(), 5);
+        let two = eth2(&["--slashing-protection-db-timeout-seconds=2"]);
+        assert_eq!(two.unwrap(), 2);
+        for bad in ["0", "3601", "-1", "1.5"] {
+            let arg = format!("--slashing-protection-db-timeout-seconds={bad}");
+            assert!(eth2(&[&arg]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn web3signer_style_arguments_parse() {
         let cli = Cli::try_parse_from([
             "ensign",
@@ -805,6 +838,13 @@ mod enclave_cli_tests {
         for bad in ["insecure", "insecure-test:", "tpm"] {
             let r = Cli::try_parse_from(["ensign", "--enclave-attestation", bad, "eth2"]);
             assert!(r.is_err(), "{bad}");
+        }
+        // The test attestor only in a build that asks for it (ensign-insecure-test).
+        let r = "insecure-test:/tmp/pki".parse::<AttestationMode>();
+        if cfg!(feature = "insecure-test-attestation") {
+            assert_eq!(r, Ok(AttestationMode::InsecureTest("/tmp/pki".into())));
+        } else {
+            assert!(r.unwrap_err().contains("has no test attestor"));
         }
     }
 

@@ -184,18 +184,22 @@ impl FromStr for AttestationMode {
             if dir.is_empty() {
                 return Err("insecure-test:<dir> needs a directory".into());
             }
-            if cfg!(feature = "insecure-test-attestation") {
-                return Ok(AttestationMode::InsecureTest(PathBuf::from(dir)));
-            }
-            return Err(
-                "this build has no insecure-test attestation (cargo feature \
-                        `insecure-test-attestation`)"
-                    .into(),
-            );
+            return if cfg!(feature = "insecure-test-attestation") {
+                Ok(AttestationMode::InsecureTest(PathBuf::from(dir)))
+            } else {
+                Err(NO_TEST_ATTESTOR.into())
+            };
         }
         Err(format!("`{s}`: expected `nsm` or `insecure-test:<dir>`"))
     }
 }
+
+/// Why a build without cargo feature `insecure-test-attestation` (every default build, the
+/// enclave image's among them) refuses `insecure-test:<dir>`, and where the tests' build is.
+const NO_TEST_ATTESTOR: &str = "this build of ensign has no test attestor: production builds \
+    leave out `insecure-test:<dir>` (attestation documents signed by a throw-away test PKI, which \
+    prove nothing); for tests and demos only, build `ensign-insecure-test` with `cargo build \
+    --release -p server --features insecure-test-attestation --bin ensign-insecure-test`";
 
 /// Enclave mode's configuration (from the `--enclave-*` options).
 #[derive(Clone, Debug)]
@@ -484,6 +488,8 @@ struct Database {
     url: String,
     username: Option<String>,
     password: Option<String>,
+    /// `--slashing-protection-db-timeout-seconds`.
+    timeout: std::time::Duration,
     /// What the signer uses; empty until `Init` opened it.
     store: Arc<DeferredStore>,
 }
@@ -497,11 +503,13 @@ impl Database {
                 url: self.url.clone(),
                 username: Some(c.username.clone()),
                 password: Some(c.password.expose().to_owned()),
+                timeout: self.timeout,
             },
             None => StoreConfig::Postgres {
                 url: self.url.clone(),
                 username: self.username.clone(),
                 password: self.password.clone(),
+                timeout: self.timeout,
             },
         }
     }
@@ -1090,9 +1098,7 @@ fn attestor(mode: &AttestationMode) -> Result<Decrypt, StartError> {
             ))))
         }
         #[cfg(not(feature = "insecure-test-attestation"))]
-        AttestationMode::InsecureTest(_) => Err(StartError::Config(
-            "this build has no insecure-test attestation".into(),
-        )),
+        AttestationMode::InsecureTest(_) => Err(StartError::Config(NO_TEST_ATTESTOR.into())),
         AttestationMode::UnattestedPlainDecryptForTests => {
             for _ in 0..3 {
                 tracing::warn!("INSECURE: enclave mode WITHOUT attestation, plain KMS Decrypt (the plaintext crosses the host): test builds only");
@@ -1172,12 +1178,14 @@ pub async fn prepare(
             url,
             username,
             password,
+            timeout,
         }) => {
             tracing::info!("slashing protection: PostgreSQL, opened at Init (with the credentials ensign-host sends, if any)");
             Some(Database {
                 url: url.clone(),
                 username: username.clone(),
                 password: password.clone(),
+                timeout: *timeout,
                 store: Arc::new(DeferredStore::new()),
             })
         }
@@ -1235,6 +1243,7 @@ mod tests {
             url: url.into(),
             username: Some("from_cli".into()),
             password: Some("cli-password".into()),
+            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
             store: Arc::new(DeferredStore::new()),
         };
         assert_eq!(
@@ -1243,6 +1252,7 @@ mod tests {
                 url: url.into(),
                 username: Some("from_cli".into()),
                 password: Some("cli-password".into()),
+                timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
             }
         );
         // Set as connection parameters, not spliced into the URL: no encoding to get wrong.
@@ -1256,6 +1266,7 @@ mod tests {
                 url: url.into(),
                 username: Some("from_host".into()),
                 password: Some("p@ss:w/rd%?#&=".into()),
+                timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
             }
         );
     }

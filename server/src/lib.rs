@@ -292,6 +292,7 @@ pub fn store_config(
                 .slashing_protection_db_password
                 .as_ref()
                 .map(|p| p.0.to_string()),
+            timeout: std::time::Duration::from_secs(eth2.slashing_protection_db_timeout_seconds),
         }),
         None => {
             std::fs::create_dir_all(data_path).map_err(|e| {

@@ -36,7 +36,8 @@ fn init_logging(level: &str, format: &str) -> tracing_appender::non_blocking::Wo
     guard
 }
 
-fn main() -> ExitCode {
+/// Also the whole of `ensign-insecure-test` (src/bin/ensign-insecure-test.rs).
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(&cli.global.logging, &cli.global.log_format);
     let eth2 = match &cli.mode {

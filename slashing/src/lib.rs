@@ -42,7 +42,9 @@ pub mod rules;
 mod sqlite_store;
 mod store;
 
-pub use postgres_store::PostgresStore;
+pub use postgres_store::{
+    PostgresOptions, PostgresStore, DEFAULT_TIMEOUT as DEFAULT_POSTGRES_TIMEOUT,
+};
 pub use sqlite_store::SqliteStore;
 
 /// 48-byte compressed BLS public key.
@@ -180,11 +182,12 @@ pub enum StoreConfig {
     Sqlite { path: PathBuf, init: bool },
     /// PostgreSQL: `postgresql://…`, `postgres://…` or Web3Signer's
     /// `jdbc:postgresql://host:port/db`; `username` / `password` override the
-    /// URL's.
+    /// URL's. `timeout` bounds every wait for the database ([`PostgresOptions::timeout`]).
     Postgres {
         url: String,
         username: Option<String>,
         password: Option<String>,
+        timeout: std::time::Duration,
     },
 }
 
@@ -202,6 +205,7 @@ impl std::fmt::Debug for StoreConfig {
                 url,
                 username,
                 password,
+                timeout,
             } => f
                 .debug_struct("Postgres")
                 .field(
@@ -210,6 +214,7 @@ impl std::fmt::Debug for StoreConfig {
                 )
                 .field("username", username)
                 .field("password", &password.as_ref().map(|_| "***"))
+                .field("timeout", timeout)
                 .finish(),
         }
     }
@@ -332,10 +337,15 @@ pub fn open(config: &StoreConfig) -> Result<Arc<dyn SlashingProtection>, Error> 
             url,
             username,
             password,
-        } => Ok(Arc::new(PostgresStore::open(
+            timeout,
+        } => Ok(Arc::new(PostgresStore::open_with(
             url,
             username.as_deref(),
             password.as_deref(),
+            PostgresOptions {
+                timeout: *timeout,
+                ..PostgresOptions::default()
+            },
         )?)),
     }
 }
@@ -350,6 +360,7 @@ mod debug_tests {
             url: "postgresql://u:hunter2@db:5432/x".into(),
             username: Some("u".into()),
             password: Some("hunter3".into()),
+            timeout: crate::DEFAULT_POSTGRES_TIMEOUT,
         };
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2") && !s.contains("hunter3"), "{s}");

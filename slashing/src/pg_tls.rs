@@ -40,7 +40,7 @@ pub(crate) enum TlsMode {
 }
 
 /// Takes `sslmode` / `sslrootcert` out of a `postgresql://` URL's query: the URL left for
-/// `postgres::Config` (with `sslmode=require` whenever TLS is wanted) and the mode.
+/// `tokio_postgres::Config` (with `sslmode=require` whenever TLS is wanted) and the mode.
 pub(crate) fn split_tls(url: &str) -> Result<(String, TlsMode), Error> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_string(), TlsMode::Plain));

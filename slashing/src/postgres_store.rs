@@ -8,14 +8,67 @@
 //! conflicting messages; different validators proceed in parallel over a
 //! small connection pool. Reads after the lock see everything committed
 //! before it (READ COMMITTED takes a new snapshot per statement).
+//!
+//! # Every wait is bounded
+//!
+//! A database that stops answering (a network partition: the TCP connection stays open and
+//! nothing arrives) must turn into a prompt store error (HTTP 500, no signature), not a request
+//! that hangs until the network heals. The bound is [`PostgresOptions::timeout`]
+//! (`--slashing-protection-db-timeout-seconds`):
+//!
+//! - **Client side, the guarantee.** Each connection is a `tokio_postgres` client whose I/O is
+//!   driven by a current-thread runtime of its own, polled only while a caller waits on it (what
+//!   the synchronous `postgres` crate does internally, minus its unbounded `block_on`). Every
+//!   wait is a `tokio::time::timeout` on that runtime: the pool checkout, connecting (TCP, TLS,
+//!   start-up and authentication, session settings), and every round trip. A decision (signing,
+//!   health check, watermarks, enabling a validator) must finish within one timeout *as a
+//!   whole*, checkout and connect included; a bulk operation (import, export, pruning,
+//!   migrations) may take as long as it needs, but its checkout and connect are bounded by the
+//!   timeout and each of its round trips by the timeout or [`BULK_TIMEOUT_FLOOR`], whichever is
+//!   longer.
+//! - A connection whose wait ran out is in an unknown state (a request may be half sent, an
+//!   answer may still come): it is marked broken, never returned to the pool, and closed by
+//!   dropping its socket; the next operation opens a fresh one.
+//! - **Server side.** Each session runs `SET statement_timeout` and
+//!   `SET idle_in_transaction_session_timeout` to the timeout (bulk transactions raise
+//!   `statement_timeout` with `SET LOCAL`), so the server does not go on working for, or holding
+//!   the advisory locks of, a client that gave up or vanished mid-transaction: it cancels the
+//!   statement, or ends the session, after the timeout rather than when TCP notices (hours), and
+//!   the other signers can decide for that validator again.
+//! - **TCP.** Unless the URL sets them: keepalive probes after 30 s idle, every timeout,
+//!   3 of them, and `tcp_user_timeout` (Linux) = the timeout, so the kernel itself gives up on
+//!   a peer that stopped acknowledging — a dead idle pooled connection fails at once instead of
+//!   at its next use's deadline. These do not fire when something on the path still
+//!   acknowledges (a proxy or load balancer that stopped forwarding); the client-side deadline
+//!   does.
+//!
+//! Other designs considered: an I/O wrapper that fails reads after a silence, installed through
+//! `MakeTlsConnect` — tokio-postgres never calls the TLS connector for a plaintext connection
+//! (`sslmode=disable`), so plaintext would stay unbounded; and cancelling the query from a
+//! watchdog thread (`CancelToken`) — that needs a second connection through the same broken
+//! network and leaves the waiting call blocked.
+//!
+//! **Never a signature without a record.** A decision returns `Ok` only after `COMMIT` has
+//! returned (`PostgresStore::run`); any timeout before that is an `Err`, so the server
+//! drops the signature it computed. A timeout while `COMMIT` is in flight leaves the outcome
+//! open: either the server committed the record (a later identical request is a repeat,
+//! `SameAsRecorded`; a conflicting one is refused — the same as if the signature had been
+//! released) or it never received or completed the `COMMIT` and rolls the transaction back (when
+//! the session ends, or at the latest after `idle_in_transaction_session_timeout`): no record,
+//! and no signature either. Records whose signature was released were committed before the
+//! release, so no later abort can take them away.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls, Statement};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel, NoTls, Statement};
 
 use crate::pg_tls::{self, TlsMode};
 use crate::rules::{LowWatermarks, SignedAttestation, SignedBlock};
@@ -30,14 +83,142 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/00
 /// Default pool size: enough parallelism for many validators without
 /// exhausting the server's `max_connections`.
 pub const DEFAULT_POOL_SIZE: usize = 8;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on waiting for the database (see the module docs).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each wait of a bulk operation (import, export, pruning, migrations) may take at least this
+/// long: they legitimately wait behind each other's locks and touch many rows.
+pub const BULK_TIMEOUT_FLOOR: Duration = Duration::from_secs(60);
+/// The largest timeout used (PostgreSQL's timeouts are `int` milliseconds).
+const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// How long closing a healthy connection waits for its goodbye (`Terminate`) to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// TCP keepalive: idle time before the first probe, unless the URL sets it.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// tokio-postgres's default `keepalives_idle` (2 hours): "not set in the URL".
+const KEEPALIVE_IDLE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
 /// Deadlocks (two imports) and serialisation failures are retried.
 const RETRIES: usize = 3;
 
+/// How a [`PostgresStore`] uses its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// Connections kept open at most.
+    pub pool_size: usize,
+    /// The bound on waiting for the database (module docs); must be positive.
+    pub timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            pool_size: DEFAULT_POOL_SIZE,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// How long the waits of one operation may take.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Checking out a pooled connection; connecting: always the timeout.
+    setup: Duration,
+    /// A round trip.
+    each: Duration,
+    /// The whole operation must be over by then (decisions only).
+    until: Option<Instant>,
+}
+
+impl Budget {
+    /// What the next round trip may take (zero once the operation's time is spent).
+    fn next(&self) -> Duration {
+        self.within(self.each)
+    }
+
+    /// What the checkout, or the connect, may take.
+    fn setup(&self) -> Duration {
+        self.within(self.setup)
+    }
+
+    fn within(&self, limit: Duration) -> Duration {
+        match self.until {
+            Some(t) => limit.min(t.saturating_duration_since(Instant::now())),
+            None => limit,
+        }
+    }
+}
+
+/// What an operation is, for its [`Budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Checkout, connect and transaction within one timeout.
+    Decision,
+    /// Each wait within max(timeout, [`BULK_TIMEOUT_FLOOR`]).
+    Bulk,
+}
+
+/// Why a wait on the database failed.
+enum Fail {
+    Pg(tokio_postgres::Error),
+    /// No answer within this long: the connection is broken.
+    TimedOut(Duration),
+}
+
+/// Drives one connection's I/O (see the module docs): a current-thread runtime of its own,
+/// polled only while a caller waits in [`Link::wait`].
+struct Link {
+    rt: Runtime,
+    /// The tokio-postgres connection future, spawned on `rt`.
+    task: JoinHandle<()>,
+    /// A wait ran out: the connection's state is unknown; it is never reused.
+    broken: Cell<bool>,
+}
+
+impl Link {
+    /// Waits for `fut` at most `limit`; past it the connection is marked broken.
+    fn wait<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Fail> {
+        // The timer is made inside `block_on`: it belongs to this connection's runtime.
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, fut).await })
+        {
+            Ok(r) => r.map_err(Fail::Pg),
+            Err(_) => {
+                self.broken.set(true);
+                Err(Fail::TimedOut(limit))
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The client was dropped before (field order of `Conn`): a healthy connection now
+        // says goodbye (`Terminate`) and ends. A broken one is just cut (the runtime's drop
+        // closes the socket); the server rolls back whatever it had open.
+        if !self.broken.get() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(CLOSE_WAIT, &mut self.task).await });
+        }
+    }
+}
+
+/// A pooled connection. Field order matters: the client is dropped before its [`Link`].
 struct Conn {
     client: Client,
     stmts: HashMap<&'static str, Statement>,
+    link: Link,
+}
+
+impl Conn {
+    fn reusable(&self) -> bool {
+        !self.link.broken.get() && !self.client.is_closed()
+    }
 }
 
 struct PoolState {
@@ -46,20 +227,22 @@ struct PoolState {
 }
 
 struct Pool {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     /// `None`: plaintext (see [`pg_tls`] for what the URL can ask).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     max: usize,
+    /// Run once per new session: the server-side timeouts.
+    session_setup: String,
     state: Mutex<PoolState>,
     freed: Condvar,
     /// Host/port/db only: never the password.
     shown: String,
 }
 
-// `postgres::Client` closes its connection by blocking on its own runtime when dropped, which
-// panics (and, inside a destructor, aborts) if the drop happens on an async runtime's thread —
-// as it does when a server holding the store shuts down. So the pool's connections are always
-// dropped on a plain thread of their own.
+// A connection is closed by blocking on its own runtime (`Link`'s drop), which panics (and,
+// inside a destructor, aborts) if the drop happens on an async runtime's thread — as it does
+// when a server holding the store shuts down. So the pool's connections are always dropped on a
+// plain thread of their own.
 impl Drop for Pool {
     fn drop(&mut self) {
         let idle =
@@ -71,30 +254,64 @@ impl Drop for Pool {
 }
 
 impl Pool {
-    fn connect(&self) -> Result<Conn, Error> {
-        let connected = match &self.tls {
-            Some(tls) => self.config.connect(tls.clone()),
-            None => self.config.connect(NoTls),
+    /// A new session, everything up to its settings within `limit`.
+    fn connect(&self, limit: Duration) -> Result<Conn, Error> {
+        let cannot = |why: String| self.error(format!("cannot connect: {why}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| cannot(format!("no runtime: {e}")))?;
+        let opened = rt.block_on(async { tokio::time::timeout(limit, self.open_session()).await });
+        let (client, task) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => return Err(cannot(pg_msg(&e))),
+            Err(_) => return Err(cannot(no_answer(limit))),
         };
-        let client = connected.map_err(|e| {
-            Error::Store(format!(
-                "PostgreSQL {}: cannot connect: {}",
-                self.shown,
-                pg_msg(&e)
-            ))
-        })?;
         Ok(Conn {
             client,
             stmts: HashMap::new(),
+            link: Link {
+                rt,
+                task,
+                broken: Cell::new(false),
+            },
         })
     }
 
-    fn get(&self) -> Result<Conn, Error> {
-        let deadline = std::time::Instant::now() + CHECKOUT_TIMEOUT;
+    /// Connects (on the caller's runtime, which then drives the connection) and applies the
+    /// session settings.
+    async fn open_session(&self) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+        let (client, task) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                (
+                    client,
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    }),
+                )
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (
+                    client,
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    }),
+                )
+            }
+        };
+        client.batch_execute(&self.session_setup).await?;
+        Ok((client, task))
+    }
+
+    fn get(&self, budget: Budget) -> Result<Conn, Error> {
+        let wait = budget.setup();
+        let deadline = Instant::now() + wait;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(c) = st.idle.pop() {
-                if !c.client.is_closed() {
+                if c.reusable() {
                     return Ok(c);
                 }
                 st.open -= 1;
@@ -103,14 +320,13 @@ impl Pool {
             if st.open < self.max {
                 st.open += 1;
                 drop(st);
-                return self.connect().inspect_err(|_| self.release(None));
+                return self
+                    .connect(budget.setup())
+                    .inspect_err(|_| self.release(None));
             }
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Store(format!(
-                    "PostgreSQL {}: no pooled connection free after {:?}",
-                    self.shown, CHECKOUT_TIMEOUT
-                )));
+                return Err(self.error(format!("no pooled connection free within {wait:?}")));
             }
             st = self
                 .freed
@@ -120,28 +336,63 @@ impl Pool {
         }
     }
 
-    /// Return a connection (None: it was broken and is dropped).
+    /// Return a connection (None, or a broken or closed one: it is dropped).
     fn release(&self, conn: Option<Conn>) {
+        // Dropped here, outside the lock.
+        let reusable = conn.filter(Conn::reusable);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match conn {
-            Some(c) if !c.client.is_closed() => st.idle.push(c),
-            _ => st.open -= 1,
+        match reusable {
+            Some(c) => st.idle.push(c),
+            None => st.open -= 1,
         }
         drop(st);
         self.freed.notify_one();
     }
+
+    /// A store error naming the database (never the password).
+    fn error(&self, what: String) -> Error {
+        Error::Store(format!("PostgreSQL {}: {what}", self.shown))
+    }
+
+    fn fail(&self, f: &Fail) -> Error {
+        match f {
+            Fail::Pg(e) => self.error(pg_msg(e)),
+            Fail::TimedOut(d) => {
+                self.error(format!("{} (the connection is dropped)", no_answer(*d)))
+            }
+        }
+    }
+
+    /// Deadlocks and serialisation failures are worth another attempt; nothing else is.
+    fn classify(&self, f: Fail) -> Retry {
+        let e = self.fail(&f);
+        match f {
+            Fail::Pg(pg)
+                if pg.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                    || pg.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) =>
+            {
+                Retry::Again(e)
+            }
+            _ => Retry::Fail(e),
+        }
+    }
+}
+
+fn no_answer(waited: Duration) -> String {
+    format!("no answer within {:.1} s", waited.as_secs_f64())
 }
 
 /// The PostgreSQL slashing-protection store (see the module docs).
 pub struct PostgresStore {
     pool: Pool,
+    timeout: Duration,
     /// The GVR never changes once pinned, so it is cached after first read.
     gvr: OnceLock<Root>,
     /// Validator ids are never deleted or reused; cached once seen committed.
     ids: Mutex<HashMap<Pubkey, i64>>,
 }
 
-fn pg_msg(e: &postgres::Error) -> String {
+fn pg_msg(e: &tokio_postgres::Error) -> String {
     // `Display` of a server error is terse ("db error"); show the detail.
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
@@ -157,10 +408,6 @@ fn pg_msg(e: &postgres::Error) -> String {
     }
 }
 
-fn db(e: postgres::Error) -> Error {
-    Error::Store(format!("postgres: {}", pg_msg(&e)))
-}
-
 /// The URL without Web3Signer's `jdbc:` prefix (`jdbc:postgresql://host:port/db`, credentials
 /// given separately): the remainder is an ordinary libpq URL.
 pub(crate) fn libpq_url(url: &str) -> &str {
@@ -168,12 +415,14 @@ pub(crate) fn libpq_url(url: &str) -> &str {
     url.strip_prefix("jdbc:").unwrap_or(url)
 }
 
-/// Parse `postgresql://`, `postgres://` or `jdbc:postgresql://` URLs.
+/// Parse `postgresql://`, `postgres://` or `jdbc:postgresql://` URLs; what the URL leaves
+/// unset of the connect timeout, TCP keepalive and `tcp_user_timeout` follows `timeout`.
 pub(crate) fn parse_url(
     url: &str,
     username: Option<&str>,
     password: Option<&str>,
-) -> Result<(postgres::Config, TlsMode), Error> {
+    timeout: Duration,
+) -> Result<(tokio_postgres::Config, TlsMode), Error> {
     let plain = libpq_url(url);
     if !(plain.starts_with("postgresql://") || plain.starts_with("postgres://")) {
         return Err(Error::Open(
@@ -182,7 +431,7 @@ pub(crate) fn parse_url(
         ));
     }
     let (plain, tls) = pg_tls::split_tls(plain)?;
-    let mut config = postgres::Config::from_str(&plain)
+    let mut config = tokio_postgres::Config::from_str(&plain)
         .map_err(|e| Error::Open(format!("invalid PostgreSQL URL: {e}")))?;
     if let Some(u) = username {
         config.user(u);
@@ -194,29 +443,51 @@ pub(crate) fn parse_url(
         config.user("postgres");
     }
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(timeout);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(timeout);
+    }
+    if config.get_keepalives_idle() == KEEPALIVE_IDLE_DEFAULT {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(timeout);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVE_RETRIES);
     }
     Ok((config, tls))
 }
 
-fn describe(config: &postgres::Config) -> String {
+fn describe(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
         .first()
         .map(|h| match h {
-            postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
             #[cfg(unix)]
-            postgres::config::Host::Unix(p) => p.display().to_string(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
         .unwrap_or_else(|| "localhost".into());
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""))
 }
 
+/// `SET` statements giving PostgreSQL's `names` the value `limit` (whole milliseconds).
+fn set_timeouts(scope: &str, names: &[&str], limit: Duration) -> String {
+    names
+        .iter()
+        .map(|n| format!("SET {scope}{n} = {}", limit.as_millis()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl PostgresStore {
-    /// Connect, migrate, and keep up to [`DEFAULT_POOL_SIZE`] connections.
+    /// Connect, migrate, and keep up to [`DEFAULT_POOL_SIZE`] connections, each wait bounded
+    /// by [`DEFAULT_TIMEOUT`].
     pub fn open(url: &str, username: Option<&str>, password: Option<&str>) -> Result<Self, Error> {
-        Self::open_with_pool_size(url, username, password, DEFAULT_POOL_SIZE)
+        Self::open_with(url, username, password, PostgresOptions::default())
     }
 
     pub fn open_with_pool_size(
@@ -225,13 +496,38 @@ impl PostgresStore {
         password: Option<&str>,
         pool_size: usize,
     ) -> Result<Self, Error> {
-        let (config, tls) = parse_url(url, username, password)?;
+        let options = PostgresOptions {
+            pool_size,
+            ..PostgresOptions::default()
+        };
+        Self::open_with(url, username, password, options)
+    }
+
+    /// Connect and migrate with these options.
+    pub fn open_with(
+        url: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+        options: PostgresOptions,
+    ) -> Result<Self, Error> {
+        if options.timeout.is_zero() {
+            return Err(Error::Open(
+                "the PostgreSQL timeout must be positive".into(),
+            ));
+        }
+        let timeout = options.timeout.min(MAX_TIMEOUT);
+        let (config, tls) = parse_url(url, username, password, timeout)?;
         let shown = describe(&config);
         let store = PostgresStore {
             pool: Pool {
                 config,
                 tls: pg_tls::connector(&tls)?,
-                max: pool_size.max(1),
+                max: options.pool_size.max(1),
+                session_setup: set_timeouts(
+                    "",
+                    &["statement_timeout", "idle_in_transaction_session_timeout"],
+                    timeout,
+                ),
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),
                     open: 0,
@@ -239,26 +535,45 @@ impl PostgresStore {
                 freed: Condvar::new(),
                 shown,
             },
+            timeout,
             gvr: OnceLock::new(),
             ids: Mutex::new(HashMap::new()),
         };
-        let mut conn = store.pool.get().map_err(|e| match e {
+        store.run(Kind::Bulk, migrate).map_err(|e| match e {
             Error::Store(m) => Error::Open(m),
             other => other,
         })?;
-        let r = migrate(&mut conn.client);
-        store.pool.release(Some(conn));
-        r.map_err(|e| Error::Open(format!("PostgreSQL {}: {e}", store.pool.shown)))?;
         Ok(store)
     }
 
-    /// Run `f` in one READ COMMITTED transaction; commit iff it returned Ok.
-    fn run<R>(&self, mut f: impl FnMut(&mut PgTx<'_, '_>) -> Result<R, Error>) -> Result<R, Error> {
+    fn budget(&self, kind: Kind) -> Budget {
+        match kind {
+            Kind::Decision => Budget {
+                setup: self.timeout,
+                each: self.timeout,
+                until: Some(Instant::now() + self.timeout),
+            },
+            Kind::Bulk => Budget {
+                setup: self.timeout,
+                each: self.timeout.max(BULK_TIMEOUT_FLOOR),
+                until: None,
+            },
+        }
+    }
+
+    /// Run `f` in one READ COMMITTED transaction; commit iff it returned Ok, and return Ok
+    /// only after COMMIT returned. Every wait is bounded by `kind`'s [`Budget`].
+    fn run<R>(
+        &self,
+        kind: Kind,
+        mut f: impl FnMut(&mut PgTx<'_, '_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let budget = self.budget(kind);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut conn = self.pool.get()?;
-            let out = self.run_once(&mut conn, &mut f);
+            let mut conn = self.pool.get(budget)?;
+            let out = self.run_once(&mut conn, kind, budget, &mut f);
             self.pool.release(Some(conn));
             match out {
                 Err(Retry::Again(_)) if attempt < RETRIES => continue,
@@ -271,35 +586,56 @@ impl PostgresStore {
     fn run_once<R>(
         &self,
         conn: &mut Conn,
+        kind: Kind,
+        budget: Budget,
         f: &mut impl FnMut(&mut PgTx<'_, '_>) -> Result<R, Error>,
     ) -> Result<R, Retry> {
-        let Conn { client, stmts } = conn;
-        let mut tx = client
+        let Conn {
+            client,
+            stmts,
+            link,
+        } = conn;
+        let pool = &self.pool;
+        let start = client
             .build_transaction()
             .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .map_err(classify)?;
+            .start();
+        let tx = link
+            .wait(budget.next(), start)
+            .map_err(|e| pool.classify(e))?;
+        if kind == Kind::Bulk {
+            let raise = set_timeouts("LOCAL ", &["statement_timeout"], budget.each);
+            link.wait(budget.next(), tx.batch_execute(&raise))
+                .map_err(|e| pool.classify(e))?;
+        }
         let result = {
             let mut t = PgTx {
-                tx: &mut tx,
+                tx: &tx,
                 stmts,
+                link,
+                budget,
                 store: self,
                 last_err: None,
             };
             let r = f(&mut t);
             match (r, t.last_err.take()) {
-                (Err(_), Some(e)) => Err(classify(e)),
+                (Err(_), Some(e)) => Err(pool.classify(e)),
                 (r, _) => r.map_err(Retry::Fail),
             }
         };
         match result {
             Ok(v) => {
                 // Ok is returned only after COMMIT returned: the record is durable.
-                tx.commit().map_err(classify)?;
+                link.wait(budget.next(), tx.commit())
+                    .map_err(|e| pool.classify(e))?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = tx.rollback();
+                // Wait for the ROLLBACK (it releases the advisory locks now); a broken
+                // connection is cut instead, which makes the server roll back.
+                if !link.broken.get() {
+                    let _ = link.wait(budget.next(), tx.rollback());
+                }
                 Err(e)
             }
         }
@@ -311,32 +647,18 @@ enum Retry {
     Fail(Error),
 }
 
-fn classify(e: postgres::Error) -> Retry {
-    match e.code() {
-        Some(c)
-            if *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
-        {
-            Retry::Again(db(e))
-        }
-        _ => Retry::Fail(db(e)),
-    }
-}
-
-fn migrate(client: &mut Client) -> Result<(), Error> {
-    let mut tx = client.transaction().map_err(db)?;
-    // Two processes starting together: only one migrates at a time.
-    tx.execute("SELECT pg_advisory_xact_lock(0, 0)", &[])
-        .map_err(db)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .map_err(db)?;
-    let current: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_version",
-            &[],
-        )
-        .map_err(db)?
-        .get(0);
+/// The schema, migrated under advisory lock 0 (two processes starting together: one at a time).
+fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), Error> {
+    tx.exec("SELECT pg_advisory_xact_lock(0, 0)", &[])?;
+    tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+    let rows = tx.query(
+        "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_version",
+        &[],
+    )?;
+    let current: i64 = match rows.first() {
+        Some(row) => get(row, 0)?,
+        None => 0,
+    };
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > latest {
         return Err(Error::Store(format!(
@@ -344,64 +666,81 @@ fn migrate(client: &mut Client) -> Result<(), Error> {
         )));
     }
     for (n, text) in MIGRATIONS.iter().filter(|(n, _)| *n > current) {
-        tx.batch_execute(text)
-            .map_err(|e| Error::Store(format!("migration {n}: {}", pg_msg(&e))))?;
-        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[n])
-            .map_err(db)?;
+        tx.batch(text)
+            .map_err(|e| Error::Store(format!("migration {n}: {e}")))?;
+        tx.exec("INSERT INTO schema_version (version) VALUES (?1)", &[n])?;
     }
-    tx.commit().map_err(db)
+    Ok(())
 }
 
 /// [`Txn`] over one pooled connection's transaction.
 pub(crate) struct PgTx<'a, 'b> {
-    tx: &'a mut postgres::Transaction<'b>,
+    tx: &'a tokio_postgres::Transaction<'b>,
     stmts: &'a mut HashMap<&'static str, Statement>,
+    link: &'a Link,
+    budget: Budget,
     store: &'a PostgresStore,
-    /// The raw error of the last failed statement, to classify retries.
-    last_err: Option<postgres::Error>,
+    /// The last failed wait, to classify retries.
+    last_err: Option<Fail>,
 }
 
-type Param<'x> = &'x (dyn postgres::types::ToSql + Sync);
+type Param<'x> = &'x (dyn tokio_postgres::types::ToSql + Sync);
 
 impl PgTx<'_, '_> {
     fn stmt(&mut self, sql: &'static str) -> Result<Statement, Error> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        let s = self
-            .tx
-            .prepare(&pg_placeholders(sql))
-            .map_err(|e| self.fail(e))?;
+        let text = pg_placeholders(sql);
+        let prepared = self.link.wait(self.budget.next(), self.tx.prepare(&text));
+        let s = prepared.map_err(|e| self.fail(e))?;
         self.stmts.insert(sql, s.clone());
         Ok(s)
     }
 
-    fn fail(&mut self, e: postgres::Error) -> Error {
-        let out = db_ref(&e);
+    fn fail(&mut self, e: Fail) -> Error {
+        let out = self.store.pool.fail(&e);
         self.last_err = Some(e);
         out
     }
 
-    fn query(&mut self, sql: &'static str, p: &[Param<'_>]) -> Result<Vec<postgres::Row>, Error> {
+    fn query(
+        &mut self,
+        sql: &'static str,
+        p: &[Param<'_>],
+    ) -> Result<Vec<tokio_postgres::Row>, Error> {
         let st = self.stmt(sql)?;
-        self.tx.query(&st, p).map_err(|e| self.fail(e))
+        let rows = self.link.wait(self.budget.next(), self.tx.query(&st, p));
+        rows.map_err(|e| self.fail(e))
     }
 
     fn exec(&mut self, sql: &'static str, p: &[Param<'_>]) -> Result<u64, Error> {
         let st = self.stmt(sql)?;
-        self.tx.execute(&st, p).map_err(|e| self.fail(e))
+        let n = self.link.wait(self.budget.next(), self.tx.execute(&st, p));
+        n.map_err(|e| self.fail(e))
+    }
+
+    /// Statements without parameters or results (simple query protocol).
+    fn batch(&mut self, sql: &str) -> Result<(), Error> {
+        let done = self
+            .link
+            .wait(self.budget.next(), self.tx.batch_execute(sql));
+        done.map_err(|e| self.fail(e))
     }
 }
 
-fn db_ref(e: &postgres::Error) -> Error {
+fn db_ref(e: &tokio_postgres::Error) -> Error {
     Error::Store(format!("postgres: {}", pg_msg(e)))
 }
 
-fn get<'r, T: postgres::types::FromSql<'r>>(row: &'r postgres::Row, i: usize) -> Result<T, Error> {
+fn get<'r, T: tokio_postgres::types::FromSql<'r>>(
+    row: &'r tokio_postgres::Row,
+    i: usize,
+) -> Result<T, Error> {
     row.try_get(i).map_err(|e| db_ref(&e))
 }
 
-fn to_blocks(rows: Vec<postgres::Row>) -> Result<Vec<SignedBlock>, Error> {
+fn to_blocks(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SignedBlock>, Error> {
     rows.iter()
         .map(|r| {
             Ok(SignedBlock {
@@ -412,7 +751,7 @@ fn to_blocks(rows: Vec<postgres::Row>) -> Result<Vec<SignedBlock>, Error> {
         .collect()
 }
 
-fn to_atts(rows: Vec<postgres::Row>) -> Result<Vec<SignedAttestation>, Error> {
+fn to_atts(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SignedAttestation>, Error> {
     rows.iter()
         .map(|r| {
             Ok(SignedAttestation {
@@ -621,7 +960,9 @@ impl SlashingProtection for PostgresStore {
         slot: u64,
         signing_root: Root,
     ) -> Result<Permit, Error> {
-        let r = self.run(|tx| store::sign_block(tx, gvr, pubkey, slot, signing_root));
+        let r = self.run(Kind::Decision, |tx| {
+            store::sign_block(tx, gvr, pubkey, slot, signing_root)
+        });
         self.remember_gvr(&r, gvr);
         r
     }
@@ -634,7 +975,7 @@ impl SlashingProtection for PostgresStore {
         target_epoch: u64,
         signing_root: Root,
     ) -> Result<Permit, Error> {
-        let r = self.run(|tx| {
+        let r = self.run(Kind::Decision, |tx| {
             store::sign_attestation(tx, gvr, pubkey, source_epoch, target_epoch, signing_root)
         });
         self.remember_gvr(&r, gvr);
@@ -642,43 +983,109 @@ impl SlashingProtection for PostgresStore {
     }
 
     fn health_check(&self) -> Result<(), Error> {
-        self.run(|tx| tx.health())
+        self.run(Kind::Decision, |tx| tx.health())
     }
 
     fn high_watermark(&self) -> Result<Option<HighWatermark>, Error> {
-        self.run(|tx| tx.high_watermark())
+        self.run(Kind::Decision, |tx| tx.high_watermark())
     }
 
     fn set_high_watermark(&self, hw: Option<HighWatermark>) -> Result<(), Error> {
-        self.run(|tx| tx.set_high_watermark(hw))
+        self.run(Kind::Decision, |tx| tx.set_high_watermark(hw))
     }
 
     fn import_interchange(&self, json: &str) -> Result<ImportSummary, Error> {
         let parsed = crate::interchange::parse(json)?;
-        let r = self.run(|tx| store::import(tx, &parsed));
+        let r = self.run(Kind::Bulk, |tx| store::import(tx, &parsed));
         self.remember_gvr(&r, parsed.genesis_validators_root);
         r
     }
 
     fn export_interchange(&self) -> Result<String, Error> {
-        self.run(|tx| store::export(tx))
+        self.run(Kind::Bulk, |tx| store::export(tx))
     }
 
     fn genesis_validators_root(&self) -> Result<Option<Root>, Error> {
-        self.run(|tx| tx.gvr())
+        self.run(Kind::Decision, |tx| tx.gvr())
     }
 
     fn pin_genesis_validators_root(&self, gvr: Root) -> Result<(), Error> {
-        let r = self.run(|tx| store::check_gvr(tx, gvr));
+        let r = self.run(Kind::Decision, |tx| store::check_gvr(tx, gvr));
         self.remember_gvr(&r, gvr);
         r
     }
 
     fn set_validator_enabled(&self, pubkey: Pubkey, enabled: bool) -> Result<(), Error> {
-        self.run(|tx| store::set_enabled(tx, pubkey, enabled))
+        self.run(Kind::Decision, |tx| store::set_enabled(tx, pubkey, enabled))
     }
 
     fn prune(&self, epochs_to_keep: u64, slots_per_epoch: u64) -> Result<PruneSummary, Error> {
-        self.run(|tx| store::prune(tx, epochs_to_keep, slots_per_epoch))
+        self.run(Kind::Bulk, |tx| {
+            store::prune(tx, epochs_to_keep, slots_per_epoch)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_settings_follow_the_timeout_unless_the_url_sets_them() {
+        let t = Duration::from_secs(2);
+        let (c, _) = parse_url("postgresql://u@db:5432/x", None, None, t).unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&t));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&t));
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(c.get_keepalives_interval(), Some(t));
+        assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        let url = "postgresql://u@db:5432/x?connect_timeout=9&tcp_user_timeout=8\
+                   &keepalives_idle=70&keepalives_interval=6&keepalives_retries=5";
+        let (c, _) = parse_url(url, None, None, t).unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(9)));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(8)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(70));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(6)));
+        assert_eq!(c.get_keepalives_retries(), Some(5));
+    }
+
+    #[test]
+    fn a_decision_has_one_timeout_in_all_a_bulk_operation_one_per_wait() {
+        let t = Duration::from_secs(2);
+        let decision = Budget {
+            setup: t,
+            each: t,
+            until: Some(Instant::now() + Duration::from_millis(500)),
+        };
+        assert!(decision.next() <= Duration::from_millis(500));
+        assert!(decision.setup() <= Duration::from_millis(500));
+        let spent = Budget {
+            until: Some(Instant::now()),
+            ..decision
+        };
+        assert_eq!(spent.next(), Duration::ZERO);
+        let bulk = Budget {
+            setup: t,
+            each: t.max(BULK_TIMEOUT_FLOOR),
+            until: None,
+        };
+        assert_eq!((bulk.setup(), bulk.next()), (t, BULK_TIMEOUT_FLOOR));
+    }
+
+    #[test]
+    fn session_settings() {
+        assert_eq!(
+            set_timeouts(
+                "",
+                &["statement_timeout", "idle_in_transaction_session_timeout"],
+                Duration::from_millis(2500)
+            ),
+            "SET statement_timeout = 2500; SET idle_in_transaction_session_timeout = 2500"
+        );
+        assert_eq!(
+            set_timeouts("LOCAL ", &["statement_timeout"], BULK_TIMEOUT_FLOOR),
+            "SET LOCAL statement_timeout = 60000"
+        );
     }
 }

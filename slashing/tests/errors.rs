@@ -111,6 +111,7 @@ fn postgres_closed_port() {
         url: "postgresql://postgres@127.0.0.1:1/test".into(),
         username: None,
         password: None,
+        timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
     });
     assert!(msg.contains("cannot connect"), "{msg}");
     assert!(msg.contains("127.0.0.1:1"), "{msg}");
@@ -123,6 +124,7 @@ fn postgres_password_is_not_echoed() {
         url: "jdbc:postgresql://127.0.0.1:1/test".into(),
         username: Some("postgres".into()),
         password: Some("s3cret-pw".into()),
+        timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
     });
     assert!(msg.contains("cannot connect"), "{msg}");
     assert!(!msg.contains("s3cret-pw"), "{msg}");
@@ -135,6 +137,7 @@ fn postgres_bad_urls() {
             url: url.into(),
             username: None,
             password: None,
+            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
         });
         assert!(msg.contains("PostgreSQL URL"), "{url}: {msg}");
     }
@@ -161,6 +164,7 @@ fn postgres_url_forms() {
             url: u.clone(),
             username: user,
             password: None,
+            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
         })
         .unwrap_or_else(|e| panic!("{u}: {e}"));
         s.health_check().unwrap();
@@ -180,11 +184,13 @@ fn show_messages() {
             url: "postgresql://postgres@127.0.0.1:1/test".into(),
             username: None,
             password: None,
+            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
         },
         StoreConfig::Postgres {
             url: "mysql://x".into(),
             username: None,
             password: None,
+            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
         },
     ] {
         eprintln!("{}", open_msg(c));

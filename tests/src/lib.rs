@@ -329,19 +329,42 @@ mod clap_free {
     }
 }
 
-/// The release binary: `$ENSIGN_BIN`, else `release/ensign` in this test's target directory.
-pub fn binary_path() -> PathBuf {
-    if let Ok(p) = std::env::var("ENSIGN_BIN") {
-        return PathBuf::from(p);
-    }
-    // <target>/<profile>/deps/<test-exe>
+/// This test's target directory (`<target>/<profile>/deps/<test-exe>`).
+fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let target = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .and_then(Path::parent)
-        .expect("target dir");
-    target.join("release").join("ensign")
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The release binary, as production builds it (default features: no test attestor):
+/// `$ENSIGN_BIN`, else `release/ensign` in this test's target directory.
+pub fn binary_path() -> PathBuf {
+    match std::env::var("ENSIGN_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => target_dir().join("release").join("ensign"),
+    }
+}
+
+/// The release build with the INSECURE test attestor, for enclave mode off-enclave
+/// (`--enclave-attestation insecure-test:<dir>`): `$ENSIGN_TEST_ATTESTATION_BIN`, else
+/// `release/ensign-insecure-test` in this test's target directory (scripts/test builds it).
+/// Panics, saying how to build it, when it is not there.
+pub fn test_attestation_binary_path() -> PathBuf {
+    let bin = match std::env::var("ENSIGN_TEST_ATTESTATION_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => target_dir().join("release").join("ensign-insecure-test"),
+    };
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it with `cargo build --release -p server --features \
+         insecure-test-attestation --bin ensign-insecure-test` (scripts/test does), or set \
+         ENSIGN_TEST_ATTESTATION_BIN",
+        bin.display()
+    );
+    bin
 }
 
 /// `ensign-host` (crate `enclave-bridge`), the parent-instance binary of enclave mode:
@@ -833,11 +856,69 @@ impl Drop for PgSchema {
 }
 
 /// A loopback TCP proxy to `target` that can be cut (every connection dropped, new ones
-/// refused) to simulate a database going away mid-run.
+/// refused) to simulate a database going away mid-run, or frozen (sockets kept open, nothing
+/// forwarded, the kernel still acknowledging) to simulate a network partition that neither side's
+/// TCP notices.
 pub struct TcpProxy {
     pub addr: String,
     task: tokio::task::JoinHandle<()>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    gates: Arc<Gates>,
+}
+
+/// The proxy's switches: `true` holds the bytes of that direction.
+struct Gates {
+    /// Client to target.
+    up: tokio::sync::watch::Sender<bool>,
+    /// Target to client.
+    down: tokio::sync::watch::Sender<bool>,
+    /// Once the client sends these bytes (delivered), replies are held.
+    hold_replies_after: Mutex<Option<Vec<u8>>>,
+    /// Connections accepted so far.
+    accepted: std::sync::atomic::AtomicUsize,
+}
+
+impl Gates {
+    /// Before forwarding `chunk` upwards: hold the replies if it carries the armed bytes (so
+    /// that not even a quick reply slips through).
+    fn sending_up(&self, chunk: &[u8]) {
+        let mut armed = self.hold_replies_after.lock().unwrap();
+        let hit = armed
+            .as_ref()
+            .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()));
+        if hit {
+            *armed = None;
+            self.down.send_replace(true);
+        }
+    }
+}
+
+/// Copies `from` to `to` while `gate` is open; what is read while it is closed (bytes, or the
+/// end of the stream) waits for it.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+    gates: Option<Arc<Gates>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if let Some(g) = &gates {
+            g.sending_up(&buf[..n]);
+        }
+        if gate.wait_for(|held| !held).await.is_err() {
+            return;
+        }
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -848,20 +929,44 @@ impl TcpProxy {
             .expect("bind proxy");
         let addr = listener.local_addr().unwrap().to_string();
         let target = target.to_string();
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tracked = conns.clone();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let gates = Arc::new(Gates {
+            up: tokio::sync::watch::channel(false).0,
+            down: tokio::sync::watch::channel(false).0,
+            hold_replies_after: Mutex::new(None),
+            accepted: Default::default(),
+        });
+        let (tracked, shared) = (conns.clone(), gates.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
+            while let Ok((inbound, _)) = listener.accept().await {
+                shared
+                    .accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (target, gates) = (target.clone(), shared.clone());
                 let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (client_r, client_w) = inbound.into_split();
+                    let (target_r, target_w) = outbound.into_split();
+                    let up = pump(
+                        client_r,
+                        target_w,
+                        gates.up.subscribe(),
+                        Some(gates.clone()),
+                    );
+                    let down = pump(target_r, client_w, gates.down.subscribe(), None);
+                    tokio::join!(up, down);
                 });
                 tracked.lock().unwrap().push(h);
             }
         });
-        TcpProxy { addr, task, conns }
+        TcpProxy {
+            addr,
+            task,
+            conns,
+            gates,
+        }
     }
 
     /// Drops every connection and stops listening.
@@ -870,5 +975,32 @@ impl TcpProxy {
         for h in self.conns.lock().unwrap().drain(..) {
             h.abort();
         }
+    }
+
+    /// Holds every byte, both ways, on every connection (new ones are still accepted), until
+    /// [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        self.gates.up.send_replace(true);
+        self.gates.down.send_replace(true);
+    }
+
+    /// Forwards everything again, held bytes first.
+    pub fn thaw(&self) {
+        *self.gates.hold_replies_after.lock().unwrap() = None;
+        self.gates.up.send_replace(false);
+        self.gates.down.send_replace(false);
+    }
+
+    /// Once a client has sent `bytes` (they reach the target), holds every reply until
+    /// [`thaw`](Self::thaw): the target acts on the request, the client never hears back.
+    pub fn hold_replies_after(&self, bytes: &[u8]) {
+        *self.gates.hold_replies_after.lock().unwrap() = Some(bytes.to_vec());
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.gates
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }

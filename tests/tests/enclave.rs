@@ -1,12 +1,14 @@
 //! Enclave mode end to end, off-enclave: TCP stands in for vsock, the insecure-test attestation
-//! PKI for the Nitro Secure Module (PCR0 = SHA-384 of the `ensign` executable), and
+//! PKI for the Nitro Secure Module (PCR0 = SHA-384 of the enclave's executable), and
 //! `enclave_bridge`'s fake KMS for KMS (it verifies each Recipient attestation document against
 //! the test root, applies a PCR0 key policy, and answers with a real CMS envelope).
 //!
 //! - The whole flow: records made by `ensign keys encrypt` (KMS Encrypt at the fake KMS),
-//!   `ensign-host` starting the release `ensign` in enclave mode (`--run-command`), Init through
-//!   the host's KMS proxy and the enclave's loopback forwarder, a validator-style sign request
-//!   through the host's listen port over TLS pinned to the enclave's attested certificate
+//!   `ensign-host` starting the release `ensign-insecure-test` (`ensign` built with the test
+//!   attestor, cargo feature `insecure-test-attestation`) in enclave mode (`--run-command`),
+//!   Init through the host's KMS proxy and the enclave's loopback forwarder, a validator-style
+//!   sign request through the host's listen port over TLS pinned to the enclave's attested
+//!   certificate
 //!   (signature checked with blst), `ensign verify-attestation` (right PCR0: exit 0; wrong: not),
 //!   keys added and removed by editing the host's key directory, a second Init refused.
 //! - A wrong PCR0 policy: no key anywhere, signing 503, the reason in /healthcheck and in the
@@ -18,6 +20,8 @@
 //!   (`--db-secret-arn`) into the enclave, which opens PostgreSQL at Init as the secret's user:
 //!   a nonexistent user fails Init with the database's reason, a fixed secret and SIGHUP
 //!   initialise, a rotated secret is delivered at the next poll; the password is never logged.
+//! - The release `ensign` (default features, as the enclave image builds it) refuses
+//!   `--enclave-attestation insecure-test:<dir>`; `ensign-insecure-test` accepts it.
 //! - The plain-Decrypt path against moto (whose KMS ignores Recipient): `ensign keys encrypt`
 //!   into DynamoDB and a directory, read back with ensign-host's own readers, Init with them in
 //!   an in-process enclave-mode signer whose attestation is off (a code-only test mode).
@@ -64,6 +68,8 @@ fn sha384_file(path: &Path) -> [u8; 48] {
     sha2::Sha384::digest(std::fs::read(path).unwrap()).into()
 }
 
+/// The release `ensign` as production builds it: the operator's tools (`keys encrypt`,
+/// `verify-attestation`) and the refusal of `insecure-test:<dir>`.
 fn ensign() -> PathBuf {
     let bin = tests::binary_path();
     assert!(
@@ -72,6 +78,12 @@ fn ensign() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The enclave these tests run: the release build with the test attestor
+/// (`ensign-insecure-test`); PCR0 is its SHA-384.
+fn enclave_ensign() -> PathBuf {
+    tests::test_attestation_binary_path()
 }
 
 fn host_binary(test: &str) -> Option<PathBuf> {
@@ -127,12 +139,12 @@ async fn moto_sdk_config(url: &str) -> keystore::aws::SdkConfig {
 }
 
 /// A test PKI under `dir/pki` and a fake KMS whose key policy admits `pcr0` (`None`: this
-/// build's `ensign`, the image an enclave test runs).
+/// build's `ensign-insecure-test`, the image an enclave test runs).
 async fn pki_and_kms(dir: &Path, pcr0: Option<Vec<u8>>) -> (PathBuf, TestPki, FakeKms) {
     let pki_dir = dir.join("pki");
     let pki = TestPki::load_or_generate(&pki_dir).unwrap();
     let mut config = FakeKmsConfig::new(pki.root_der.clone());
-    config.required_pcr0 = Some(pcr0.unwrap_or_else(|| sha384_file(&ensign()).to_vec()));
+    config.required_pcr0 = Some(pcr0.unwrap_or_else(|| sha384_file(&enclave_ensign()).to_vec()));
     let kms = FakeKms::start(config).await.unwrap();
     (pki_dir, pki, kms)
 }
@@ -432,7 +444,7 @@ fn field(line: &str, key: &str) -> String {
         .to_string()
 }
 
-/// ensign-host with the release ensign as its enclave (TCP endpoints, insecure-test
+/// ensign-host with the release ensign-insecure-test as its enclave (TCP endpoints, insecure-test
 /// attestation, a loopback KMS forwarder to the host's proxy, SQLite slashing protection).
 struct HostRun {
     proc: Proc,
@@ -485,7 +497,7 @@ async fn start_host_with(
          --enclave-forward \"tcp:127.0.0.1:{forward}=$ENSIGN_HOST_KMS_PROXY\" {global} \
          --enclave-attestation 'insecure-test:{pki}' --data-path '{data_path}' \
          eth2 --network mainnet {eth2}",
-        ensign = ensign().display(),
+        ensign = enclave_ensign().display(),
         pki = pki_dir.display(),
         data_path = dir.join("enclave-data").display(),
         global = extras.ensign_global,
@@ -558,7 +570,7 @@ async fn whole_flow_through_ensign_host() {
         return;
     };
     let dir = TempDir::new().unwrap();
-    let pcr0 = sha384_file(&ensign());
+    let pcr0 = sha384_file(&enclave_ensign());
     let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
 
     // A key record made the way an operator makes one.
@@ -850,7 +862,7 @@ async fn wrong_pcr0_policy_keeps_every_key_out() {
     );
 }
 
-/// The release ensign in enclave mode on its own (no host), TCP endpoints on port 0.
+/// The release ensign-insecure-test in enclave mode on its own (no host), TCP endpoints on port 0.
 struct Enclave {
     proc: Proc,
     base: String,
@@ -864,7 +876,7 @@ async fn start_enclave(
     forwards: &[(u16, u16)],
     eth2_args: &[String],
 ) -> Enclave {
-    let mut cmd = Command::new(ensign());
+    let mut cmd = Command::new(enclave_ensign());
     cmd.args([
         "--enclave-mode=true",
         "--enclave-control-endpoint",
@@ -1170,6 +1182,59 @@ async fn enclave_mode_refuses_local_key_sources() {
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("/dev/nsm"), "{stderr}");
+}
+
+/// A production build (`cargo build --release -p server`, default features: what
+/// docker/Dockerfile.enclave builds) has no test attestor: `insecure-test:<dir>`, on the
+/// command line or in the environment, is a configuration error (exit 2) that says how to get
+/// the test build; that build gets past it to the next check.
+#[test]
+fn production_build_refuses_insecure_test_attestation() {
+    let dir = TempDir::new().unwrap();
+    let pki = format!("insecure-test:{}", dir.path().join("pki").display());
+    let args = |attestation: Option<&str>| -> Vec<String> {
+        let mut a = vec!["--enclave-mode=true".to_string()];
+        if let Some(mode) = attestation {
+            a.extend(["--enclave-attestation".to_string(), mode.to_string()]);
+        }
+        // Refused in enclave mode after the options parse: the test build's answer.
+        a.extend(["--key-store-path", "/nonexistent", "eth2"].map(String::from));
+        a
+    };
+    let refused = |out: std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            stderr.contains("has no test attestor"),
+            "{} accepted {pki} (built with feature insecure-test-attestation? rebuild it with \
+             `cargo build --release -p server`): {stderr}",
+            ensign().display()
+        );
+        assert!(
+            stderr.contains("--features insecure-test-attestation --bin ensign-insecure-test"),
+            "{stderr}"
+        );
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!dir.path().join("pki").exists(), "a test PKI was made");
+    };
+    let run = |bin: PathBuf, args: Vec<String>, env: Option<&str>| {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env("NO_COLOR", "1");
+        match env {
+            Some(v) => cmd.env("ENSIGN_ENCLAVE_ATTESTATION", v),
+            None => cmd.env_remove("ENSIGN_ENCLAVE_ATTESTATION"),
+        };
+        cmd.output().unwrap()
+    };
+    refused(run(ensign(), args(Some(&pki)), None));
+    refused(run(ensign(), args(None), Some(&pki)));
+
+    let out = run(enclave_ensign(), args(Some(&pki)), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot be used with --enclave-mode=true") && !stderr.contains("attestor"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

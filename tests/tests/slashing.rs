@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tests::body::{attestation, block_header, signing_root, GVR};
@@ -442,23 +443,37 @@ async fn unusable_databases_fail_clearly_at_start() {
     assert!(err.contains("slashing protection"), "{err}");
 }
 
+/// The release binary signing with one key (from `seed`; its pubkey is returned) on a fresh
+/// PostgreSQL schema reached through a [`TcpProxy`], with `extra` eth2 options; `None` when
+/// PostgreSQL is unavailable (see [`PgSchema::new`]).
+async fn signer_through_proxy(
+    test: &str,
+    seed: &[u8],
+    extra: &[&str],
+) -> Option<(PgSchema, TcpProxy, TestSigner, String)> {
+    let pg = PgSchema::new(test)?;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let key = test_secret(seed);
+    let mut builder = SignerBuilder::new()
+        .raw_keys([key])
+        .eth2_arg("--slashing-protection-db-url")
+        .eth2_arg(&pg.url_via(Some(&proxy.addr)));
+    for arg in extra {
+        builder = builder.eth2_arg(arg);
+    }
+    let s = builder.start(Runner::Binary).await;
+    Some((pg, proxy, s, pubkey_hex(&key)))
+}
+
 /// PostgreSQL going away mid-run: blocks and attestations are refused with 500, the health
 /// check is DOWN (503), types without slashing protection still sign; never a signature
 /// without a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_going_down_mid_run_refuses_signing() {
-    let Some(pg) = PgSchema::new("postgres_going_down_mid_run_refuses_signing") else {
+    let test = "postgres_going_down_mid_run_refuses_signing";
+    let Some((_pg, proxy, s, pk)) = signer_through_proxy(test, b"pg down", &[]).await else {
         return;
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let key = test_secret(b"pg down");
-    let pk = pubkey_hex(&key);
-    let s = SignerBuilder::new()
-        .raw_keys([key])
-        .eth2_arg("--slashing-protection-db-url")
-        .eth2_arg(&pg.url_via(Some(&proxy.addr)))
-        .start(Runner::Binary)
-        .await;
     assert_eq!(s.sign(&pk, &attestation(1, 2, 1)).await.status, 200);
     assert_eq!(s.get("/healthcheck").await.status, 200);
 
@@ -492,6 +507,80 @@ async fn postgres_going_down_mid_run_refuses_signing() {
         200,
         "unprotected types do not need the database"
     );
+}
+
+/// Signs `body` and returns the status and how long the answer took; a request still
+/// unanswered after 30 s fails the test instead of hanging it.
+async fn timed_sign(s: &TestSigner, pk: &str, body: &Value) -> (u16, Duration) {
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(30), s.sign(pk, body))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within 30 s: the request hangs on the database"));
+    (r.status, started.elapsed())
+}
+
+/// A network partition to PostgreSQL that no TCP timer notices (the proxy keeps the sockets
+/// open and holds every byte): with `--slashing-protection-db-timeout-seconds=2` a sign request
+/// answers 500 within the bound instead of hanging until the network heals, on the pooled
+/// connection and on a fresh one; after the partition signing works again and the history is
+/// intact. A partition that swallows only the answer to COMMIT (the record committed, ensign
+/// never told) also answers 500, and the record then refuses a conflicting vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_partition_answers_500_within_the_timeout() {
+    let test = "postgres_partition_answers_500_within_the_timeout";
+    let timeout = ["--slashing-protection-db-timeout-seconds=2"];
+    let Some((_pg, proxy, s, pk)) = signer_through_proxy(test, b"pg partition", &timeout).await
+    else {
+        return;
+    };
+    let bound = Duration::from_secs(8);
+    assert_eq!(timed_sign(&s, &pk, &attestation(1, 2, 1)).await.0, 200);
+
+    proxy.freeze();
+    let (status, took) = timed_sign(&s, &pk, &attestation(2, 3, 1)).await;
+    eprintln!("pooled connection, partition: {status} after {took:?}");
+    assert_eq!(status, 500, "pooled connection, partition");
+    assert!(took < bound, "answered after {took:?}");
+    let (status, took) = timed_sign(&s, &pk, &block_header(10, 1)).await;
+    eprintln!("fresh connection, partition: {status} after {took:?}");
+    assert_eq!(status, 500, "fresh connection, partition");
+    assert!(took < bound, "answered after {took:?}");
+
+    proxy.thaw();
+    let accepted = proxy.accepted();
+    // The failed requests recorded nothing: the same messages sign now.
+    assert_eq!(timed_sign(&s, &pk, &attestation(2, 3, 1)).await.0, 200);
+    assert!(
+        proxy.accepted() > accepted,
+        "the stuck connection is replaced"
+    );
+    assert_eq!(timed_sign(&s, &pk, &block_header(10, 1)).await.0, 200);
+    for (conflict, what) in [
+        (attestation(2, 3, 2), "double vote on target 3"),
+        (attestation(1, 2, 2), "double vote on target 2"),
+        (block_header(10, 2), "double proposal at slot 10"),
+    ] {
+        assert_eq!(timed_sign(&s, &pk, &conflict).await.0, 412, "{what}");
+    }
+
+    // The COMMIT reaches the database, its answer does not.
+    proxy.hold_replies_after(b"COMMIT\0");
+    let (status, took) = timed_sign(&s, &pk, &attestation(3, 4, 1)).await;
+    eprintln!("answer to COMMIT lost: {status} after {took:?}");
+    assert_eq!(status, 500, "answer to COMMIT lost");
+    assert!(took < bound, "answered after {took:?}");
+    proxy.thaw();
+    assert_eq!(
+        timed_sign(&s, &pk, &attestation(3, 4, 2)).await.0,
+        412,
+        "the committed record refuses a conflicting vote"
+    );
+    assert_eq!(
+        timed_sign(&s, &pk, &attestation(3, 4, 1)).await.0,
+        200,
+        "the identical vote is a repeat"
+    );
+    s.stop().await;
 }
 
 /// On PostgreSQL an import may run while a server signs: afterwards the server refuses what
