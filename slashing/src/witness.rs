@@ -207,7 +207,8 @@ impl MemoryWitness {
         &self.inner
     }
 
-    /// How many `(genesis validators root, pubkey)` pairs have a record in memory.
+    /// How many `(genesis validators root, pubkey)` pairs have a record in memory (plus any
+    /// whose check is being decided right now).
     pub fn validators_remembered(&self) -> usize {
         lock(&self.validators).len()
     }
