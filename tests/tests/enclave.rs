@@ -1536,6 +1536,29 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
         // A double vote for target 11: refused in this enclave and in its successor.
         let r = sign(&client, &e.base, &k.pubkey, &attestation(10, 11, 2 + round)).await;
         assert_eq!(r.status, 412, "round {round}: {r:?}");
+        if round == 0 {
+            // The parent instance, holding the database's credentials, deletes the history
+            // (issue 15, finding 3): the enclave remembers what it signed since it started and
+            // still refuses the double vote and a surrounding one.
+            let schema_name = schema.name.clone();
+            pg_rows(format!(
+                "DELETE FROM {schema_name}.signed_attestations; \
+                 DELETE FROM {schema_name}.low_watermarks"
+            ))
+            .await;
+            for (source, target) in [(10, 11), (9, 12)] {
+                let r = sign(&client, &e.base, &k.pubkey, &attestation(source, target, 7)).await;
+                assert_eq!(
+                    r.status, 412,
+                    "history deleted, ({source}, {target}): {r:?}"
+                );
+            }
+            assert!(
+                e.proc.lines().iter().any(|l| l.contains("disagree")),
+                "the disagreement is logged: {}",
+                e.proc.tail()
+            );
+        }
         refused_after_restart = round == 1;
         let status = e.proc.terminate();
         assert!(status.success(), "{status}\n{}", e.proc.tail());
