@@ -440,6 +440,12 @@ pub struct VerifyAttestationArgs {
     /// Seconds for connecting and for the answer.
     #[arg(long, default_value_t = 10)]
     pub timeout_seconds: u64,
+
+    /// DEVELOPMENT ONLY: accept an enclave started in debug mode (PCR0 all zeros). Its
+    /// measurements prove nothing and the parent instance can read its console; without this
+    /// flag such a document is refused, whatever `--expected-pcr0` says.
+    #[arg(long)]
+    pub allow_debug_enclave: bool,
 }
 
 /// 96 hex digits → a SHA-384 PCR value.

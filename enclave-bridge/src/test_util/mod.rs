@@ -11,4 +11,6 @@ mod pki;
 
 #[cfg(feature = "test-util")]
 pub use fake_kms::{CmsEncoding, FakeKms, FakeKmsConfig, FakeKmsStats};
-pub use pki::{TestAttestor, TestPki, TestPkiOptions, TEST_PKI_FILE, TEST_ROOT_FILE};
+pub use pki::{
+    TestAttestor, TestCert, TestExtension, TestPki, TestPkiOptions, TEST_PKI_FILE, TEST_ROOT_FILE,
+};
