@@ -446,6 +446,15 @@ pub struct VerifyAttestationArgs {
     /// flag such a document is refused, whatever `--expected-pcr0` says.
     #[arg(long)]
     pub allow_debug_enclave: bool,
+
+    /// PEM client certificate (chain, leaf first) to present: an enclave requires a client
+    /// certificate on every connection (its --tls-known-clients-file or client CA).
+    #[arg(long, requires = "tls_client_key_file")]
+    pub tls_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert-file.
+    #[arg(long, requires = "tls_client_cert_file")]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 /// 96 hex digits → a SHA-384 PCR value.

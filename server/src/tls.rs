@@ -261,7 +261,7 @@ fn load_pkcs12(
     Ok((certs, key))
 }
 
-fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path, "TLS certificate file")?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -280,7 +280,7 @@ fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError
     Ok(certs)
 }
 
-fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = Zeroizing::new(read(path, "TLS key file")?);
     // Only the kind of error is reported: pki-types' messages never include key material, but
     // a key file is no place to quote from anyway.

@@ -166,7 +166,14 @@ pub async fn run(args: &VerifyAttestationArgs) -> Result<String, String> {
         eprintln!("{DEBUG_FLAG_WARNING}");
     }
 
-    let fetched = tokio::time::timeout(timeout, fetch(&host, port, &nonce))
+    let identity = match (&args.tls_client_cert_file, &args.tls_client_key_file) {
+        (Some(cert), Some(key)) => Some((
+            crate::tls::load_cert_chain(cert).map_err(|e| fail(e.to_string()))?,
+            crate::tls::load_private_key(key).map_err(|e| fail(e.to_string()))?,
+        )),
+        _ => None,
+    };
+    let fetched = tokio::time::timeout(timeout, fetch(&host, port, &nonce, identity))
         .await
         .map_err(|_| fail(format!("no answer from {} within {timeout:?}", args.url)))?
         .map_err(fail)?;
@@ -265,14 +272,30 @@ fn check_answer(
 
 /// One HTTPS GET of the attestation: the certificate the connection presented, the answer's
 /// body, and when the request was sent.
-async fn fetch(host: &str, port: u16, nonce: &[u8]) -> Result<Fetched, String> {
+/// A client certificate chain and its key, presented to the enclave.
+type ClientIdentity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+async fn fetch(
+    host: &str,
+    port: u16,
+    nonce: &[u8],
+    identity: Option<ClientIdentity>,
+) -> Result<Fetched, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)));
+    let config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("--tls-client-cert-file/--tls-client-key-file: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await

@@ -262,7 +262,7 @@ async fn run_ensign(args: Vec<String>, env: &[(&'static str, &'static str)]) -> 
 
 /// `ensign verify-attestation`; (exit code, output).
 async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String) {
-    let args = vec![
+    let mut args = vec![
         "verify-attestation".to_string(),
         "--url".into(),
         url.into(),
@@ -271,6 +271,7 @@ async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String
         "--root-cert".into(),
         root.display().to_string(),
     ];
+    args.extend(client_cert_args());
     run_ensign(args, &[]).await
 }
 
@@ -278,6 +279,8 @@ async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String
 /// known-clients line: enclave mode requires client certificates, and every enclave these tests
 /// start knows this one.
 struct ClientCert {
+    cert_pem: String,
+    key_pem: String,
     identity_pem: String,
     known_clients_line: String,
 }
@@ -297,6 +300,8 @@ fn client_cert() -> &'static ClientCert {
             .map(|b| format!("{b:02X}"))
             .collect();
         ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
             known_clients_line: format!("validator {}\n", fingerprint.join(":")),
         }
@@ -308,6 +313,24 @@ fn known_clients_file(dir: &Path) -> PathBuf {
     let path = dir.join("known-clients.txt");
     std::fs::write(&path, &client_cert().known_clients_line).unwrap();
     path
+}
+
+/// `verify-attestation`'s options presenting [`client_cert`] (files written in a fresh
+/// temporary directory that lives as long as the process: the tests run it to its end).
+fn client_cert_args() -> Vec<String> {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = TempDir::new().unwrap();
+        std::fs::write(d.path().join("client.pem"), &client_cert().cert_pem).unwrap();
+        std::fs::write(d.path().join("client.key"), &client_cert().key_pem).unwrap();
+        d
+    });
+    vec![
+        "--tls-client-cert-file".into(),
+        dir.path().join("client.pem").display().to_string(),
+        "--tls-client-key-file".into(),
+        dir.path().join("client.key").display().to_string(),
+    ]
 }
 
 fn with_identity(b: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
@@ -715,13 +738,14 @@ async fn whole_flow_through_ensign_host() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("PCR0 is"), "{out}");
     // The default root (AWS's) does not accept a test document.
-    let args = vec![
+    let mut args = vec![
         "verify-attestation".to_string(),
         "--url".into(),
         base.clone(),
         "--expected-pcr0".into(),
         hex::encode(pcr0),
     ];
+    args.extend(client_cert_args());
     let bin = ensign();
     let out = tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
         .await
