@@ -377,6 +377,8 @@ mod tests {
             nonce: None,
             timeout_seconds: 10,
             allow_debug_enclave,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
         }
     }
 
