@@ -40,7 +40,7 @@ use enclave_bridge::control::{
     EncryptedKeyRecord, EndpointUrl, ErrorCode, InitRequest, RemoveKeysRequest,
 };
 use enclave_bridge::secret::{Base64Bytes, SecretString};
-use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestPki, TEST_ROOT_FILE};
+use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, Tamper, TestPki, TEST_ROOT_FILE};
 use enclave_bridge::Endpoint;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -143,19 +143,10 @@ async fn moto_sdk_config(url: &str) -> keystore::aws::SdkConfig {
 /// `kms.<REGION>.amazonaws.com` with a certificate from a test CA, written to `dir/kms-ca.pem`
 /// (what an image would carry as its roots), and plain HTTP for test set-up.
 async fn pki_and_kms(dir: &Path, pcr0: Option<Vec<u8>>) -> (PathBuf, TestPki, FakeKms) {
-    pki_and_kms_with(dir, pcr0, None).await
-}
-
-async fn pki_and_kms_with(
-    dir: &Path,
-    pcr0: Option<Vec<u8>>,
-    tamper: Option<fn(&mut Vec<u8>)>,
-) -> (PathBuf, TestPki, FakeKms) {
     let pki_dir = dir.join("pki");
     let pki = TestPki::load_or_generate(&pki_dir).unwrap();
     let mut config = FakeKmsConfig::new(pki.root_der.clone());
     config.required_pcr0 = Some(pcr0.unwrap_or_else(|| sha384_file(&enclave_ensign()).to_vec()));
-    config.tamper = tamper;
     let kms = FakeKms::start_https(config, &[&format!("kms.{REGION}.amazonaws.com")])
         .await
         .unwrap();
@@ -1185,19 +1176,7 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
 
     // The host's proxy comes up: the next Init works. A record labelled with another key's
     // public key is refused alone (and counted in the health check until removed).
-    let proxy = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = proxy.accept().await {
-            let target = kms_addr.clone();
-            tokio::spawn(async move {
-                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                }
-            });
-        }
-    });
+    relay(proxy_port, kms_addr);
     let report = control
         .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
         .await
@@ -1890,11 +1869,14 @@ fn relay(port: u16, target: String) {
 /// Tampered `CiphertextForRecipient`s (issue 15): the content is AES-CBC without integrity, so
 /// a relay that could alter KMS's answers would make the enclave decrypt chosen variants of the
 /// plaintext and read the plaintext back from how each one fails.
+// (`&mut Vec`: the fake KMS's `Tamper` signature, which a truncation needs.)
+#[allow(clippy::ptr_arg)]
 fn flip_last_byte(envelope: &mut Vec<u8>) {
     if let Some(b) = envelope.last_mut() {
         *b ^= 0x01;
     }
 }
+#[allow(clippy::ptr_arg)]
 fn flip_early_content_byte(envelope: &mut Vec<u8>) {
     let at = envelope.len().saturating_sub(200);
     envelope[at] ^= 0x80;
@@ -1964,9 +1946,9 @@ async fn malicious_host_cannot_choose_kms_or_learn_from_failures() {
         serde_json::from_slice(&std::fs::read(&k.keystore).unwrap()).unwrap();
     let wrong_password =
         server::key_records::encode_plaintext(&keystore_json, "not the password").unwrap();
-    let mut cases: Vec<(&str, EncryptedKeyRecord, Option<fn(&mut Vec<u8>)>)> = vec![];
+    let mut cases: Vec<(&str, EncryptedKeyRecord, Option<Tamper>)> = vec![];
     for (name, tamper) in [
-        ("last byte flipped", flip_last_byte as fn(&mut Vec<u8>)),
+        ("last byte flipped", flip_last_byte as Tamper),
         ("early content byte flipped", flip_early_content_byte),
         ("last block dropped", drop_last_block),
     ] {

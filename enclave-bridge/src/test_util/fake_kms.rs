@@ -84,8 +84,11 @@ pub struct FakeKmsConfig {
     pub cms_encoding: CmsEncoding,
     /// Alters every `CiphertextForRecipient` before it is sent: what a relay that could
     /// break TLS to KMS would do (tests of how an enclave fails on tampered envelopes).
-    pub tamper: Option<fn(&mut Vec<u8>)>,
+    pub tamper: Option<Tamper>,
 }
+
+/// Alters a `CiphertextForRecipient` in place ([`FakeKmsConfig::tamper`]).
+pub type Tamper = fn(&mut Vec<u8>);
 
 impl FakeKmsConfig {
     pub fn new(root_cert_der: Vec<u8>) -> Self {
@@ -115,7 +118,7 @@ pub struct FakeKmsStats {
 struct State {
     config: FakeKmsConfig,
     /// [`FakeKmsConfig::tamper`], changeable while serving ([`FakeKms::set_tamper`]).
-    tamper: std::sync::Mutex<Option<fn(&mut Vec<u8>)>>,
+    tamper: std::sync::Mutex<Option<Tamper>>,
     blob_key: Zeroizing<[u8; 32]>,
     stats: FakeKmsStats,
 }
@@ -236,7 +239,7 @@ impl FakeKms {
     }
 
     /// From now on, alter every `CiphertextForRecipient` with `tamper` (`None`: stop).
-    pub fn set_tamper(&self, tamper: Option<fn(&mut Vec<u8>)>) {
+    pub fn set_tamper(&self, tamper: Option<Tamper>) {
         *self.state.tamper.lock().unwrap_or_else(|p| p.into_inner()) = tamper;
     }
 
