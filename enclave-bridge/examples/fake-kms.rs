@@ -13,9 +13,12 @@
 //! - `--policy-pcr0`: the key policy's `kms:RecipientAttestation:ImageSha384`
 //!   condition (96 hex digits); without it plain `Decrypt` is allowed too.
 //!
-//! Prints `url=http://127.0.0.1:PORT` and `key_arn=...` on standard output
-//! (one per line) once listening, then serves until interrupted. Ciphertexts
-//! are valid only for this run (the blob key is made at start).
+//! Prints `url=http://127.0.0.1:PORT` (for `ensign keys encrypt`),
+//! `https_url=https://127.0.0.1:PORT` (the same KMS over TLS as
+//! `kms.us-east-1.amazonaws.com`, for the enclave, whose roots are
+//! `DIR/kms-ca.pem`, written here) and `key_arn=...` on standard output (one
+//! per line) once listening, then serves until interrupted. Ciphertexts are
+//! valid only for this run (the blob key is made at start).
 
 use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestPki};
 use std::io::Write as _;
@@ -60,7 +63,7 @@ async fn main() -> ExitCode {
     };
     let mut config = FakeKmsConfig::new(pki.root_der.clone());
     config.required_pcr0 = pcr0;
-    let kms = match FakeKms::start(config).await {
+    let kms = match FakeKms::start_https(config, &["kms.us-east-1.amazonaws.com"]).await {
         Ok(k) => k,
         Err(e) => {
             eprintln!("cannot start the fake KMS: {e}");
@@ -71,8 +74,14 @@ async fn main() -> ExitCode {
         "fake-kms: TEST MATERIAL ONLY: attestation root {}",
         pki_dir.join("test-root.pem").display()
     );
+    let ca = pki_dir.join("kms-ca.pem");
+    if let Err(e) = std::fs::write(&ca, kms.ca_pem().unwrap_or_default()) {
+        eprintln!("cannot write {}: {e}", ca.display());
+        return ExitCode::FAILURE;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "url={}", kms.url());
+    let _ = writeln!(out, "https_url={}", kms.https_url().unwrap_or_default());
     let _ = writeln!(out, "key_arn={}", kms.key_arn());
     let _ = out.flush();
     drop(out);

@@ -1,13 +1,16 @@
 //! Attestation documents: the test attestor's output verifies; every kind of
-//! tampering, a foreign root and an expired chain do not.
+//! tampering, a foreign root, an expired chain and a certificate with an
+//! unrecognised critical extension do not. A debug-mode PCR0 and a timestamp
+//! outside the request's window are caught by the `VerifiedDoc` checks.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use enclave_bridge::attestation::{
     aws_nitro_root_g1_der, verify_attestation, AttestationDoc, AttestationError, Attestor,
+    VerifiedDoc, MAX_CLOCK_SKEW,
 };
-use enclave_bridge::test_util::{TestAttestor, TestPki, TestPkiOptions};
+use enclave_bridge::test_util::{TestAttestor, TestCert, TestExtension, TestPki, TestPkiOptions};
 
 const PCR0: [u8; 48] = [0xa5; 48];
 
@@ -150,6 +153,7 @@ fn expired_and_not_yet_valid_chains_are_refused() {
         not_before: now() - Duration::from_secs(10 * 3600),
         ca_not_after: now() + Duration::from_secs(3600),
         leaf_not_after: now() - Duration::from_secs(3600),
+        ..TestPkiOptions::default()
     }));
     let doc = TestAttestor::new(old.clone(), PCR0)
         .attest(None, None, None)
@@ -224,6 +228,154 @@ fn malformed_documents_are_refused_cleanly() {
         a.attest(Some(&[0u8; 1025]), None, None),
         Err(AttestationError::InputTooLarge { .. })
     ));
+}
+
+/// An OID under an arc nobody assigned to ensign: no verifier knows it.
+const UNKNOWN_OID: &str = "1.3.6.1.4.1.99999.4242.1";
+
+fn pki_with_extension(cert: TestCert, critical: bool) -> Arc<TestPki> {
+    Arc::new(TestPki::generate_with(&TestPkiOptions {
+        extra_extensions: vec![TestExtension {
+            cert,
+            oid: UNKNOWN_OID,
+            critical,
+            value: vec![0x05, 0x00], // NULL
+        }],
+        ..TestPkiOptions::default()
+    }))
+}
+
+#[test]
+fn a_certificate_with_an_unrecognised_critical_extension_is_refused() {
+    // RFC 5280 §4.2: a verifier must reject a certificate carrying a critical
+    // extension it does not recognise, wherever it is in the chain.
+    for (cert, which) in [
+        (TestCert::Leaf, "leaf"),
+        (TestCert::Intermediate, "cabundle[1]"),
+        (TestCert::Root, "root"),
+    ] {
+        let pki = pki_with_extension(cert, true);
+        let doc = TestAttestor::new(pki.clone(), PCR0)
+            .attest(None, None, None)
+            .unwrap();
+        let err = verify_attestation(&doc, &pki.root_der, now()).unwrap_err();
+        assert_eq!(
+            err,
+            AttestationError::UnrecognisedCriticalExtension {
+                which: which.into(),
+                oid: UNKNOWN_OID.into(),
+            },
+            "{cert:?}"
+        );
+        assert!(err.to_string().contains("RFC 5280"), "{err}");
+    }
+}
+
+#[test]
+fn an_unrecognised_non_critical_extension_is_ignored() {
+    // Non-critical extensions a verifier does not know may be ignored (RFC
+    // 5280 §4.2); basicConstraints and keyUsage, critical in every test
+    // certificate as in AWS's, are recognised.
+    for cert in [TestCert::Leaf, TestCert::Intermediate, TestCert::Root] {
+        let pki = pki_with_extension(cert, false);
+        let doc = TestAttestor::new(pki.clone(), PCR0)
+            .attest(None, None, None)
+            .unwrap();
+        verify_attestation(&doc, &pki.root_der, now()).unwrap();
+    }
+}
+
+#[test]
+fn a_debug_mode_document_verifies_but_is_flagged() {
+    // A debug-mode enclave reports PCR0 (and the other image PCRs) as zeros;
+    // the signature is genuine, the measurement meaningless.
+    let doc = TestAttestor::new(pki(), [0; 48])
+        .attest(None, None, None)
+        .unwrap();
+    let v = verify_attestation(&doc, &pki().root_der, now()).unwrap();
+    assert!(v.is_debug_mode());
+    assert_eq!(
+        v.check_not_debug_mode(),
+        Err(AttestationError::DebugModeEnclave)
+    );
+
+    let doc = attestor().attest(None, None, None).unwrap();
+    let v = verify_attestation(&doc, &pki().root_der, now()).unwrap();
+    assert!(!v.is_debug_mode());
+    assert_eq!(v.check_not_debug_mode(), Ok(()));
+    // A single zero byte is not debug mode.
+    let mut pcr0 = [0u8; 48];
+    pcr0[47] = 1;
+    let doc = TestAttestor::new(pki(), pcr0)
+        .attest(None, None, None)
+        .unwrap();
+    let v = verify_attestation(&doc, &pki().root_der, now()).unwrap();
+    assert_eq!(v.check_not_debug_mode(), Ok(()));
+}
+
+fn doc_at(timestamp: u64) -> VerifiedDoc {
+    VerifiedDoc {
+        module_id: "m".into(),
+        timestamp,
+        pcrs: [(0, PCR0.to_vec())].into(),
+        public_key: None,
+        user_data: None,
+        nonce: None,
+        certificate: Vec::new(),
+    }
+}
+
+#[test]
+fn the_timestamp_must_fall_between_the_request_and_the_answer() {
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    let sent = 1_700_000_000_000;
+    let received = sent + 2_000;
+    let skew = Duration::from_secs(60);
+    let check = |ts: u64| doc_at(ts).check_timestamp(at(sent), at(received), skew);
+    // Within the window, its edges included.
+    for ts in [
+        sent,
+        sent + 1_000,
+        received,
+        sent - 60_000,
+        received + 60_000,
+    ] {
+        assert_eq!(check(ts), Ok(()), "{ts}");
+    }
+    // Made before the request (beyond the skew): not for this request.
+    assert_eq!(
+        check(sent - 60_001),
+        Err(AttestationError::DocumentTooOld {
+            timestamp_ms: sent - 60_001,
+            early_ms: 60_001,
+            skew_ms: 60_000,
+        })
+    );
+    let err = check(sent - 3_600_000).unwrap_err();
+    assert!(err.to_string().contains("before the request"), "{err}");
+    // Dated after the answer arrived (beyond the skew).
+    assert_eq!(
+        check(received + 60_001),
+        Err(AttestationError::DocumentFromTheFuture {
+            timestamp_ms: received + 60_001,
+            late_ms: 60_001,
+            skew_ms: 60_000,
+        })
+    );
+    // No skew: exactly the window.
+    let exact = |ts: u64| doc_at(ts).check_timestamp(at(sent), at(received), Duration::ZERO);
+    assert_eq!(exact(sent), Ok(()));
+    assert!(exact(sent - 1).is_err());
+    assert!(exact(received + 1).is_err());
+    // The recommended allowance is a minute.
+    assert_eq!(MAX_CLOCK_SKEW, Duration::from_secs(60));
+
+    // A real document made between two readings of the clock passes.
+    let before = now();
+    let doc = attestor().attest(None, None, None).unwrap();
+    let after = now();
+    let v = verify_attestation(&doc, &pki().root_der, after).unwrap();
+    assert_eq!(v.check_timestamp(before, after, Duration::ZERO), Ok(()));
 }
 
 #[cfg(feature = "nsm")]

@@ -36,6 +36,7 @@ impl ControlHandler for Enclave {
             credentials: request.credentials.clone(),
             endpoint_url: request.kms_endpoint.clone(),
             resolve_to: Some("127.0.0.1".parse().unwrap()),
+            trust_roots_pem: None,
         });
         let attestor = self.attestor.clone();
         let decryptor =

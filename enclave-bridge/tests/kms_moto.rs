@@ -33,6 +33,7 @@ async fn plain_encrypt_decrypt_against_moto() {
         },
         endpoint_url: Some(EndpointUrl::try_from(moto.url.clone()).unwrap()),
         resolve_to: None,
+        trust_roots_pem: None,
     });
     let key_id = client
         .create_key()

@@ -41,6 +41,7 @@ fn client_for(kms: &FakeKms) -> aws_sdk_kms::Client {
         },
         endpoint_url: Some(EndpointUrl::try_from(kms.url().to_owned()).unwrap()),
         resolve_to: None,
+        trust_roots_pem: None,
     })
 }
 
@@ -253,6 +254,7 @@ async fn kms_errors_and_endpoints_that_leak_plaintext_are_reported() {
         },
         endpoint_url: Some(EndpointUrl::try_from(dead).unwrap()),
         resolve_to: None,
+        trust_roots_pem: None,
     };
     let err = PlainDecryptor::new(kms_client(&cfg))
         .decrypt(DecryptRequest::new(&blob))

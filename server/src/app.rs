@@ -453,6 +453,16 @@ async fn sign_inner(
     info.pubkey = parse_identifier(identifier);
     let request = SignRequest::parse(body)?;
     info.sign_type = request.sign_type.name();
+    if let Some(enclave) = &st.enclave {
+        // Issue 15: the parent instance can reach the data port; an exit is irreversible.
+        if request.sign_type == api_spec::sign::SignType::VoluntaryExit
+            && !enclave.allow_voluntary_exits
+        {
+            return Err(ApiError::Forbidden(
+                "this enclave does not sign voluntary exits (--enclave-allow-voluntary-exits)",
+            ));
+        }
+    }
     let key = info
         .pubkey
         .and_then(|pk| st.keyring().get(&pk))

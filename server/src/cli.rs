@@ -272,6 +272,60 @@ pub struct EnclaveOptions {
         global = true
     )]
     pub enclave_tls_subject_alt_names: Vec<String>,
+
+    /// The KMS key that decrypts the key records (ARN). Part of the image's command line, so
+    /// fixed by the measured image: every `Decrypt` names it, a record naming another key is
+    /// refused, and the KMS endpoint's region is the ARN's. Enclave mode needs it or
+    /// --enclave-kms-region.
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_KEY_ARN", global = true)]
+    pub enclave_kms_key_arn: Option<String>,
+
+    /// The region of the KMS endpoint (`https://kms.<region>.amazonaws.com`), if
+    /// --enclave-kms-key-arn does not give it. The host's `Init` must name the same region.
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_REGION", global = true)]
+    pub enclave_kms_region: Option<String>,
+
+    /// Another https:// KMS endpoint (e.g. a VPC endpoint's DNS name), fixed by the image. The
+    /// enclave speaks TLS to it through the host's proxy and checks its certificate against
+    /// the image's roots; `Init` cannot choose an endpoint.
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_ENDPOINT", global = true)]
+    pub enclave_kms_endpoint: Option<String>,
+
+    /// PEM roots that KMS's certificate must chain to instead of the image's CA bundle
+    /// (/etc/ssl/certs): a private CA in front of KMS, or a test KMS.
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_CA_FILE", global = true)]
+    pub enclave_kms_ca_file: Option<PathBuf>,
+
+    /// Sign voluntary exits in enclave mode. Off by default: an exit is irreversible, and
+    /// the parent instance can always reach the data port.
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_ALLOW_VOLUNTARY_EXITS",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_name = "BOOL",
+        global = true
+    )]
+    pub enclave_allow_voluntary_exits: bool,
+
+    /// DEVELOPMENT ONLY: let an enclave serve clients without certificates
+    /// (--tls-allow-any-client=true) and open a slashing database it cannot authenticate.
+    /// Without it, enclave mode refuses both.
+    #[arg(
+        long,
+        env = "ENSIGN_ENCLAVE_DEVELOPMENT_MODE",
+        default_value_t = false,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_name = "BOOL",
+        global = true
+    )]
+    pub enclave_development_mode: bool,
 }
 
 /// TLS on the signing API (Web3Signer's options, plus PEM files and a client CA file). The
@@ -386,6 +440,21 @@ pub struct VerifyAttestationArgs {
     /// Seconds for connecting and for the answer.
     #[arg(long, default_value_t = 10)]
     pub timeout_seconds: u64,
+
+    /// DEVELOPMENT ONLY: accept an enclave started in debug mode (PCR0 all zeros). Its
+    /// measurements prove nothing and the parent instance can read its console; without this
+    /// flag such a document is refused, whatever `--expected-pcr0` says.
+    #[arg(long)]
+    pub allow_debug_enclave: bool,
+
+    /// PEM client certificate (chain, leaf first) to present: an enclave requires a client
+    /// certificate on every connection (its --tls-known-clients-file or client CA).
+    #[arg(long, requires = "tls_client_key_file")]
+    pub tls_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert-file.
+    #[arg(long, requires = "tls_client_cert_file")]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 /// 96 hex digits → a SHA-384 PCR value.

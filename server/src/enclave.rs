@@ -67,6 +67,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
@@ -78,9 +79,9 @@ use base64::Engine as _;
 use der::{Decode, Encode};
 use enclave_bridge::attestation::Attestor;
 use enclave_bridge::control::{
-    AddKeysRequest, AwsCredentials, ControlHandler, ControlServer, ControlServerConfig,
-    DatabaseCredentials, EnclaveState, EncryptedKeyRecord, HandlerError, InitRequest, KeyFailure,
-    KeysReport, RemoveKeysRequest, RemoveReport,
+    AddKeysRequest, AwsCredentials, AwsRegion, ControlHandler, ControlServer, ControlServerConfig,
+    DatabaseCredentials, EnclaveState, EncryptedKeyRecord, EndpointUrl, HandlerError, InitRequest,
+    KeyFailure, KeysReport, RemoveKeysRequest, RemoveReport,
 };
 use enclave_bridge::forward::{ForwardLimits, Forwarder};
 use enclave_bridge::kms::{
@@ -111,6 +112,21 @@ const SERVED_BEFORE_INIT: [&str; 3] = ["/upcheck", "/healthcheck", ATTESTATION_P
 
 /// Largest nonce accepted (the NSM accepts up to 512 bytes; a verifier needs far less).
 pub const MAX_NONCE_LEN: usize = 64;
+
+/// What `/healthcheck` says of a failed `Init` (the reason is in the host's control reply).
+pub const INIT_FAILED_PUBLIC: &str = "the last Init failed; ensign-host logs the reason";
+
+/// The one text a record that failed after KMS answered gets, whatever went wrong: its
+/// envelope, its JSON, its keystore, its password or its public key. A failure's detail would
+/// be derived from the plaintext, and the parent instance reads every reply and log line
+/// (issue 15): it could otherwise learn plaintext from how tampered ciphertexts fail.
+pub const RECORD_UNUSABLE: &str = "the record could not be used once KMS had answered (envelope, \
+    format, keystore, password or public key check failed; no detail is given outside the \
+    enclave); the rest of the batch was not attempted";
+
+/// What the records of a batch not attempted after a [`RECORD_UNUSABLE`] failure get.
+const BATCH_STOPPED: &str =
+    "not attempted: an earlier record of this batch could not be used once KMS had answered";
 
 /// Health-check id of the keys loaded from the host's records.
 const SOURCE_ID: &str = "enclave-kms-loading";
@@ -212,6 +228,122 @@ pub struct EnclaveConfig {
     pub tls_names: Vec<String>,
     /// `--tls-*` client-certificate options (the server certificate options are refused).
     pub tls: crate::cli::TlsOptions,
+    /// Where and how KMS is reached: fixed by the image's command line, never by `Init`.
+    pub kms: KmsPin,
+    /// `--enclave-allow-voluntary-exits`.
+    pub allow_voluntary_exits: bool,
+    /// `--enclave-development-mode`: clients without certificates and an unauthenticated
+    /// database are allowed (with warnings).
+    pub development: bool,
+}
+
+/// The KMS settings the image fixes (issue 15): the parent instance relays KMS's bytes but
+/// chooses neither the endpoint, nor the roots its certificate must chain to, nor the key.
+#[derive(Clone, Debug)]
+pub struct KmsPin {
+    /// The region of the endpoint; `Init` must name the same.
+    pub region: AwsRegion,
+    /// `https://…` only.
+    pub endpoint: EndpointUrl,
+    /// `--enclave-kms-ca-file`'s PEM (`None`: the image's CA bundle).
+    pub roots_pem: Option<Vec<u8>>,
+    /// `--enclave-kms-key-arn`: the only key records may be decrypted with.
+    pub key_arn: Option<String>,
+}
+
+/// The region of a KMS key ARN (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`) and its partition's
+/// DNS suffix.
+fn kms_arn_region(arn: &str) -> Result<(String, &'static str), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [arn_, partition, service, region, account, resource] = parts[..] else {
+        return Err(format!(
+            "`{arn}` is not an ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
+        ));
+    };
+    let suffix = match partition {
+        "aws" | "aws-us-gov" => "amazonaws.com",
+        "aws-cn" => "amazonaws.com.cn",
+        _ => return Err(format!("`{arn}`: unknown partition `{partition}`")),
+    };
+    let ok = arn_ == "arn"
+        && service == "kms"
+        && !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource
+            .strip_prefix("key/")
+            .is_some_and(|id| !id.is_empty());
+    if !ok {
+        return Err(format!(
+            "`{arn}` is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; an alias can be \
+             re-pointed by whoever may update it, so the image pins the key itself)"
+        ));
+    }
+    Ok((region.to_string(), suffix))
+}
+
+impl KmsPin {
+    fn from_cli(e: &crate::cli::EnclaveOptions) -> Result<KmsPin, String> {
+        let from_arn = e
+            .enclave_kms_key_arn
+            .as_deref()
+            .map(kms_arn_region)
+            .transpose()
+            .map_err(|m| format!("--enclave-kms-key-arn: {m}"))?;
+        let (region, suffix) = match (&e.enclave_kms_region, from_arn) {
+            (Some(r), Some((arn_region, _))) if *r != arn_region => {
+                return Err(format!(
+                    "--enclave-kms-region {r} differs from the region of --enclave-kms-key-arn \
+                     ({arn_region})"
+                ))
+            }
+            (_, Some((r, suffix))) => (r, suffix),
+            (Some(r), None) => (r.clone(), "amazonaws.com"),
+            (None, None) => {
+                return Err("enclave mode needs --enclave-kms-key-arn (recommended) or \
+                     --enclave-kms-region: the KMS endpoint is fixed by the enclave image, \
+                     never chosen by the parent instance"
+                    .into())
+            }
+        };
+        let region = AwsRegion::try_from(region).map_err(|m| format!("KMS region: {m}"))?;
+        let endpoint = e
+            .enclave_kms_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://kms.{}.{suffix}", region.as_str()));
+        if !endpoint.starts_with("https://") {
+            return Err(format!(
+                "--enclave-kms-endpoint {endpoint}: must be https:// (TLS to KMS ends inside \
+                 the enclave; over http:// the parent instance would read and answer KMS's \
+                 traffic)"
+            ));
+        }
+        let endpoint =
+            EndpointUrl::try_from(endpoint).map_err(|m| format!("--enclave-kms-endpoint: {m}"))?;
+        let roots_pem = match &e.enclave_kms_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|err| format!("--enclave-kms-ca-file {}: {err}", path.display()))?;
+                if !pem
+                    .windows(b"-----BEGIN CERTIFICATE-----".len())
+                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+                {
+                    return Err(format!(
+                        "--enclave-kms-ca-file {}: no PEM certificate in it",
+                        path.display()
+                    ));
+                }
+                Some(pem)
+            }
+        };
+        Ok(KmsPin {
+            region,
+            endpoint,
+            roots_pem,
+            key_arn: e.enclave_kms_key_arn.clone(),
+        })
+    }
 }
 
 impl EnclaveConfig {
@@ -255,6 +387,29 @@ impl EnclaveConfig {
                     .into(),
             ));
         }
+        // Client authentication (issue 15): the parent instance can always connect to the data
+        // port, so an enclave that accepts any client signs for whoever runs on the host.
+        let t = &global.tls;
+        let authenticates = t.tls_known_clients_file.is_some() || t.tls_allow_ca_clients;
+        if !authenticates && !e.enclave_development_mode {
+            return Err(StartError::Config(
+                "enclave mode requires client certificates: give --tls-known-clients-file or \
+                 --tls-allow-ca-clients=true with --tls-ca-clients-file (files in the enclave \
+                 image, so its measurement covers them); the parent instance can reach the \
+                 data port, and would otherwise be a client like any other \
+                 (--enclave-development-mode=true with --tls-allow-any-client=true lifts this \
+                 for development)"
+                    .into(),
+            ));
+        }
+        if t.tls_allow_any_client && !e.enclave_development_mode {
+            return Err(StartError::Config(
+                "--tls-allow-any-client=true is refused in enclave mode outside \
+                 --enclave-development-mode=true: the parent instance could sign"
+                    .into(),
+            ));
+        }
+        let kms = KmsPin::from_cli(e).map_err(StartError::Config)?;
         if e.enclave_tls_subject_alt_names
             .iter()
             .all(|n| n.trim().is_empty())
@@ -275,6 +430,9 @@ impl EnclaveConfig {
                 .filter(|n| !n.is_empty())
                 .collect(),
             tls: global.tls.clone(),
+            kms,
+            allow_voluntary_exits: e.enclave_allow_voluntary_exits,
+            development: e.enclave_development_mode,
         })
     }
 }
@@ -351,6 +509,8 @@ pub struct EnclaveShared {
     attestor: Option<Arc<dyn Attestor>>,
     pub tls: TlsIdentity,
     attest_slots: Semaphore,
+    /// `--enclave-allow-voluntary-exits` (the sign handler refuses exits without it).
+    pub allow_voluntary_exits: bool,
 }
 
 impl std::fmt::Debug for EnclaveShared {
@@ -376,20 +536,21 @@ impl EnclaveShared {
         }
     }
 
-    /// The `/healthcheck` entry: the state and, until initialised, the last `Init` error
-    /// (reasons such as KMS's `AccessDenied` message; never secrets).
+    /// The `/healthcheck` entry: the state and, until initialised, whether the last `Init`
+    /// failed. Only that: the reason (KMS's messages name key ARNs and the account, the
+    /// database's its user) goes to ensign-host in the control reply, not to every client of
+    /// the data port (issue 15).
     pub fn health_entry(&self) -> Value {
         let ready = self.ready();
         let mut data = json!({"state": self.state_name()});
-        if !ready {
-            if let Some(e) = self
+        if !ready
+            && self
                 .last_init_error
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            {
-                data["last-init-error"] = json!(e);
-            }
+                .is_some()
+        {
+            data["last-init-error"] = json!(INIT_FAILED_PUBLIC);
         }
         json!({"id": "enclave", "status": if ready { "UP" } else { "DOWN" }, "data": data})
     }
@@ -473,6 +634,8 @@ struct Handler {
     last_error: Arc<Mutex<Option<String>>>,
     decrypt: Decrypt,
     resolve_to: Option<IpAddr>,
+    /// The image's KMS settings.
+    kms: KmsPin,
     /// The KMS settings of the accepted `Init` (credentials replaced by RefreshCredentials).
     session: Mutex<Option<KmsClientConfig>>,
     /// Records that failed to load: id → reason (the health check's error count).
@@ -734,9 +897,51 @@ impl Handler {
         }
     }
 
+    /// Checks a record before anything is sent to KMS: the key it names (if the image pins
+    /// one) and its encryption context's public key (required: it is checked against the
+    /// decrypted key). These reasons carry only what the host sent.
+    fn precheck(&self, record: &EncryptedKeyRecord) -> Result<[u8; 48], String> {
+        if let (Some(pinned), Some(named)) = (&self.kms.key_arn, &record.kms_key_id) {
+            if named != pinned {
+                return Err(format!(
+                    "the record names KMS key {named}; this enclave decrypts only with {pinned} \
+                     (--enclave-kms-key-arn)"
+                ));
+            }
+        }
+        let context = record
+            .encryption_context
+            .get(crate::key_records::CONTEXT_PUBKEY)
+            .ok_or_else(|| {
+                format!(
+                    "the record has no `{}` encryption context (records made by `ensign keys \
+                     encrypt` have it; it is checked against the decrypted key)",
+                    crate::key_records::CONTEXT_PUBKEY
+                )
+            })?;
+        let pubkey = parse_identifier(context).ok_or_else(|| {
+            format!(
+                "the record's `{}` encryption context is not a public key",
+                crate::key_records::CONTEXT_PUBKEY
+            )
+        })?;
+        if let Some(labelled) = &record.pubkey {
+            if parse_identifier(labelled) != Some(pubkey) {
+                return Err(format!(
+                    "the record is labelled {labelled} but its encryption context names {context}"
+                ));
+            }
+        }
+        Ok(pubkey)
+    }
+
     /// Decrypts every record (KMS, then the keystore), a few at a time. Once KMS proved
     /// unreachable and nothing succeeded, the rest fail at once with the same reason (a
-    /// thousand records must not take a thousand timeouts).
+    /// thousand records must not take a thousand timeouts). Once a record fails after KMS
+    /// answered (its plaintext, or the envelope holding it, did not check out), it gets
+    /// [`RECORD_UNUSABLE`] and no further record of the batch is sent to KMS: nothing that
+    /// depends on a plaintext is ever told apart to the host, and a host that tampers with
+    /// answers gets one try per batch.
     async fn load(
         &self,
         config: &KmsClientConfig,
@@ -752,20 +957,38 @@ impl Handler {
             (keystore::default_max_kdf_memory() >> 20).clamp(1, u32::MAX as u64) as u32;
         let kdf_slots = Arc::new(Semaphore::new(budget_mib as usize));
         let unreachable: Arc<Mutex<Option<String>>> = Arc::default();
-        let any_ok = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let any_ok = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let key_id = self.kms.key_arn.clone();
         let mut tasks = tokio::task::JoinSet::new();
         for (i, record) in records.iter().cloned().enumerate() {
             let (decryptor, kms_slots, kdf_slots) =
                 (decryptor.clone(), kms_slots.clone(), kdf_slots.clone());
-            let (unreachable, any_ok) = (unreachable.clone(), any_ok.clone());
+            let (unreachable, any_ok, stopped) =
+                (unreachable.clone(), any_ok.clone(), stopped.clone());
+            let key_id = key_id.clone();
+            let expected = self.precheck(&record);
             tasks.spawn(async move {
                 let fail = |reason: String| KeyFailure {
                     id: record.id.clone(),
                     reason,
                 };
+                let unusable = || {
+                    stopped.store(true, Ordering::SeqCst);
+                    fail(RECORD_UNUSABLE.into())
+                };
+                let expected = match expected {
+                    Ok(pk) => pk,
+                    Err(reason) => return (i, Err(fail(reason))),
+                };
+                // Held until the plaintext is parsed, so that a batch stops within
+                // KMS_CONCURRENCY records of an unusable one.
+                let slot = kms_slots.acquire().await.expect("never closed");
                 let plaintext = {
-                    let _slot = kms_slots.acquire().await.expect("never closed");
-                    if !any_ok.load(std::sync::atomic::Ordering::Relaxed) {
+                    if stopped.load(Ordering::SeqCst) {
+                        return (i, Err(fail(BATCH_STOPPED.into())));
+                    }
+                    if !any_ok.load(Ordering::Relaxed) {
                         if let Some(why) = unreachable
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -777,12 +1000,21 @@ impl Handler {
                     let got = decryptor
                         .decrypt(DecryptRequest {
                             ciphertext: &record.ciphertext.0,
-                            key_id: record.kms_key_id.as_deref(),
+                            // The image's key when it pins one (issue 15), else the record's.
+                            key_id: key_id.as_deref().or(record.kms_key_id.as_deref()),
                             encryption_context: Some(&record.encryption_context),
                         })
                         .await;
                     match got {
                         Ok(p) => p,
+                        // KMS answered, and what it answered did not open: the envelope
+                        // depends on the plaintext.
+                        Err(
+                            KmsError::Cms(_)
+                            | KmsError::UnexpectedPlaintext
+                            | KmsError::MissingRecipientCiphertext
+                            | KmsError::MissingPlaintext,
+                        ) => return (i, Err(unusable())),
                         Err(e) => {
                             if matches!(e, KmsError::Transport(_)) {
                                 unreachable
@@ -797,34 +1029,27 @@ impl Handler {
                 let parsed = RecordPlaintext::parse(plaintext.expose())
                     .and_then(|r| r.keystore().map(|k| (r, k)));
                 drop(plaintext);
-                let (record_plain, ks) = match parsed {
-                    Ok(x) => x,
-                    Err(e) => return (i, Err(fail(e.to_string()))),
+                if parsed.is_err() {
+                    let failure = unusable();
+                    drop(slot);
+                    return (i, Err(failure));
+                }
+                drop(slot);
+                let Ok((record_plain, ks)) = parsed else {
+                    return (i, Err(unusable()));
                 };
                 let mib = ((ks.kdf_memory() >> 20) as u32).clamp(1, budget_mib);
                 let _mem = kdf_slots.acquire_many(mib).await.expect("never closed");
                 let key = tokio::task::spawn_blocking(move || record_plain.decrypt(&ks)).await;
-                let key = match key {
-                    Ok(Ok(k)) => k,
-                    Ok(Err(e)) => return (i, Err(fail(e.to_string()))),
-                    Err(_) => return (i, Err(fail("keystore decryption aborted".into()))),
+                let Ok(Ok(key)) = key else {
+                    return (i, Err(unusable()));
                 };
-                if let Some(labelled) = &record.pubkey {
-                    let actual = key.pubkey();
-                    if parse_identifier(labelled) != Some(actual) {
-                        return (
-                            i,
-                            Err(fail(
-                                crate::key_records::RecordError::PubkeyMismatch {
-                                    labelled: labelled.clone(),
-                                    actual: hex0x(&actual),
-                                }
-                                .to_string(),
-                            )),
-                        );
-                    }
+                // The key KMS bound the ciphertext to (its encryption context) must be the key
+                // inside: a record cannot pass for another validator's.
+                if key.pubkey() != expected {
+                    return (i, Err(unusable()));
                 }
-                any_ok.store(true, std::sync::atomic::Ordering::Relaxed);
+                any_ok.store(true, Ordering::Relaxed);
                 (i, Ok((record.id.clone(), key)))
             });
         }
@@ -874,13 +1099,33 @@ impl Handler {
         Ok(report)
     }
 
-    fn config_for(&self, request: &InitRequest) -> KmsClientConfig {
-        KmsClientConfig {
-            region: request.region.clone(),
-            credentials: request.credentials.clone(),
-            endpoint_url: request.kms_endpoint.clone(),
-            resolve_to: self.resolve_to,
+    /// The KMS client settings for an `Init`: the image's endpoint, roots and region; the
+    /// host supplies only credentials. An `Init` that tries to choose the endpoint, or names
+    /// another region, is refused (issue 15: an endpoint of the host's choosing would hand it
+    /// the enclave's KMS traffic).
+    fn config_for(&self, request: &InitRequest) -> Result<KmsClientConfig, HandlerError> {
+        if let Some(url) = &request.kms_endpoint {
+            return Err(HandlerError::new(format!(
+                "Init names a KMS endpoint ({}), but this enclave's endpoint is fixed by its \
+                 image ({}); send Init without kms_endpoint",
+                url.as_str(),
+                self.kms.endpoint.as_str()
+            )));
         }
+        if request.region != self.kms.region {
+            return Err(HandlerError::new(format!(
+                "Init names region {}, but this enclave's KMS is in {} (fixed by its image)",
+                request.region.as_str(),
+                self.kms.region.as_str()
+            )));
+        }
+        Ok(KmsClientConfig {
+            region: self.kms.region.clone(),
+            credentials: request.credentials.clone(),
+            endpoint_url: Some(self.kms.endpoint.clone()),
+            resolve_to: self.resolve_to,
+            trust_roots_pem: self.kms.roots_pem.clone(),
+        })
     }
 
     async fn init_inner(&self, request: InitRequest) -> Result<KeysReport, HandlerError> {
@@ -890,9 +1135,9 @@ impl Handler {
             ));
         }
         check_not_expired(&request.credentials)?;
+        let config = self.config_for(&request)?;
         // Before any key: a signer that cannot record what it signs must not serve.
         self.open_database(request.database.as_ref()).await?;
-        let config = self.config_for(&request);
         tracing::info!(records = request.keys.len(), region = %request.region,
             access_key_id = %request.credentials.access_key_id, "Init: decrypting key records");
         let outcomes = self.load(&config, &request.keys).await?;
@@ -1115,11 +1360,35 @@ pub async fn prepare(
     slashing: Option<&StoreConfig>,
 ) -> Result<Prepared, StartError> {
     tracing::info!(control = %config.control, data = %config.data, "starting in ENCLAVE MODE");
-    if slashing.is_some_and(|s| !s.server_authenticated()) {
-        // The parent instance relays the database's bytes: without server authentication it
-        // could read them, or answer "not slashable" in the database's place.
+    // The parent instance relays the database's bytes: without server authentication it
+    // could read them, or answer "not slashable" in the database's place. SQLite lives in the
+    // enclave's memory and is lost when it restarts (a restarted enclave would not know what
+    // it signed). Both only in development (issue 15).
+    let unsafe_store = match slashing {
+        Some(StoreConfig::Sqlite { .. }) => Some(
+            "SQLite slashing protection in an enclave lives in the enclave's memory: its \
+             history is lost when the enclave restarts",
+        ),
+        Some(s) if !s.server_authenticated() => Some(
+            "the slashing protection database is not authenticated (PostgreSQL without \
+             sslmode=verify-full and sslrootcert in the image): the parent instance relaying \
+             its traffic could read it or answer in its place",
+        ),
+        _ => None,
+    };
+    if let Some(why) = unsafe_store {
+        if !config.development {
+            return Err(StartError::Config(format!(
+                "{why}; enclave mode refuses it (see docs/deploy-aws.md; \
+                 --enclave-development-mode=true allows it for development)"
+            )));
+        }
+        tracing::warn!("INSECURE (development mode): {why}");
+    }
+    if config.development {
         tracing::warn!(
-            "the slashing protection database is not authenticated (PostgreSQL without              sslmode=verify-full and sslrootcert): the parent instance relaying its traffic              could read or alter it; see docs/deploy-aws.md"
+            "INSECURE: --enclave-development-mode=true: clients without certificates and an \
+             unauthenticated slashing database are allowed; never in production"
         );
     }
     let mut tasks = Vec::new();
@@ -1139,7 +1408,9 @@ pub async fn prepare(
     };
 
     let (identity, cert, key) = generate_tls(&config.tls_names).map_err(StartError::Config)?;
-    let tls = crate::tls::server_config_with_key(&config.tls, vec![cert], key, true)
+    // No default to "any client" here: `from_cli` made sure clients are authenticated (or
+    // development mode allows --tls-allow-any-client=true).
+    let tls = crate::tls::server_config_with_key(&config.tls, vec![cert], key)
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(
         fingerprint = %crate::tls::fingerprint_hex(&crate::tls::fingerprint(&identity.cert_der)),
@@ -1202,6 +1473,7 @@ pub async fn prepare(
         last_error: last_error.clone(),
         decrypt,
         resolve_to,
+        kms: config.kms.clone(),
         session: Mutex::new(None),
         failed: Mutex::new(BTreeMap::new()),
         db,
@@ -1214,6 +1486,7 @@ pub async fn prepare(
         attestor: attestor_for_http,
         tls: identity,
         attest_slots: Semaphore::new(ATTEST_CONCURRENCY),
+        allow_voluntary_exits: config.allow_voluntary_exits,
     });
     Ok(Prepared {
         shared,
@@ -1235,6 +1508,30 @@ pub async fn prepare(
 mod tests {
     use super::*;
     use enclave_bridge::secret::SecretString;
+
+    #[test]
+    fn kms_key_arns_give_their_region_and_partition() {
+        let ok = |arn: &str| kms_arn_region(arn).unwrap();
+        assert_eq!(
+            ok("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+            ("eu-west-1".to_string(), "amazonaws.com")
+        );
+        assert_eq!(
+            ok("arn:aws-cn:kms:cn-north-1:111122223333:key/x"),
+            ("cn-north-1".to_string(), "amazonaws.com.cn")
+        );
+        for bad in [
+            "alias/validators",
+            "arn:aws:kms:eu-west-1:111122223333:alias/validators",
+            "arn:aws:s3:eu-west-1:111122223333:key/x",
+            "arn:aws:kms::111122223333:key/x",
+            "arn:aws:kms:eu-west-1:1111:key/x",
+            "arn:aws:kms:eu-west-1:111122223333:key/",
+            "arn:other:kms:eu-west-1:111122223333:key/x",
+        ] {
+            assert!(kms_arn_region(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn init_credentials_replace_the_configured_ones() {

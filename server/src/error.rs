@@ -32,6 +32,10 @@ pub enum ApiError {
     /// The request body did not arrive by its deadline (`conn`); the connection is closed.
     #[error("request body not received in time")]
     BodyTimeout,
+    /// A message this signer is configured never to sign (a policy, not slashing protection:
+    /// 403, distinct from a slashing refusal's 412).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
 }
 
 impl From<slashing::Error> for ApiError {
@@ -63,6 +67,7 @@ impl ApiError {
             }
             ApiError::NotEnclaveMode => StatusCode::NOT_FOUND,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -86,6 +91,7 @@ impl ApiError {
                     .into(),
             ),
             ApiError::BodyTimeout => Some("the request body did not arrive in time".into()),
+            ApiError::Forbidden(m) => Some((*m).into()),
             _ => None,
         }
     }

@@ -367,6 +367,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             None
         }
     };
+    // In enclave mode the database is reached through the parent instance, the attacker
+    // (issue 15): the enclave also keeps what it signed since start in memory and refuses what
+    // conflicts with it, whatever the database answers (`slashing::MemoryWitness`).
+    let slashing = match slashing {
+        Some(store) if config.enclave.is_some() => {
+            Some(Arc::new(slashing::MemoryWitness::new(store)) as Arc<dyn SlashingProtection>)
+        }
+        other => other,
+    };
     let mut background = vec![];
     if let (Some(sp), Some(pruning)) = (slashing.clone(), config.pruning) {
         background.push(tokio::spawn(prune_periodically(sp, pruning)));

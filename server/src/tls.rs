@@ -119,31 +119,26 @@ pub fn server_config(opts: &TlsOptions) -> Result<Option<Arc<ServerConfig>>, Tls
             )),
         };
 
-    server_config_with_key(opts, chain, key, false).map(Some)
+    server_config_with_key(opts, chain, key).map(Some)
 }
 
 /// The TLS server configuration for a given certificate chain and key, with the client
-/// certificate options of `opts`. `allow_any_by_default`: with neither known clients nor
-/// client CAs configured, accept clients without a certificate instead of refusing to start
-/// (enclave mode, whose key is made at start: see `enclave`).
+/// certificate options of `opts` (with none of them, starting fails: clients are
+/// authenticated unless --tls-allow-any-client=true says otherwise).
 pub fn server_config_with_key(
     opts: &TlsOptions,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    allow_any_by_default: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::ServerCert(e.to_string()))?;
-    let no_client_options = opts.tls_known_clients_file.is_none()
-        && !opts.tls_allow_ca_clients
-        && opts.tls_ca_clients_file.is_none();
-    let builder = if opts.tls_allow_any_client || (allow_any_by_default && no_client_options) {
-        if opts.tls_known_clients_file.is_some()
-            || opts.tls_allow_ca_clients
-            || opts.tls_ca_clients_file.is_some()
-        {
+    let client_options = opts.tls_known_clients_file.is_some()
+        || opts.tls_allow_ca_clients
+        || opts.tls_ca_clients_file.is_some();
+    let builder = if opts.tls_allow_any_client {
+        if client_options {
             return Err(TlsError::Options(
                 "--tls-allow-any-client=true accepts every client: it cannot be combined with \
                  --tls-known-clients-file or --tls-allow-ca-clients",
@@ -266,7 +261,7 @@ fn load_pkcs12(
     Ok((certs, key))
 }
 
-fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path, "TLS certificate file")?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -285,7 +280,7 @@ fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError
     Ok(certs)
 }
 
-fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = Zeroizing::new(read(path, "TLS key file")?);
     // Only the kind of error is reported: pki-types' messages never include key material, but
     // a key file is no place to quote from anyway.

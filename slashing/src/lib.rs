@@ -30,6 +30,10 @@
 //!
 //! The rules themselves are pure functions in [`rules`]; the stores only
 //! narrow the history with SQL and apply the verdict.
+//!
+//! [`MemoryWitness`] wraps any store with an in-memory record of what was
+//! permitted since start and refuses conflicts with it whatever the store says
+//! (for a database reached through an untrusted party: see [`witness`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,11 +45,13 @@ mod postgres_store;
 pub mod rules;
 mod sqlite_store;
 mod store;
+pub mod witness;
 
 pub use postgres_store::{
     PostgresOptions, PostgresStore, DEFAULT_TIMEOUT as DEFAULT_POSTGRES_TIMEOUT,
 };
 pub use sqlite_store::SqliteStore;
+pub use witness::{MemoryWitness, WitnessLimits};
 
 /// 48-byte compressed BLS public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,76 +6,8 @@ mod common;
 
 use std::sync::{Arc, Barrier};
 
+use common::races::{exactly_one_winner, one_winner_suite, race};
 use slashing::{Check, Error, Permit, Refusal, Root, SlashingProtection, SqliteStore};
-
-const THREADS: usize = 200;
-
-/// `THREADS` threads released together by a barrier; thread i uses
-/// `stores[i % stores.len()]`. Returns the verdicts.
-fn race(
-    stores: Vec<Arc<dyn SlashingProtection>>,
-    f: impl Fn(&dyn SlashingProtection, usize) -> Result<Permit, Error> + Send + Sync + 'static,
-) -> Vec<Result<Permit, Error>> {
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let f = Arc::new(f);
-    let handles: Vec<_> = (0..THREADS)
-        .map(|i| {
-            let (b, f, s) = (barrier.clone(), f.clone(), stores[i % stores.len()].clone());
-            std::thread::spawn(move || {
-                b.wait();
-                f(&*s, i)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn exactly_one_winner(results: &[Result<Permit, Error>], conflict: Refusal) {
-    let winners = results
-        .iter()
-        .filter(|r| matches!(r, Ok(Permit::New)))
-        .count();
-    assert_eq!(winners, 1, "exactly one Ok(New) expected: {results:?}");
-    for r in results {
-        match r {
-            Ok(Permit::New) => {}
-            Err(Error::Refused(x)) => assert_eq!(*x, conflict),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn one_winner_suite(stores: Vec<Arc<dyn SlashingProtection>>) {
-    // Same target epoch, different roots (and sources) ⇒ double votes.
-    let r = race(stores.clone(), |s, i| {
-        s.sign_attestation(
-            common::GVR,
-            common::pk(1),
-            (i % 5) as u64,
-            10,
-            common::root(i as u64 + 1),
-        )
-    });
-    exactly_one_winner(&r, Refusal::DoubleVote);
-    // Same slot, different roots ⇒ double proposals.
-    let r = race(stores.clone(), |s, i| {
-        s.sign_block(common::GVR, common::pk(2), 42, common::root(i as u64 + 1))
-    });
-    exactly_one_winner(&r, Refusal::DoubleBlockProposal);
-    // Mutually surrounding votes: (10-k, 20+k) all surround each other.
-    let r = race(stores, |s, i| {
-        let k = (i % 10) as u64;
-        s.sign_attestation(
-            common::GVR,
-            common::pk(3),
-            10 - k,
-            20 + k,
-            common::root(i as u64 + 1),
-        )
-    });
-    let winners = r.iter().filter(|x| matches!(x, Ok(Permit::New))).count();
-    assert_eq!(winners, 1, "{r:?}");
-}
 
 #[test]
 fn sqlite_one_winner() {

@@ -36,11 +36,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use enclave_bridge::control::{
-    read_frame, write_frame, AwsCredentials, ControlClient, ControlError, EncryptedKeyRecord,
-    EndpointUrl, ErrorCode, InitRequest, RemoveKeysRequest,
+    read_frame, write_frame, AddKeysRequest, AwsCredentials, ControlClient, ControlError,
+    EncryptedKeyRecord, EndpointUrl, ErrorCode, InitRequest, RemoveKeysRequest,
 };
 use enclave_bridge::secret::{Base64Bytes, SecretString};
-use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestPki, TEST_ROOT_FILE};
+use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, Tamper, TestPki, TEST_ROOT_FILE};
 use enclave_bridge::Endpoint;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -139,14 +139,45 @@ async fn moto_sdk_config(url: &str) -> keystore::aws::SdkConfig {
 }
 
 /// A test PKI under `dir/pki` and a fake KMS whose key policy admits `pcr0` (`None`: this
-/// build's `ensign-insecure-test`, the image an enclave test runs).
+/// build's `ensign-insecure-test`, the image an enclave test runs). The KMS serves HTTPS as
+/// `kms.<REGION>.amazonaws.com` with a certificate from a test CA, written to `dir/kms-ca.pem`
+/// (what an image would carry as its roots), and plain HTTP for test set-up.
 async fn pki_and_kms(dir: &Path, pcr0: Option<Vec<u8>>) -> (PathBuf, TestPki, FakeKms) {
     let pki_dir = dir.join("pki");
     let pki = TestPki::load_or_generate(&pki_dir).unwrap();
     let mut config = FakeKmsConfig::new(pki.root_der.clone());
     config.required_pcr0 = Some(pcr0.unwrap_or_else(|| sha384_file(&enclave_ensign()).to_vec()));
-    let kms = FakeKms::start(config).await.unwrap();
+    let kms = FakeKms::start_https(config, &[&format!("kms.{REGION}.amazonaws.com")])
+        .await
+        .unwrap();
+    std::fs::write(dir.join("kms-ca.pem"), kms.ca_pem().unwrap()).unwrap();
     (pki_dir, pki, kms)
+}
+
+/// The fake KMS's HTTPS `HOST:PORT`.
+fn kms_tls_addr(kms: &FakeKms) -> String {
+    kms.https_url()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_string()
+}
+
+/// The enclave's global options that its image would fix: the KMS key, endpoint (its real
+/// name, port `forward`: the enclave's loopback forwarder) and roots (the test CA written by
+/// [`pki_and_kms`]), the known client; and development mode, for SQLite in the enclave's
+/// memory (tests/tests/enclave.rs's production-configuration test checks the refusals).
+fn enclave_globals(dir: &Path, kms: &FakeKms, forward: u16) -> Vec<String> {
+    vec![
+        "--enclave-kms-key-arn".into(),
+        kms.key_arn().into(),
+        "--enclave-kms-endpoint".into(),
+        format!("https://kms.{REGION}.amazonaws.com:{forward}"),
+        "--enclave-kms-ca-file".into(),
+        dir.join("kms-ca.pem").display().to_string(),
+        "--tls-known-clients-file".into(),
+        known_clients_file(dir).display().to_string(),
+        "--enclave-development-mode=true".into(),
+    ]
 }
 
 /// A keystore made from `seed` and its key record, encrypted under `kms` by `ensign keys
@@ -222,7 +253,7 @@ async fn run_ensign(args: Vec<String>, env: &[(&'static str, &'static str)]) -> 
 
 /// `ensign verify-attestation`; (exit code, output).
 async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String) {
-    let args = vec![
+    let mut args = vec![
         "verify-attestation".to_string(),
         "--url".into(),
         url.into(),
@@ -231,23 +262,88 @@ async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String
         "--root-cert".into(),
         root.display().to_string(),
     ];
+    args.extend(client_cert_args());
     run_ensign(args, &[]).await
 }
 
-/// A client for probing before the certificate has been checked (accepts any).
+/// The validator client's certificate (self-signed; its key and certificate PEM) and its
+/// known-clients line: enclave mode requires client certificates, and every enclave these tests
+/// start knows this one.
+struct ClientCert {
+    cert_pem: String,
+    key_pem: String,
+    identity_pem: String,
+    known_clients_line: String,
+}
+
+fn client_cert() -> &'static ClientCert {
+    static CERT: std::sync::OnceLock<ClientCert> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "validator client");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.self_signed(&key).unwrap();
+        let fingerprint: Vec<String> = sha2::Sha256::digest(cert.der())
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
+            known_clients_line: format!("validator {}\n", fingerprint.join(":")),
+        }
+    })
+}
+
+/// `dir/known-clients.txt`, naming [`client_cert`].
+fn known_clients_file(dir: &Path) -> PathBuf {
+    let path = dir.join("known-clients.txt");
+    std::fs::write(&path, &client_cert().known_clients_line).unwrap();
+    path
+}
+
+/// `verify-attestation`'s options presenting [`client_cert`] (files written in a fresh
+/// temporary directory that lives as long as the process: the tests run it to its end).
+fn client_cert_args() -> Vec<String> {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = TempDir::new().unwrap();
+        std::fs::write(d.path().join("client.pem"), &client_cert().cert_pem).unwrap();
+        std::fs::write(d.path().join("client.key"), &client_cert().key_pem).unwrap();
+        d
+    });
+    vec![
+        "--tls-client-cert-file".into(),
+        dir.path().join("client.pem").display().to_string(),
+        "--tls-client-key-file".into(),
+        dir.path().join("client.key").display().to_string(),
+    ]
+}
+
+fn with_identity(b: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    b.identity(reqwest::Identity::from_pem(client_cert().identity_pem.as_bytes()).unwrap())
+}
+
+/// A client for probing before the certificate has been checked (accepts any), with the known
+/// client certificate.
 fn unverified_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
+    with_identity(reqwest::Client::builder().danger_accept_invalid_certs(true))
         .build()
         .unwrap()
 }
 
-/// A validator client's: trusts exactly the enclave's certificate.
+/// A validator client's: trusts exactly the enclave's certificate, presents its own.
 fn pinned_client(pem: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
-        .build()
-        .unwrap()
+    with_identity(
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
+    )
+    .build()
+    .unwrap()
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Resp {
@@ -491,13 +587,17 @@ async fn start_host_with(
     extras: &HostExtras,
 ) -> HostRun {
     let (data, control, forward, kms_proxy) = (free_port(), free_port(), free_port(), free_port());
-    let kms_port = kms.url().rsplit(':').next().unwrap().to_string();
+    let image: Vec<String> = enclave_globals(dir, kms, forward)
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect();
     let ensign_cmd = format!(
         "exec '{ensign}' --enclave-mode=true \
-         --enclave-forward \"tcp:127.0.0.1:{forward}=$ENSIGN_HOST_KMS_PROXY\" {global} \
+         --enclave-forward \"tcp:127.0.0.1:{forward}=$ENSIGN_HOST_KMS_PROXY\" {image} {global} \
          --enclave-attestation 'insecure-test:{pki}' --data-path '{data_path}' \
          eth2 --network mainnet {eth2}",
         ensign = enclave_ensign().display(),
+        image = image.join(" "),
         pki = pki_dir.display(),
         data_path = dir.join("enclave-data").display(),
         global = extras.ensign_global,
@@ -517,11 +617,9 @@ async fn start_host_with(
             &control.to_string(),
             "--kms-proxy-listen",
             &format!("tcp:127.0.0.1:{kms_proxy}"),
+            // The proxy's target; the enclave's endpoint name is its image's.
             "--kms-endpoint",
-            &format!("127.0.0.1:{kms_port}"),
-            // The real KMS host name: only the enclave's resolver sends it to its forwarder.
-            "--kms-endpoint-url",
-            &format!("http://kms.{REGION}.amazonaws.com:{forward}"),
+            &kms_tls_addr(kms),
             "--credentials",
             "static-for-tests",
             "--poll-interval-secs",
@@ -631,13 +729,14 @@ async fn whole_flow_through_ensign_host() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("PCR0 is"), "{out}");
     // The default root (AWS's) does not accept a test document.
-    let args = vec![
+    let mut args = vec![
         "verify-attestation".to_string(),
         "--url".into(),
         base.clone(),
         "--expected-pcr0".into(),
         hex::encode(pcr0),
     ];
+    args.extend(client_cert_args());
     let bin = ensign();
     let out = tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
         .await
@@ -667,7 +766,7 @@ async fn whole_flow_through_ensign_host() {
 
     // A second Init, from anyone reaching the control port, is refused; the enclave serves on.
     let mut control = ControlClient::connect(&host.control).await.unwrap();
-    let err = control.init(init_request(vec![], None)).await.unwrap_err();
+    let err = control.init(init_request(vec![])).await.unwrap_err();
     assert_eq!(
         err.remote_code(),
         Some(ErrorCode::AlreadyInitialised),
@@ -771,11 +870,13 @@ fn credentials() -> AwsCredentials {
     }
 }
 
-fn init_request(keys: Vec<EncryptedKeyRecord>, kms_endpoint: Option<String>) -> InitRequest {
+/// An Init as ensign-host sends it: credentials, region and records (the KMS endpoint is the
+/// enclave image's).
+fn init_request(keys: Vec<EncryptedKeyRecord>) -> InitRequest {
     InitRequest {
         credentials: credentials(),
         region: serde_json::from_value(json!(REGION)).unwrap(),
-        kms_endpoint: kms_endpoint.map(|u| EndpointUrl::try_from(u).unwrap()),
+        kms_endpoint: None,
         keys,
         tls: None,
         database: None,
@@ -823,9 +924,11 @@ async fn wrong_pcr0_policy_keeps_every_key_out() {
         .cloned()
         .unwrap();
     assert_eq!(entry["status"], "DOWN");
+    // Clients of the data port learn that Init failed, not KMS's message (which names the key's
+    // ARN and account): that reaches the host, in the control reply (below).
     let reason = entry["data"]["last-init-error"].as_str().unwrap();
-    assert!(reason.contains("KMS denied access"), "{reason}");
-    assert!(reason.contains("no key could be loaded"), "{reason}");
+    assert_eq!(reason, server::enclave::INIT_FAILED_PUBLIC);
+    assert!(!health.body.contains("111122223333"), "{health:?}");
 
     // Closed: no signing, no key list; attestation and upcheck still answer.
     let r = sign(&probe, &base, &k.pubkey, &attestation(1, 2, 1)).await;
@@ -869,11 +972,13 @@ struct Enclave {
     control: Endpoint,
 }
 
-/// `forwards`: (local port, remote port) loopback pairs; `eth2_args` after `eth2`.
+/// `forwards`: (local port, remote port) loopback pairs; `globals` before `eth2` (e.g.
+/// [`enclave_globals`]), `eth2_args` after it.
 async fn start_enclave(
     data_path: &Path,
     pki_dir: &Path,
     forwards: &[(u16, u16)],
+    globals: &[String],
     eth2_args: &[String],
 ) -> Enclave {
     let mut cmd = Command::new(enclave_ensign());
@@ -894,6 +999,7 @@ async fn start_enclave(
             &format!("tcp:127.0.0.1:{local}=tcp:127.0.0.1:{remote}"),
         ]);
     }
+    cmd.args(globals);
     cmd.args(["eth2", "--network", "mainnet"]);
     cmd.args(eth2_args);
     let proc = Proc::spawn(cmd, "enclave");
@@ -938,13 +1044,14 @@ async fn control_reply(control: &Endpoint, raw: &[u8]) -> Value {
 async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     let dir = TempDir::new().unwrap();
     let (pki_dir, pki, kms) = pki_and_kms(dir.path(), None).await;
-    let kms_addr = kms.url().trim_start_matches("http://").to_string();
+    let kms_addr = kms_tls_addr(&kms);
     // The enclave's KMS forwarder points at the host's proxy port, where nothing listens yet.
     let (forward, proxy_port) = (free_port(), free_port());
     let e = start_enclave(
         &dir.path().join("enclave-data"),
         &pki_dir,
         &[(forward, proxy_port)],
+        &enclave_globals(dir.path(), &kms, forward),
         &[],
     )
     .await;
@@ -1041,13 +1148,9 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     // Init before the host's KMS proxy is up: refused with the reason, nothing loaded.
     let k = key_files(&dir.path().join("keystores"), b"enclave alone");
     let stranger = key_files(&dir.path().join("keystores"), b"someone else");
-    let endpoint = Some(format!("http://kms.{REGION}.amazonaws.com:{forward}"));
     let mut control = ControlClient::connect(&e.control).await.unwrap();
     let err = control
-        .init(init_request(
-            vec![fake_record(&kms, &k, &k.pubkey)],
-            endpoint.clone(),
-        ))
+        .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
         .await
         .unwrap_err();
     let ControlError::Remote { code, message } = &err else {
@@ -1055,10 +1158,13 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     };
     assert_eq!(*code, ErrorCode::HandlerFailed);
     assert!(message.contains("KMS request failed"), "{message}");
+    // The host hears the reason; the data port's clients only that Init failed.
     let h = get(&probe, &format!("{}/healthcheck", e.base)).await;
     assert_eq!(h.status, 503);
     assert!(
-        h.body.contains("\"failed\"") && h.body.contains("KMS request failed"),
+        h.body.contains("\"failed\"")
+            && h.body.contains(server::enclave::INIT_FAILED_PUBLIC)
+            && !h.body.contains("KMS"),
         "{h:?}"
     );
     assert_eq!(
@@ -1070,28 +1176,25 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
 
     // The host's proxy comes up: the next Init works. A record labelled with another key's
     // public key is refused alone (and counted in the health check until removed).
-    let proxy = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port))
+    relay(proxy_port, kms_addr);
+    let report = control
+        .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = proxy.accept().await {
-            let target = kms_addr.clone();
-            tokio::spawn(async move {
-                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                }
-            });
-        }
-    });
-    let records = vec![
-        fake_record(&kms, &k, &k.pubkey),
-        fake_record(&kms, &k, &stranger.pubkey),
-    ];
-    let report = control.init(init_request(records, endpoint)).await.unwrap();
     assert_eq!(report.loaded, vec![k.pubkey.clone()]);
+    // A record whose encryption context (and label) names another key than the one inside:
+    // refused with the one fixed text, which says nothing of the plaintext.
+    let report = control
+        .add_keys(AddKeysRequest {
+            keys: vec![fake_record(&kms, &k, &stranger.pubkey)],
+        })
+        .await
+        .unwrap();
+    assert!(report.loaded.is_empty(), "{report:?}");
     assert_eq!(report.failed.len(), 1);
-    assert!(
-        report.failed[0].reason.contains("labelled"),
+    assert_eq!(
+        report.failed[0].reason,
+        server::enclave::RECORD_UNUSABLE,
         "{:?}",
         report.failed
     );
@@ -1126,7 +1229,7 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     );
 
     // Re-init refused; the enclave keeps its keys.
-    let err = control.init(init_request(vec![], None)).await.unwrap_err();
+    let err = control.init(init_request(vec![])).await.unwrap_err();
     assert_eq!(
         err.remote_code(),
         Some(ErrorCode::AlreadyInitialised),
@@ -1169,19 +1272,8 @@ async fn enclave_mode_refuses_local_key_sources() {
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("loopback"), "{stderr}");
-    // Off-enclave, the default attestation (the NSM) is not there: a clear start-up error.
-    let (code, stderr) = tests::run_binary(&[
-        "--enclave-mode=true".into(),
-        "--enclave-control-endpoint".into(),
-        "tcp:127.0.0.1:0".into(),
-        "--enclave-data-endpoint".into(),
-        "tcp:127.0.0.1:0".into(),
-        "--data-path".into(),
-        dir.path().display().to_string(),
-        "eth2".into(),
-    ]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("/dev/nsm"), "{stderr}");
+    // Off-enclave, the default attestation (the NSM) is not there: a clear start-up error
+    // (enclave_mode_refuses_an_unsafe_configuration, once the configuration is safe).
 }
 
 /// A production build (`cargo build --release -p server`, default features: what
@@ -1340,6 +1432,10 @@ async fn plain_decrypt_path_against_moto() {
         "tcp:127.0.0.1:0",
         "--data-path",
         &dir.path().join("data").display().to_string(),
+        "--enclave-kms-region",
+        REGION,
+        "--enclave-development-mode=true",
+        "--tls-allow-any-client=true",
         "eth2",
         "--network",
         "mainnet",
@@ -1352,18 +1448,17 @@ async fn plain_decrypt_path_against_moto() {
         unreachable!()
     };
     let mut config = server::Config::from_cli(&cli.global, eth2).unwrap();
-    config.enclave.as_mut().unwrap().attestation =
-        server::enclave::AttestationMode::UnattestedPlainDecryptForTests;
+    let enclave = config.enclave.as_mut().unwrap();
+    enclave.attestation = server::enclave::AttestationMode::UnattestedPlainDecryptForTests;
+    // moto speaks plain HTTP: an endpoint only code can set (the options take https:// only).
+    enclave.kms.endpoint = EndpointUrl::try_from(moto.url.clone()).unwrap();
     let running = server::start(config).await.unwrap();
     let endpoints = running.enclave.clone().unwrap();
     let base = format!("https://{}", running.addr);
     let mut control = ControlClient::connect(&endpoints.control).await.unwrap();
     let mut dup = dir_record.clone();
     dup.id = "from-directory".into();
-    let report = control
-        .init(init_request(vec![record, dup], Some(moto.url.clone())))
-        .await
-        .unwrap();
+    let report = control.init(init_request(vec![record, dup])).await.unwrap();
     assert_eq!(
         report.loaded,
         vec![k.pubkey.clone(), "from-directory".to_string()],
@@ -1397,7 +1492,13 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
     let dir = TempDir::new().unwrap();
     let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
     let k = key_files(&dir.path().join("keystores"), b"enclave postgres");
-    let pg_forward = free_port();
+    let (pg_forward, kms_forward) = (free_port(), free_port());
+    let kms_port: u16 = kms_tls_addr(&kms)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let eth2 = vec![
         "--slashing-protection-db-url".to_string(),
         schema.url_via(Some(&format!("127.0.0.1:{pg_forward}"))),
@@ -1406,8 +1507,16 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
     for round in 0..2 {
         // A fresh data path each time: what an enclave's memory holds is gone after a restart.
         let data_path = dir.path().join(format!("enclave-data-{round}"));
-        let mut e = start_enclave(&data_path, &pki_dir, &[(pg_forward, 5432)], &eth2).await;
-        // Plaintext PostgreSQL through the parent: the operator is told it is not authenticated.
+        let mut e = start_enclave(
+            &data_path,
+            &pki_dir,
+            &[(pg_forward, 5432), (kms_forward, kms_port)],
+            &enclave_globals(dir.path(), &kms, kms_forward),
+            &eth2,
+        )
+        .await;
+        // Plaintext PostgreSQL through the parent (development mode only): the operator is told
+        // it is not authenticated.
         assert!(
             e.proc
                 .lines()
@@ -1418,10 +1527,7 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
         );
         let mut control = ControlClient::connect(&e.control).await.unwrap();
         let report = control
-            .init(init_request(
-                vec![fake_record(&kms, &k, &k.pubkey)],
-                Some(kms.url().to_string()),
-            ))
+            .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
             .await
             .unwrap();
         assert_eq!(report.loaded, vec![k.pubkey.clone()], "{report:?}");
@@ -1433,6 +1539,29 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
         // A double vote for target 11: refused in this enclave and in its successor.
         let r = sign(&client, &e.base, &k.pubkey, &attestation(10, 11, 2 + round)).await;
         assert_eq!(r.status, 412, "round {round}: {r:?}");
+        if round == 0 {
+            // The parent instance, holding the database's credentials, deletes the history
+            // (issue 15, finding 3): the enclave remembers what it signed since it started and
+            // still refuses the double vote and a surrounding one.
+            let schema_name = schema.name.clone();
+            pg_rows(format!(
+                "DELETE FROM {schema_name}.signed_attestations; \
+                 DELETE FROM {schema_name}.low_watermarks"
+            ))
+            .await;
+            for (source, target) in [(10, 11), (9, 12)] {
+                let r = sign(&client, &e.base, &k.pubkey, &attestation(source, target, 7)).await;
+                assert_eq!(
+                    r.status, 412,
+                    "history deleted, ({source}, {target}): {r:?}"
+                );
+            }
+            assert!(
+                e.proc.lines().iter().any(|l| l.contains("disagree")),
+                "the disagreement is logged: {}",
+                e.proc.tail()
+            );
+        }
         refused_after_restart = round == 1;
         let status = e.proc.terminate();
         assert!(status.success(), "{status}\n{}", e.proc.tail());
@@ -1606,15 +1735,13 @@ async fn database_credentials_from_secrets_manager_reach_the_enclave() {
         },
     )
     .await;
-    assert!(
-        reason.contains("slashing protection database")
-            && reason.contains(&missing)
-            && reason.contains("does not exist"),
-        "{reason}"
-    );
+    // The data port's clients learn only that Init failed; the host hears the database's reason.
+    assert_eq!(reason, server::enclave::INIT_FAILED_PUBLIC);
     let refused = host.proc.line_with("the enclave refused Init").await;
     assert!(
-        refused.contains("slashing protection database"),
+        refused.contains("slashing protection database")
+            && refused.contains(&missing)
+            && refused.contains("does not exist"),
         "{refused}"
     );
     let r = sign(&probe, &base, &k.pubkey, &attestation(20, 21, 1)).await;
@@ -1698,4 +1825,412 @@ async fn database_credentials_from_secrets_manager_reach_the_enclave() {
         &host.proc.lines(),
         &[DB_PASSWORD.to_string(), PASSWORD.to_string()],
     );
+}
+
+/// A VOLUNTARY_EXIT request (Web3Signer's body).
+fn voluntary_exit(epoch: u64, validator_index: u64) -> Value {
+    json!({
+        "type": "VOLUNTARY_EXIT",
+        "fork_info": tests::body::fork_info(),
+        "voluntary_exit": {"epoch": epoch.to_string(), "validator_index": validator_index.to_string()},
+    })
+}
+
+/// A record whose plaintext is `plaintext` as KMS holds it (context: `pubkey`).
+fn raw_record(kms: &FakeKms, id: &str, pubkey: &str, plaintext: &[u8]) -> EncryptedKeyRecord {
+    let context =
+        std::collections::BTreeMap::from([("ensign-pubkey".to_string(), pubkey.to_string())]);
+    EncryptedKeyRecord {
+        id: id.to_string(),
+        pubkey: Some(pubkey.to_string()),
+        ciphertext: Base64Bytes(kms.encrypt(plaintext, &context)),
+        encryption_context: context,
+        kms_key_id: Some(kms.key_arn().to_string()),
+    }
+}
+
+/// A TCP pipe from `127.0.0.1:port` to `target`: the host's KMS proxy, played by the test.
+fn relay(port: u16, target: String) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+}
+
+/// Tampered `CiphertextForRecipient`s (issue 15): the content is AES-CBC without integrity, so
+/// a relay that could alter KMS's answers would make the enclave decrypt chosen variants of the
+/// plaintext and read the plaintext back from how each one fails.
+// (`&mut Vec`: the fake KMS's `Tamper` signature, which a truncation needs.)
+#[allow(clippy::ptr_arg)]
+fn flip_last_byte(envelope: &mut Vec<u8>) {
+    if let Some(b) = envelope.last_mut() {
+        *b ^= 0x01;
+    }
+}
+#[allow(clippy::ptr_arg)]
+fn flip_early_content_byte(envelope: &mut Vec<u8>) {
+    let at = envelope.len().saturating_sub(200);
+    envelope[at] ^= 0x80;
+}
+fn drop_last_block(envelope: &mut Vec<u8>) {
+    envelope.truncate(envelope.len().saturating_sub(16));
+}
+
+/// The parent instance as the attacker (issue 15, finding 1), playing ensign-host itself against
+/// an enclave whose image fixes KMS's endpoint, roots and key:
+/// - an Init naming a KMS endpoint (http:// or any other) or another region is refused;
+/// - whatever goes wrong once KMS has answered (tampered envelopes, a plaintext that is not a
+///   record, a wrong password, a key other than the one its encryption context names) gives
+///   the one fixed text, byte for byte, never anything derived from the plaintext;
+/// - a batch stops after such a failure (the records still queued are not sent to KMS);
+/// - every Decrypt used a fresh RSA key (KMS never saw one twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_host_cannot_choose_kms_or_learn_from_failures() {
+    let dir = TempDir::new().unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
+    let (forward, proxy_port) = (free_port(), free_port());
+    relay(proxy_port, kms_tls_addr(&kms));
+    let e = start_enclave(
+        &dir.path().join("enclave-data"),
+        &pki_dir,
+        &[(forward, proxy_port)],
+        &enclave_globals(dir.path(), &kms, forward),
+        &[],
+    )
+    .await;
+    let k = key_files(&dir.path().join("keystores"), b"malicious host");
+    let other = key_files(&dir.path().join("keystores"), b"malicious host, other key");
+    let mut control = ControlClient::connect(&e.control).await.unwrap();
+
+    // The endpoint is the image's: an Init that names one is refused, whatever its scheme.
+    for url in [
+        format!("http://127.0.0.1:{}", kms.url().rsplit(':').next().unwrap()),
+        format!("https://kms.{REGION}.amazonaws.com:{forward}"),
+    ] {
+        let mut init = init_request(vec![fake_record(&kms, &k, &k.pubkey)]);
+        init.kms_endpoint = Some(EndpointUrl::try_from(url.clone()).unwrap());
+        let err = control.init(init).await.unwrap_err();
+        assert!(
+            err.to_string().contains("fixed by its image"),
+            "{url}: {err}"
+        );
+    }
+    let mut init = init_request(vec![fake_record(&kms, &k, &k.pubkey)]);
+    init.region = serde_json::from_value(json!("eu-west-1")).unwrap();
+    let err = control.init(init).await.unwrap_err();
+    assert!(err.to_string().contains("region eu-west-1"), "{err}");
+    assert_eq!(
+        kms.stats()
+            .decrypt_with_recipient
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached KMS"
+    );
+    let report = control
+        .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
+        .await
+        .unwrap();
+    assert_eq!(report.loaded, vec![k.pubkey.clone()]);
+
+    // Every failure after KMS answered: the same text.
+    let keystore_json: serde_json::Map<String, Value> =
+        serde_json::from_slice(&std::fs::read(&k.keystore).unwrap()).unwrap();
+    let wrong_password =
+        server::key_records::encode_plaintext(&keystore_json, "not the password").unwrap();
+    let mut cases: Vec<(&str, EncryptedKeyRecord, Option<Tamper>)> = vec![];
+    for (name, tamper) in [
+        ("last byte flipped", flip_last_byte as Tamper),
+        ("early content byte flipped", flip_early_content_byte),
+        ("last block dropped", drop_last_block),
+    ] {
+        cases.push((name, fake_record(&kms, &k, &k.pubkey), Some(tamper)));
+    }
+    cases.push((
+        "plaintext not a record",
+        raw_record(
+            &kms,
+            "not-json",
+            &k.pubkey,
+            b"{\"keystore\": {\"secret\": \"abc\"}, \"x\": 1}",
+        ),
+        None,
+    ));
+    cases.push((
+        "wrong password",
+        raw_record(&kms, "wrong-password", &k.pubkey, &wrong_password),
+        None,
+    ));
+    cases.push((
+        "context names another key",
+        fake_record(&kms, &k, &other.pubkey),
+        None,
+    ));
+    for (name, record, tamper) in cases {
+        kms.set_tamper(tamper);
+        let report = control
+            .add_keys(AddKeysRequest { keys: vec![record] })
+            .await
+            .unwrap();
+        assert!(report.loaded.is_empty(), "{name}: {report:?}");
+        assert_eq!(report.failed.len(), 1, "{name}: {report:?}");
+        assert_eq!(
+            report.failed[0].reason,
+            server::enclave::RECORD_UNUSABLE,
+            "{name}"
+        );
+    }
+    kms.set_tamper(None);
+
+    // A batch stops at its first unusable record: the records queued behind it are not sent.
+    let before = kms
+        .stats()
+        .decrypt_with_recipient
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut keys = vec![raw_record(&kms, "bad", &k.pubkey, b"not json at all")];
+    for i in 0..40 {
+        let mut r = fake_record(&kms, &other, &other.pubkey);
+        r.id = format!("good-{i}");
+        keys.push(r);
+    }
+    let report = control.add_keys(AddKeysRequest { keys }).await.unwrap();
+    let sent = kms
+        .stats()
+        .decrypt_with_recipient
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    let reasons: Vec<&str> = report.failed.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(
+        reasons.first(),
+        Some(&server::enclave::RECORD_UNUSABLE),
+        "{report:?}"
+    );
+    assert!(
+        reasons[1..].iter().all(|r| r.starts_with("not attempted")),
+        "{report:?}"
+    );
+    assert!(
+        sent < 41,
+        "{sent} of 41 records were sent to KMS: {report:?}"
+    );
+    assert_eq!(report.loaded.len() + report.failed.len(), 41);
+
+    // KMS saw a new RSA key in every Decrypt.
+    let stats = kms.stats();
+    assert!(
+        stats
+            .decrypt_with_recipient
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 7
+    );
+    assert_eq!(
+        stats
+            .recipient_key_reused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    all_logs_free_of(
+        &e.proc.lines(),
+        &[
+            PASSWORD.to_string(),
+            hex::encode(k.secret),
+            hex::encode(other.secret),
+            "abc".into(),
+        ],
+    );
+}
+
+/// Findings 2 (issue 15): the data port requires a client certificate (the parent instance can
+/// connect to it), and an enclave signs no voluntary exit unless its image says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enclave_requires_client_certificates_and_refuses_exits() {
+    let dir = TempDir::new().unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
+    let (forward, proxy_port) = (free_port(), free_port());
+    relay(proxy_port, kms_tls_addr(&kms));
+    let k = key_files(&dir.path().join("keystores"), b"client certificates");
+    for allow_exits in [false, true] {
+        let mut globals = enclave_globals(dir.path(), &kms, forward);
+        if allow_exits {
+            globals.push("--enclave-allow-voluntary-exits=true".into());
+        }
+        let mut e = start_enclave(
+            &dir.path().join(format!("enclave-data-{allow_exits}")),
+            &pki_dir,
+            &[(forward, proxy_port)],
+            &globals,
+            &[],
+        )
+        .await;
+        let mut control = ControlClient::connect(&e.control).await.unwrap();
+        let report = control
+            .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
+            .await
+            .unwrap();
+        assert_eq!(report.loaded, vec![k.pubkey.clone()]);
+
+        // Without a certificate: no TLS session, so no request at all (not even /upcheck).
+        let anonymous = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let refused = anonymous.get(format!("{}/upcheck", e.base)).send().await;
+        assert!(refused.is_err(), "{refused:?}");
+        let client = pinned_client(&certificate(&e.base).await);
+        assert_eq!(
+            get(&client, &format!("{}/upcheck", e.base)).await.status,
+            200
+        );
+
+        let r = sign(&client, &e.base, &k.pubkey, &voluntary_exit(300_000, 7)).await;
+        if allow_exits {
+            assert_eq!(r.status, 200, "{r:?}");
+        } else {
+            assert_eq!(r.status, 403, "{r:?}");
+            assert!(r.body.contains("voluntary exits"), "{r:?}");
+        }
+        // Everything else signs as ever.
+        let r = sign(&client, &e.base, &k.pubkey, &attestation(1, 2, 1)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let status = e.proc.terminate();
+        assert!(status.success(), "{status}\n{}", e.proc.tail());
+    }
+}
+
+/// What the production `ensign` (the enclave image's) refuses to start with in enclave mode
+/// (issue 15), each with exit code 2 and a message naming the option: no client
+/// authentication, every client accepted, no pinned KMS key or region, a KMS endpoint that is
+/// not https://, a malformed key ARN, SQLite (history lost with the enclave's memory),
+/// PostgreSQL without verify-full.
+#[test]
+fn enclave_mode_refuses_an_unsafe_configuration() {
+    let dir = TempDir::new().unwrap();
+    let known = known_clients_file(dir.path());
+    let arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-1111-2222-3333-444444444444";
+    let base = |extra: &[&str], eth2: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--enclave-mode=true",
+            "--enclave-control-endpoint",
+            "tcp:127.0.0.1:0",
+            "--enclave-data-endpoint",
+            "tcp:127.0.0.1:0",
+            "--data-path",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push(dir.path().display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("eth2".into());
+        a.extend(eth2.iter().map(|s| s.to_string()));
+        a
+    };
+    let known = known.display().to_string();
+    let auth = ["--tls-known-clients-file", known.as_str()];
+    let pg = "postgresql://postgres@127.0.0.1:5432/test";
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            base(&["--enclave-kms-key-arn", arn], &[]),
+            "requires client certificates",
+        ),
+        (
+            base(
+                &["--enclave-kms-key-arn", arn, "--tls-allow-any-client=true"],
+                &[],
+            ),
+            "requires client certificates",
+        ),
+        (
+            base(
+                &[
+                    &auth[..],
+                    &["--tls-allow-any-client=true", "--enclave-kms-key-arn", arn],
+                ]
+                .concat(),
+                &[],
+            ),
+            "--tls-allow-any-client",
+        ),
+        (base(&auth, &[]), "--enclave-kms-key-arn"),
+        (
+            base(
+                &[&auth[..], &["--enclave-kms-key-arn", "alias/ensign"]].concat(),
+                &[],
+            ),
+            "not an ARN",
+        ),
+        (
+            base(
+                &[
+                    &auth[..],
+                    &[
+                        "--enclave-kms-key-arn",
+                        arn,
+                        "--enclave-kms-endpoint",
+                        "http://kms.us-east-1.amazonaws.com",
+                    ],
+                ]
+                .concat(),
+                &[],
+            ),
+            "must be https://",
+        ),
+        (
+            base(
+                &[
+                    &auth[..],
+                    &[
+                        "--enclave-kms-key-arn",
+                        arn,
+                        "--enclave-kms-region",
+                        "eu-west-1",
+                    ],
+                ]
+                .concat(),
+                &[],
+            ),
+            "differs from the region",
+        ),
+        (
+            base(&[&auth[..], &["--enclave-kms-key-arn", arn]].concat(), &[]),
+            "history is lost when the enclave restarts",
+        ),
+        (
+            base(
+                &[&auth[..], &["--enclave-kms-key-arn", arn]].concat(),
+                &["--slashing-protection-db-url", pg],
+            ),
+            "database is not authenticated",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, stderr) = tests::run_binary(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected `{expected}` in {stderr}"
+        );
+    }
+    // Past all of these, the production build stops only at the missing Nitro Secure Module.
+    let (code, stderr) = tests::run_binary(&base(
+        &[
+            &auth[..],
+            &[
+                "--enclave-kms-key-arn",
+                arn,
+                "--enclave-development-mode=true",
+            ],
+        ]
+        .concat(),
+        &[],
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/dev/nsm"), "{stderr}");
 }

@@ -17,7 +17,7 @@ mod verify;
 pub use doc::{AttestationDoc, MAX_OPTIONAL_FIELD_LEN};
 #[cfg(feature = "nsm")]
 pub use nsm::NsmAttestor;
-pub use verify::{verify_attestation, VerifiedDoc};
+pub use verify::{verify_attestation, VerifiedDoc, MAX_CLOCK_SKEW};
 
 /// The AWS Nitro Enclaves root certificate ("G1"), PEM, as published in
 /// `https://aws-nitro-enclaves.amazonaws.com/AWS_NitroEnclaves_Root-G1.zip`.
@@ -122,6 +122,41 @@ pub enum AttestationError {
     CertificateSignature { which: String },
     #[error("the document's COSE signature does not verify")]
     DocumentSignature,
+    /// RFC 5280 §4.2: "A certificate-using system MUST reject the certificate if it
+    /// encounters a critical extension it does not recognize".
+    #[error(
+        "certificate {which} carries critical extension {oid}, which this verifier does not \
+         recognise (RFC 5280 section 4.2: such a certificate must be rejected)"
+    )]
+    UnrecognisedCriticalExtension { which: String, oid: String },
+    /// PCR0 is all zeros: what the Nitro hypervisor reports for an enclave started in debug
+    /// mode (`nitro-cli run-enclave --debug-mode`), whose console and memory the parent
+    /// instance can read. Its measurements say nothing about what runs in it.
+    #[error(
+        "PCR0 is all zeros: the enclave runs in debug mode, so its measurements prove \
+         nothing and the parent instance can read its console and memory"
+    )]
+    DebugModeEnclave,
+    /// The document was made before the verifier asked for it (minus the allowed clock skew).
+    #[error(
+        "the document's timestamp ({timestamp_ms} ms since the epoch) is {early_ms} ms before \
+         the request was sent (allowed clock skew {skew_ms} ms): not made for this request"
+    )]
+    DocumentTooOld {
+        timestamp_ms: u64,
+        early_ms: u64,
+        skew_ms: u64,
+    },
+    /// The document is dated after the verifier received it (plus the allowed clock skew).
+    #[error(
+        "the document's timestamp ({timestamp_ms} ms since the epoch) is {late_ms} ms after \
+         it was received (allowed clock skew {skew_ms} ms): the enclave's clock or ours is wrong"
+    )]
+    DocumentFromTheFuture {
+        timestamp_ms: u64,
+        late_ms: u64,
+        skew_ms: u64,
+    },
     #[error("cannot build attestation document: {0}")]
     Build(String),
 }

@@ -2,12 +2,20 @@
 //! aws-nitro-enclaves-nsm-api `docs/attestation_process.md` §3: decode,
 //! check field types and sizes, check the certificate chain
 //! (leaf → `cabundle` → root, each signature, each validity period, CA
-//! constraints) and the COSE_Sign1 ES384 signature by the leaf key.
+//! constraints, no critical extension other than those understood here) and
+//! the COSE_Sign1 ES384 signature by the leaf key.
 //! No revocation check: the Nitro PKI publishes no CRLs.
+//!
+//! What a verified document says is then for the caller to judge; two checks
+//! every relying party wants are here as [`VerifiedDoc`] methods: that the
+//! enclave does not run in debug mode ([`VerifiedDoc::check_not_debug_mode`])
+//! and that the document was made for the request at hand
+//! ([`VerifiedDoc::check_timestamp`]).
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use const_oid::AssociatedOid;
 use coset::{
     iana, CborSerializable, CoseSign1, RegisteredLabelWithPrivate, TaggedCborSerializable,
 };
@@ -25,6 +33,26 @@ use super::{AttestationDoc, AttestationError};
 /// Nitro PKI.
 const ECDSA_WITH_SHA384: der::oid::ObjectIdentifier =
     der::oid::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+
+/// Critical extensions this verifier recognises, and enforces in
+/// [`check_link`] and on the leaf. They are the two that AWS's attestation
+/// process (aws-nitro-enclaves-nsm-api `docs/attestation_process.md`
+/// §3.2.3.2, §3.2.3.3) names as the certificates' critical extensions, and
+/// the only ones the AWS Nitro root G1 marks critical.
+const RECOGNISED_CRITICAL_EXTENSIONS: [der::oid::ObjectIdentifier; 2] =
+    [BasicConstraints::OID, KeyUsage::OID];
+
+/// Clock skew a verifier should allow between its clock and the Nitro
+/// hypervisor's when checking a document's `timestamp`
+/// ([`VerifiedDoc::check_timestamp`]).
+///
+/// Why 60 s: the hypervisor's clock is kept by AWS's time sync, but the
+/// verifier's may be off by a few seconds (NTP not yet settled, a laptop or VM
+/// resumed from sleep) and the hypervisor rounds nothing; a minute tolerates
+/// that without a spurious failure, and is still short enough that a
+/// document prepared in advance for a known nonce (`--nonce` given twice) or
+/// kept from an earlier exchange is refused.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// What a verified document says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +72,68 @@ impl VerifiedDoc {
     /// PCR `index`, if the document has it.
     pub fn pcr(&self, index: u8) -> Option<&[u8]> {
         self.pcrs.get(&index).map(Vec::as_slice)
+    }
+
+    /// Whether the document comes from an enclave started in debug mode
+    /// (`nitro-cli run-enclave --debug-mode`): its PCR0 is all zeros. The AWS
+    /// Nitro Enclaves User Guide (nitro-cli run-enclave, `--debug-mode`)
+    /// says a debug enclave's attestation documents carry all-zero PCRs and
+    /// cannot be used for cryptographic attestation; its console is open to
+    /// the parent instance. No image measures to zero (PCR0 is a SHA-384
+    /// digest), so a zero PCR0 never stands for an image.
+    pub fn is_debug_mode(&self) -> bool {
+        self.pcr(0).is_some_and(|pcr0| pcr0.iter().all(|&b| b == 0))
+    }
+
+    /// [`AttestationError::DebugModeEnclave`] if [`Self::is_debug_mode`]. A
+    /// relying party calls this whatever PCR0 it expects: comparing with an
+    /// expected PCR0 of zeros would otherwise accept any debug enclave.
+    pub fn check_not_debug_mode(&self) -> Result<(), AttestationError> {
+        if self.is_debug_mode() {
+            return Err(AttestationError::DebugModeEnclave);
+        }
+        Ok(())
+    }
+
+    /// Check that the document was made for a request sent at `requested_at`
+    /// and answered by `received_at`: its `timestamp` (milliseconds since the
+    /// Unix epoch, UTC, per the attestation document specification in the
+    /// AWS Nitro Enclaves User Guide, "Verifying the root of trust") must lie
+    /// in `[requested_at - skew, received_at + skew]`. `skew` allows for the
+    /// difference between the caller's clock and the hypervisor's; see
+    /// [`MAX_CLOCK_SKEW`].
+    ///
+    /// A fresh nonce already shows that a document was made after it was
+    /// chosen; this check also covers a nonce that is not fresh (chosen by
+    /// the caller, reused) and bounds how long a document can be held back.
+    pub fn check_timestamp(
+        &self,
+        requested_at: SystemTime,
+        received_at: SystemTime,
+        skew: Duration,
+    ) -> Result<(), AttestationError> {
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let skew_ms = u64::try_from(skew.as_millis()).unwrap_or(u64::MAX);
+        let earliest = ms(requested_at).saturating_sub(skew_ms);
+        let latest = ms(received_at).saturating_add(skew_ms);
+        if self.timestamp < earliest {
+            return Err(AttestationError::DocumentTooOld {
+                timestamp_ms: self.timestamp,
+                early_ms: ms(requested_at) - self.timestamp,
+                skew_ms,
+            });
+        }
+        if self.timestamp > latest {
+            return Err(AttestationError::DocumentFromTheFuture {
+                timestamp_ms: self.timestamp,
+                late_ms: self.timestamp - ms(received_at),
+                skew_ms,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +262,25 @@ fn check_cert_signature(cert: &ParsedCert, key: &VerifyingKey) -> Result<(), Att
         })
 }
 
+/// RFC 5280 §4.2: "A certificate-using system MUST reject the certificate if
+/// it encounters a critical extension it does not recognize or a critical
+/// extension that contains information that it cannot process." Only
+/// basicConstraints and keyUsage are recognised (and processed, in
+/// [`check_link`] and on the leaf); any other critical extension means a
+/// constraint this verifier would silently ignore.
+fn check_critical_extensions(cert: &ParsedCert) -> Result<(), AttestationError> {
+    let extensions = cert.cert.tbs_certificate().extensions();
+    for ext in extensions.into_iter().flatten() {
+        if ext.critical && !RECOGNISED_CRITICAL_EXTENSIONS.contains(&ext.extn_id) {
+            return Err(AttestationError::UnrecognisedCriticalExtension {
+                which: cert.which.clone(),
+                oid: ext.extn_id.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_validity(cert: &ParsedCert, now: SystemTime) -> Result<(), AttestationError> {
     let validity = cert.cert.tbs_certificate().validity();
     let not_before = validity.not_before.to_system_time();
@@ -224,6 +333,9 @@ pub fn verify_attestation(
     chain.push(parse_cert(&doc.certificate, "leaf".into())?);
 
     for cert in &chain {
+        // The trusted root too: an extension it marks critical constrains
+        // the whole chain, and it is not understood here.
+        check_critical_extensions(cert)?;
         check_validity(cert, now)?;
     }
     // The root is trusted as given, but a root whose self-signature fails is
@@ -306,5 +418,21 @@ mod tests {
             root.cert.tbs_certificate().subject().to_string(),
             "CN=aws.nitro-enclaves,OU=AWS,O=Amazon,C=US"
         );
+    }
+
+    #[test]
+    fn the_aws_roots_critical_extensions_are_all_recognised() {
+        let root = parse_cert(&crate::attestation::aws_nitro_root_g1_der(), "root".into()).unwrap();
+        let critical: Vec<_> = root
+            .cert
+            .tbs_certificate()
+            .extensions()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.critical)
+            .map(|e| e.extn_id)
+            .collect();
+        assert_eq!(critical, [BasicConstraints::OID, KeyUsage::OID]);
+        check_critical_extensions(&root).unwrap();
     }
 }

@@ -66,13 +66,15 @@ pub struct HostArgs {
     #[arg(long, env = "ENSIGN_HOST_REGION", value_parser = parse_region)]
     pub region: AwsRegion,
 
-    /// Where the KMS proxy connects, HOST:PORT [default: kms.<region>.amazonaws.com:443].
+    /// Where the KMS proxy connects, HOST:PORT [default: kms.<region>.amazonaws.com:443]
+    /// (e.g. a VPC endpoint's address). Only the proxy's target: the enclave's KMS endpoint
+    /// name is part of its image, and the enclave checks KMS's certificate for that name.
     #[arg(long, env = "ENSIGN_HOST_KMS_ENDPOINT", value_parser = parse_remote)]
     pub kms_endpoint: Option<AllowedRemote>,
 
-    /// The KMS endpoint URL sent to the enclave in Init [default: none (the
-    /// regional endpoint) or https://<--kms-endpoint>]. The enclave speaks TLS
-    /// to this host name through the proxy.
+    /// A KMS endpoint URL sent to the enclave in Init [default: none]. For test
+    /// enclaves only: ensign in enclave mode refuses an Init that carries one
+    /// (its endpoint is fixed by its image, `--enclave-kms-endpoint`).
     #[arg(long, env = "ENSIGN_HOST_KMS_ENDPOINT_URL", value_parser = parse_endpoint_url)]
     pub kms_endpoint_url: Option<EndpointUrl>,
 
@@ -332,8 +334,6 @@ pub enum ConfigError {
     EifMissing(PathBuf),
     #[error("--enclave-cpus must be at least 1 and --enclave-memory-mib at least 64")]
     EnclaveSize,
-    #[error("cannot build the KMS endpoint URL from --kms-endpoint {0}")]
-    KmsEndpointUrl(AllowedRemote),
     #[error("--db-secret-arn `{0}` is not a Secrets Manager secret ARN (arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME)")]
     DbSecretArn(String),
     #[error("--secrets-manager-endpoint `{0}` must be an http:// or https:// URL")]
@@ -448,21 +448,9 @@ impl HostArgs {
         let kms_remote = self.kms_endpoint.clone().unwrap_or_else(|| {
             AllowedRemote::new(&format!("kms.{}.amazonaws.com", self.region.as_str()), 443)
         });
-        let init_kms_endpoint = match (&self.kms_endpoint_url, &self.kms_endpoint) {
-            (Some(url), _) => Some(url.clone()),
-            (None, None) => None,
-            (None, Some(remote)) => {
-                let url = if remote.port() == 443 {
-                    format!("https://{}", host_for_url(remote.host()))
-                } else {
-                    format!("https://{}:{}", host_for_url(remote.host()), remote.port())
-                };
-                Some(
-                    EndpointUrl::try_from(url)
-                        .map_err(|_| ConfigError::KmsEndpointUrl(remote.clone()))?,
-                )
-            }
-        };
+        // The enclave's endpoint is its image's (issue 15); `--kms-endpoint` moves only the
+        // proxy's target.
+        let init_kms_endpoint = self.kms_endpoint_url.clone();
 
         if self.keys_table.is_none() {
             if self.dynamodb_endpoint.is_some() {
@@ -586,14 +574,6 @@ fn is_secret_arn(s: &str) -> bool {
         && !parts[6].is_empty()
 }
 
-fn host_for_url(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn kms_endpoint_sets_the_init_url() {
+    fn only_kms_endpoint_url_sets_the_init_url() {
         let c = args(&[
             "--keys-dir",
             "/k",
@@ -632,9 +612,11 @@ mod tests {
         .unwrap()
         .into_config()
         .unwrap();
+        // The proxy's target moves; the enclave is told nothing (its image names its endpoint).
+        assert!(c.init_kms_endpoint.is_none());
         assert_eq!(
-            c.init_kms_endpoint.unwrap().as_str(),
-            "https://kms-fips.eu-west-1.amazonaws.com"
+            c.kms_remote.to_string(),
+            "kms-fips.eu-west-1.amazonaws.com:443"
         );
         let c = args(&[
             "--keys-dir",

@@ -1,7 +1,7 @@
 //! KMS `Decrypt`, behind the [`KeyDecryptor`] trait.
 //!
-//! - [`RecipientDecryptor`] (in an enclave): makes an ephemeral RSA-2048 key,
-//!   asks its [`Attestor`] for a document carrying the key's
+//! - [`RecipientDecryptor`] (in an enclave): makes an ephemeral RSA-2048 key
+//!   for each `Decrypt`, asks its [`Attestor`] for a document carrying the key's
 //!   SubjectPublicKeyInfo, sends `Decrypt` with `Recipient {
 //!   KeyEncryptionAlgorithm: RSAES_OAEP_SHA_256, AttestationDocument }`, and
 //!   opens the CMS envelope KMS returns in `CiphertextForRecipient`
@@ -120,6 +120,11 @@ pub struct KmsClientConfig {
     /// enclave has no DNS; its loopback forwarder listens here). The port is
     /// still the URL's.
     pub resolve_to: Option<IpAddr>,
+    /// PEM roots that KMS's certificate must chain to, **instead of** the
+    /// system's bundle (`None`: the system's, which in the enclave image is the
+    /// CA bundle baked into the measured file system). Either way the roots
+    /// come from the image, never from the parent instance.
+    pub trust_roots_pem: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,8 +139,20 @@ impl ResolveDns for FixedResolver {
 /// Build an `aws-sdk-kms` client for `config`.
 pub fn kms_client(config: &KmsClientConfig) -> aws_sdk_kms::Client {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    let http =
+    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+    let mut http =
         aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
+    if let Some(pem) = &config.trust_roots_pem {
+        let store = TrustStore::empty()
+            .with_native_roots(false)
+            .with_pem_certificate(pem.clone());
+        http = http.tls_context(
+            TlsContext::builder()
+                .with_trust_store(store)
+                .build()
+                .expect("a TLS context from a trust store always builds"),
+        );
+    }
     let http = match config.resolve_to {
         Some(ip) => http.build_with_resolver(FixedResolver(ip)),
         None => http.build_https(),
@@ -239,11 +256,18 @@ impl KeyDecryptor for PlainDecryptor {
 
 /// `Decrypt` with an attested `Recipient`: the plaintext comes back
 /// encrypted to an RSA key that exists only in this process.
+///
+/// **A fresh RSA key for every `Decrypt`** (issue 15): the key's public half
+/// travels in the attestation document, which whoever relays the request can
+/// copy and replay to KMS for other ciphertexts; an envelope for a key that
+/// has already been used is then opened by nothing. With one key per batch, a
+/// relay could instead answer later requests with tampered copies of a genuine
+/// envelope (AES-CBC content has no integrity) and learn from how the
+/// enclave fails. The key is dropped (and its memory freed) when `decrypt`
+/// returns.
 pub struct RecipientDecryptor<A> {
     client: aws_sdk_kms::Client,
     attestor: A,
-    key: PrivateKey,
-    spki_der: Vec<u8>,
 }
 
 impl<A> std::fmt::Debug for RecipientDecryptor<A> {
@@ -255,31 +279,26 @@ impl<A> std::fmt::Debug for RecipientDecryptor<A> {
 /// RSA modulus size KMS requires for a Recipient key.
 const RECIPIENT_RSA_BITS: usize = 2048;
 
-impl<A: Attestor> RecipientDecryptor<A> {
-    /// Make the ephemeral RSA-2048 key (CPU-bound, tens to hundreds of
-    /// milliseconds: call from a blocking context or `spawn_blocking`). One
-    /// key serves every `decrypt` of this value; drop the decryptor when the
-    /// batch is done so the key goes with it. Each `decrypt` asks the
-    /// attestor for a fresh document.
-    pub fn new(client: aws_sdk_kms::Client, attestor: A) -> Result<Self, KmsError> {
-        let key = PrivateKey::new(&mut getrandom::SysRng, RECIPIENT_RSA_BITS)
-            .map_err(|e| KmsError::Key(e.to_string()))?;
-        let spki_der = key
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|e| KmsError::Key(e.to_string()))?
-            .into_vec();
-        Ok(Self {
-            client,
-            attestor,
-            key,
-            spki_der,
-        })
-    }
+/// A new RSA-2048 key and its DER SubjectPublicKeyInfo (CPU-bound, tens to
+/// hundreds of milliseconds).
+fn recipient_key() -> Result<(PrivateKey, Vec<u8>), KmsError> {
+    let key = PrivateKey::new(&mut getrandom::SysRng, RECIPIENT_RSA_BITS)
+        .map_err(|e| KmsError::Key(e.to_string()))?;
+    let spki_der = key
+        .to_public_key()
+        .to_public_key_der()
+        .map_err(|e| KmsError::Key(e.to_string()))?
+        .into_vec();
+    Ok((key, spki_der))
+}
 
-    /// The DER SubjectPublicKeyInfo put into attestation documents.
-    pub fn public_key_der(&self) -> &[u8] {
-        &self.spki_der
+impl<A: Attestor> RecipientDecryptor<A> {
+    /// A decryptor over `client`; each `decrypt` makes its own RSA key (on a
+    /// blocking thread) and asks `attestor` for a document carrying it.
+    /// (Returns `Result` so that callers need not change if making one ever
+    /// needs to fail.)
+    pub fn new(client: aws_sdk_kms::Client, attestor: A) -> Result<Self, KmsError> {
+        Ok(Self { client, attestor })
     }
 }
 
@@ -289,7 +308,10 @@ impl<A: Attestor> KeyDecryptor for RecipientDecryptor<A> {
         request: DecryptRequest<'a>,
     ) -> BoxFuture<'a, Result<SecretBytes, KmsError>> {
         Box::pin(async move {
-            let document = self.attestor.attest(None, None, Some(&self.spki_der))?;
+            let (key, spki_der) = tokio::task::spawn_blocking(recipient_key)
+                .await
+                .map_err(|_| KmsError::Key("key generation aborted".into()))??;
+            let document = self.attestor.attest(None, None, Some(&spki_der))?;
             let recipient = RecipientInfo::builder()
                 .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
                 .attestation_document(Blob::new(document))
@@ -307,7 +329,8 @@ impl<A: Attestor> KeyDecryptor for RecipientDecryptor<A> {
             let envelope = out
                 .ciphertext_for_recipient
                 .ok_or(KmsError::MissingRecipientCiphertext)?;
-            open_enveloped_data(envelope.as_ref(), &self.key)
+            // The key opens this one envelope and is dropped with this scope.
+            open_enveloped_data(envelope.as_ref(), &key)
         })
     }
 }

@@ -82,7 +82,13 @@ pub struct FakeKmsConfig {
     /// `None`: no condition (plain `Decrypt` allowed).
     pub required_pcr0: Option<Vec<u8>>,
     pub cms_encoding: CmsEncoding,
+    /// Alters every `CiphertextForRecipient` before it is sent: what a relay that could
+    /// break TLS to KMS would do (tests of how an enclave fails on tampered envelopes).
+    pub tamper: Option<Tamper>,
 }
+
+/// Alters a `CiphertextForRecipient` in place ([`FakeKmsConfig::tamper`]).
+pub type Tamper = fn(&mut Vec<u8>);
 
 impl FakeKmsConfig {
     pub fn new(root_cert_der: Vec<u8>) -> Self {
@@ -92,6 +98,7 @@ impl FakeKmsConfig {
             root_cert_der,
             required_pcr0: None,
             cms_encoding: CmsEncoding::default(),
+            tamper: None,
         }
     }
 }
@@ -102,10 +109,16 @@ pub struct FakeKmsStats {
     pub decrypt_with_recipient: AtomicU64,
     pub decrypt_plain: AtomicU64,
     pub denied: AtomicU64,
+    /// Recipient `Decrypt`s whose RSA key had been used by an earlier one.
+    pub recipient_key_reused: AtomicU64,
+    /// SHA-256 of every Recipient public key seen.
+    recipient_keys: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 struct State {
     config: FakeKmsConfig,
+    /// [`FakeKmsConfig::tamper`], changeable while serving ([`FakeKms::set_tamper`]).
+    tamper: std::sync::Mutex<Option<Tamper>>,
     blob_key: Zeroizing<[u8; 32]>,
     stats: FakeKmsStats,
 }
@@ -115,35 +128,105 @@ pub struct FakeKms {
     url: String,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
+    /// With [`FakeKms::start_https`]: its HTTPS URL and the PEM of the test CA that issued
+    /// its certificate.
+    https: Option<(String, String)>,
+    https_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for FakeKms {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(t) = &self.https_task {
+            t.abort();
+        }
     }
 }
 
 const BLOB_MAGIC: &[u8; 4] = b"EFK1";
 
 impl FakeKms {
-    /// Listen on `127.0.0.1:0` and serve until dropped.
+    /// Listen on `127.0.0.1:0` and serve plain HTTP until dropped.
     pub async fn start(config: FakeKmsConfig) -> io::Result<Self> {
+        let (state, app) = Self::app(config)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url,
+            state,
+            task,
+            https: None,
+            https_task: None,
+        })
+    }
+
+    /// [`FakeKms::start`], and one more listener on `127.0.0.1:0` serving the same KMS over
+    /// HTTPS ([`FakeKms::https_url`]), with a certificate for `names` (e.g.
+    /// `kms.us-east-1.amazonaws.com`) issued by a test CA made here ([`FakeKms::ca_pem`]):
+    /// what an enclave that checks KMS's certificate against the roots of its image is pointed
+    /// at, while test set-up (`ensign keys encrypt`) uses the plain [`FakeKms::url`].
+    pub async fn start_https(config: FakeKmsConfig, names: &[&str]) -> io::Result<Self> {
+        let mut kms = Self::start(config).await?;
+        let app = Router::new()
+            .route("/", post(handle))
+            .with_state(kms.state.clone());
+        let (ca_pem, tls) = test_tls(names).map_err(io::Error::other)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let https_url = format!("https://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            use tower::ServiceExt as _;
+                            app.clone().oneshot(req.map(axum::body::Body::new))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        kms.https = Some((https_url, ca_pem));
+        kms.https_task = Some(task);
+        Ok(kms)
+    }
+
+    fn app(config: FakeKmsConfig) -> io::Result<(Arc<State>, Router)> {
         let mut blob_key = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut blob_key[..]).map_err(io::Error::other)?;
         let state = Arc::new(State {
+            tamper: std::sync::Mutex::new(config.tamper),
             config,
             blob_key,
             stats: FakeKmsStats::default(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
         let app = Router::new()
             .route("/", post(handle))
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { url, state, task })
+        Ok((state, app))
+    }
+
+    /// `https://127.0.0.1:PORT` (with [`FakeKms::start_https`]).
+    pub fn https_url(&self) -> Option<&str> {
+        self.https.as_ref().map(|(url, _)| url.as_str())
+    }
+
+    /// The PEM of the test CA behind [`FakeKms::start_https`]'s certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.https.as_ref().map(|(_, pem)| pem.as_str())
     }
 
     /// `http://127.0.0.1:PORT`, for `endpoint_url`.
@@ -153,6 +236,11 @@ impl FakeKms {
 
     pub fn key_arn(&self) -> &str {
         &self.state.config.key_arn
+    }
+
+    /// From now on, alter every `CiphertextForRecipient` with `tamper` (`None`: stop).
+    pub fn set_tamper(&self, tamper: Option<Tamper>) {
+        *self.state.tamper.lock().unwrap_or_else(|p| p.into_inner()) = tamper;
     }
 
     pub fn stats(&self) -> &FakeKmsStats {
@@ -207,6 +295,40 @@ impl State {
             .ok()
             .map(Zeroizing::new)
     }
+}
+
+/// A test CA (its PEM) and a rustls server configuration with a certificate it issued for
+/// `names`.
+fn test_tls(names: &[&str]) -> Result<(String, rustls::ServerConfig), String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fake KMS test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).map_err(e)?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(e)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((ca_cert.pem(), config))
 }
 
 /// A KMS error answer: `__type` and `message`.
@@ -386,8 +508,24 @@ fn decrypt(state: &State, body: &Value) -> Result<Response, Fault> {
             "The attestation document's public key must be RSA-2048",
         ));
     }
-    let envelope = envelope_for(&public, &spki_der, &plaintext, state.config.cms_encoding)
+    let fresh = state
+        .stats
+        .recipient_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(Sha256::digest(&spki_der).into());
+    if !fresh {
+        state
+            .stats
+            .recipient_key_reused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let mut envelope = envelope_for(&public, &spki_der, &plaintext, state.config.cms_encoding)
         .map_err(|e| fault("KMSInternalException", &e))?;
+    let tamper = *state.tamper.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(tamper) = tamper {
+        tamper(&mut envelope);
+    }
     state
         .stats
         .decrypt_with_recipient

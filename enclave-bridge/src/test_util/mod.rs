@@ -10,5 +10,7 @@ mod fake_kms;
 mod pki;
 
 #[cfg(feature = "test-util")]
-pub use fake_kms::{CmsEncoding, FakeKms, FakeKmsConfig, FakeKmsStats};
-pub use pki::{TestAttestor, TestPki, TestPkiOptions, TEST_PKI_FILE, TEST_ROOT_FILE};
+pub use fake_kms::{CmsEncoding, FakeKms, FakeKmsConfig, FakeKmsStats, Tamper};
+pub use pki::{
+    TestAttestor, TestCert, TestExtension, TestPki, TestPkiOptions, TEST_PKI_FILE, TEST_ROOT_FILE,
+};

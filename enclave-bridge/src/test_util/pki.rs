@@ -26,7 +26,7 @@ use x509_cert::time::{Time, Validity};
 
 use crate::attestation::{AttestationDoc, AttestationError, Attestor, MAX_OPTIONAL_FIELD_LEN};
 
-/// Validity periods of a generated PKI.
+/// Validity periods of a generated PKI, and extensions added to it.
 #[derive(Clone, Debug)]
 pub struct TestPkiOptions {
     /// Root and intermediate: valid from `not_before` to `ca_not_after`.
@@ -35,6 +35,28 @@ pub struct TestPkiOptions {
     /// Leaf: valid from `not_before` to `leaf_not_after` (AWS's leaves live
     /// about three hours).
     pub leaf_not_after: SystemTime,
+    /// Extensions added after basicConstraints and keyUsage (none by
+    /// default), for tests of how a verifier treats them.
+    pub extra_extensions: Vec<TestExtension>,
+}
+
+/// One certificate of a [`TestPki`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestCert {
+    Root,
+    Intermediate,
+    Leaf,
+}
+
+/// An extension to add to one certificate of a generated PKI.
+#[derive(Clone, Debug)]
+pub struct TestExtension {
+    pub cert: TestCert,
+    /// Dotted-decimal OID, e.g. `"1.3.6.1.4.1.99999.1"`.
+    pub oid: &'static str,
+    pub critical: bool,
+    /// The DER value (it goes inside extnValue's OCTET STRING).
+    pub value: Vec<u8>,
 }
 
 impl Default for TestPkiOptions {
@@ -44,6 +66,7 @@ impl Default for TestPkiOptions {
             not_before: now - Duration::from_secs(3600),
             ca_not_after: now + Duration::from_secs(30 * 24 * 3600),
             leaf_not_after: now + Duration::from_secs(3 * 3600),
+            extra_extensions: Vec::new(),
         }
     }
 }
@@ -66,6 +89,7 @@ struct Profile {
     issuer: Name,
     subject: Name,
     ca: Option<Option<u8>>,
+    extra: Vec<Extension>,
 }
 
 impl BuilderProfile for Profile {
@@ -100,7 +124,7 @@ impl BuilderProfile for Profile {
                 KeyUsages::DigitalSignature.into(),
             ),
         };
-        Ok(vec![
+        let mut extensions = vec![
             Extension {
                 extn_id: BasicConstraints::OID,
                 critical: true,
@@ -111,7 +135,9 @@ impl BuilderProfile for Profile {
                 critical: true,
                 extn_value: OctetString::new(KeyUsage(usage).to_der()?)?,
             },
-        ])
+        ];
+        extensions.extend(self.extra.iter().cloned());
+        Ok(extensions)
     }
 }
 
@@ -160,11 +186,23 @@ impl TestPki {
         let root_key = new_key();
         let int_key = new_key();
         let leaf_key = new_key();
+        let extra = |which: TestCert| -> Vec<Extension> {
+            opts.extra_extensions
+                .iter()
+                .filter(|e| e.cert == which)
+                .map(|e| Extension {
+                    extn_id: der::oid::ObjectIdentifier::new(e.oid).expect("valid test OID"),
+                    critical: e.critical,
+                    extn_value: OctetString::new(e.value.clone()).expect("extension value"),
+                })
+                .collect()
+        };
         let root_der = certificate(
             Profile {
                 issuer: root_name.clone(),
                 subject: root_name.clone(),
                 ca: Some(None),
+                extra: extra(TestCert::Root),
             },
             &root_key,
             &root_key,
@@ -176,6 +214,7 @@ impl TestPki {
                 issuer: root_name,
                 subject: int_name.clone(),
                 ca: Some(Some(0)),
+                extra: extra(TestCert::Intermediate),
             },
             &int_key,
             &root_key,
@@ -187,6 +226,7 @@ impl TestPki {
                 issuer: int_name,
                 subject: leaf_name,
                 ca: None,
+                extra: extra(TestCert::Leaf),
             },
             &leaf_key,
             &int_key,

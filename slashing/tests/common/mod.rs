@@ -4,6 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod races;
+pub mod sequences;
+
 use slashing::{PostgresStore, Pubkey, Root, SlashingProtection, SqliteStore};
 
 pub const GVR: Root = Root([7; 32]);

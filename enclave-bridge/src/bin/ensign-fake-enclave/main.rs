@@ -135,6 +135,7 @@ impl Enclave {
             credentials,
             endpoint_url: Some(EndpointUrl::try_from(url).expect("a valid URL")),
             resolve_to: Some("127.0.0.1".parse().expect("an IP")),
+            trust_roots_pem: None,
         }
     }
 
