@@ -2234,3 +2234,46 @@ fn enclave_mode_refuses_an_unsafe_configuration() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("/dev/nsm"), "{stderr}");
 }
+
+/// A KMS stand-in of the parent instance's choosing (issue 15, finding 1): the host relays the
+/// enclave's KMS connection to a server whose certificate does not chain to the image's roots.
+/// The enclave's TLS handshake fails, so the stand-in receives no request (no attestation
+/// document, no ciphertext to replay) and Init is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_outside_the_image_roots_gets_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
+    // The image trusts another CA than the one that issued this KMS's certificate.
+    let other_ca = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    };
+    std::fs::write(dir.path().join("kms-ca.pem"), other_ca).unwrap();
+    let (forward, proxy_port) = (free_port(), free_port());
+    relay(proxy_port, kms_tls_addr(&kms));
+    let e = start_enclave(
+        &dir.path().join("enclave-data"),
+        &pki_dir,
+        &[(forward, proxy_port)],
+        &enclave_globals(dir.path(), &kms, forward),
+        &[],
+    )
+    .await;
+    let k = key_files(&dir.path().join("keystores"), b"untrusted kms");
+    let mut control = ControlClient::connect(&e.control).await.unwrap();
+    let err = control
+        .init(init_request(vec![fake_record(&kms, &k, &k.pubkey)]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("KMS request failed"), "{err}");
+    let stats = kms.stats();
+    for (what, n) in [
+        ("Recipient decrypts", &stats.decrypt_with_recipient),
+        ("plain decrypts", &stats.decrypt_plain),
+        ("denials", &stats.denied),
+    ] {
+        assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 0, "{what}");
+    }
+}
