@@ -653,6 +653,9 @@ struct Database {
     password: Option<String>,
     /// `--slashing-protection-db-timeout-seconds`.
     timeout: std::time::Duration,
+    /// The user the image's configuration names (URL or username option): credentials from
+    /// the host for any other user are refused.
+    pinned_user: Option<String>,
     /// What the signer uses; empty until `Init` opened it.
     store: Arc<DeferredStore>,
 }
@@ -824,6 +827,16 @@ impl Handler {
             }
             return Ok(());
         };
+        if let (Some(c), Some(pinned)) = (credentials, &db.pinned_user) {
+            if c.username != *pinned {
+                return Err(HandlerError::new(format!(
+                    "the database credentials from ensign-host are for user {}, but this \
+                     enclave's image names user {pinned}: refused (the parent instance must not \
+                     choose whose tables the enclave reads)",
+                    c.username
+                )));
+            }
+        }
         let config = db.config(credentials);
         let user = match (credentials, &db.username) {
             (Some(c), _) => format!("user {} from ensign-host", c.username),
@@ -1445,18 +1458,21 @@ pub async fn prepare(
     let data_endpoint = bound(&data_listener, &config.data)?;
 
     let db = match slashing {
-        Some(StoreConfig::Postgres {
-            url,
-            username,
-            password,
-            timeout,
-        }) => {
+        Some(
+            store @ StoreConfig::Postgres {
+                url,
+                username,
+                password,
+                timeout,
+            },
+        ) => {
             tracing::info!("slashing protection: PostgreSQL, opened at Init (with the credentials ensign-host sends, if any)");
             Some(Database {
                 url: url.clone(),
                 username: username.clone(),
                 password: password.clone(),
                 timeout: *timeout,
+                pinned_user: store.configured_user(),
                 store: Arc::new(DeferredStore::new()),
             })
         }
@@ -1541,6 +1557,7 @@ mod tests {
             username: Some("from_cli".into()),
             password: Some("cli-password".into()),
             timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            pinned_user: None,
             store: Arc::new(DeferredStore::new()),
         };
         assert_eq!(

@@ -242,6 +242,18 @@ impl StoreConfig {
             }
         }
     }
+
+    /// The database user this configuration names itself: the username option, else the URL's
+    /// user; `None` for SQLite or when neither names one. (Enclave mode refuses credentials for
+    /// any other user: the image, not the parent instance, says whose tables it reads.)
+    pub fn configured_user(&self) -> Option<String> {
+        match self {
+            StoreConfig::Sqlite { .. } => None,
+            StoreConfig::Postgres { url, username, .. } => {
+                username.clone().or_else(|| postgres_store::url_user(url))
+            }
+        }
+    }
 }
 
 /// What a signing check is about (the two slashable kinds, EIP-3076).

@@ -415,6 +415,14 @@ pub(crate) fn libpq_url(url: &str) -> &str {
     url.strip_prefix("jdbc:").unwrap_or(url)
 }
 
+/// The user a PostgreSQL URL names, if it names one (`postgresql://USER@host/db`, or
+/// `?user=USER`); `None` for an unparsable URL (opening it reports why).
+pub(crate) fn url_user(url: &str) -> Option<String> {
+    let (plain, _) = pg_tls::split_tls(libpq_url(url)).ok()?;
+    let config = tokio_postgres::Config::from_str(&plain).ok()?;
+    config.get_user().map(str::to_string)
+}
+
 /// Parse `postgresql://`, `postgres://` or `jdbc:postgresql://` URLs; what the URL leaves
 /// unset of the connect timeout, TCP keepalive and `tcp_user_timeout` follows `timeout`.
 pub(crate) fn parse_url(

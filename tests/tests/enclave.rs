@@ -1614,7 +1614,7 @@ impl Drop for PgRoles {
 }
 
 /// The slashing database's credentials travel from Secrets Manager (moto) through ensign-host
-/// into the enclave: the enclave's URL names another user (`postgres`), so the role that owns
+/// into the enclave: the enclave's URL names no user, so the role that owns
 /// the tables and holds the sessions proves which credentials were used. The test server trusts
 /// every local login, so the user name is what shows delivery; the password (with characters a
 /// URL would need encoded) must never appear in a log line.
@@ -1685,8 +1685,12 @@ async fn database_credentials_from_secrets_manager_reach_the_enclave() {
         .and_then(|rest| rest.split('/').next())
         .unwrap()
         .to_string();
-    let url = schema.url_via(Some(&format!("127.0.0.1:{pg_forward}")));
-    assert!(url.starts_with("postgresql://postgres@"), "{url}");
+    // The URL names no user: the image leaves the choice to the secret (an image that names
+    // one refuses credentials for another: enclave_refuses_database_credentials_of_another_user).
+    let url = schema
+        .url_via(Some(&format!("127.0.0.1:{pg_forward}")))
+        .replacen("postgresql://postgres@", "postgresql://", 1);
+    assert!(url.starts_with("postgresql://127.0.0.1:"), "{url}");
     let extras = HostExtras {
         host_args: [
             "--db-endpoint",
@@ -2276,4 +2280,62 @@ async fn a_kms_outside_the_image_roots_gets_nothing() {
     ] {
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 0, "{what}");
     }
+}
+
+/// The image names the database user (issue 15, finding 3): credentials the parent instance
+/// sends for another user, in Init or as a rotation, are refused before anything is opened, so
+/// the host cannot move the enclave to tables another role sees; credentials for the named user
+/// are used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enclave_refuses_database_credentials_of_another_user() {
+    let Some(schema) = tests::PgSchema::new("enclave_refuses_database_credentials_of_another_user")
+    else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
+    let (pg_forward, kms_forward) = (free_port(), free_port());
+    let kms_port: u16 = kms_tls_addr(&kms)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = schema.url_via(Some(&format!("127.0.0.1:{pg_forward}")));
+    assert!(url.starts_with("postgresql://postgres@"), "{url}");
+    let e = start_enclave(
+        &dir.path().join("enclave-data"),
+        &pki_dir,
+        &[(pg_forward, 5432), (kms_forward, kms_port)],
+        &enclave_globals(dir.path(), &kms, kms_forward),
+        &["--slashing-protection-db-url".to_string(), url],
+    )
+    .await;
+    let k = key_files(&dir.path().join("keystores"), b"pinned database user");
+    let credentials = |user: &str| enclave_bridge::control::DatabaseCredentials {
+        username: user.to_string(),
+        password: SecretString::new("any"),
+    };
+    let mut control = ControlClient::connect(&e.control).await.unwrap();
+    let mut init = init_request(vec![fake_record(&kms, &k, &k.pubkey)]);
+    init.database = Some(credentials("someone_else"));
+    let err = control.init(init).await.unwrap_err();
+    assert!(
+        err.to_string().contains("user someone_else")
+            && err.to_string().contains("names user postgres"),
+        "{err}"
+    );
+    let mut init = init_request(vec![fake_record(&kms, &k, &k.pubkey)]);
+    init.database = Some(credentials("postgres"));
+    let report = control.init(init).await.unwrap();
+    assert_eq!(report.loaded, vec![k.pubkey.clone()]);
+    let err = control
+        .refresh_database_credentials(credentials("someone_else"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("names user postgres"), "{err}");
+    // Still on the named user's store: signing works.
+    let client = pinned_client(&certificate(&e.base).await);
+    let r = sign(&client, &e.base, &k.pubkey, &attestation(1, 2, 1)).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }
