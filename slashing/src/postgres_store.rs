@@ -1039,6 +1039,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_user_a_url_names() {
+        for (url, user) in [
+            ("postgresql://ensign@db:5432/x", Some("ensign")),
+            (
+                "postgresql://ensign:pw@db/x?sslmode=verify-full&sslrootcert=/ca.pem",
+                Some("ensign"),
+            ),
+            ("jdbc:postgresql://db:5432/x?user=ensign", Some("ensign")),
+            ("postgresql://db:5432/x", None),
+        ] {
+            assert_eq!(url_user(url).as_deref(), user, "{url}");
+        }
+    }
+
+    #[test]
     fn tcp_settings_follow_the_timeout_unless_the_url_sets_them() {
         let t = Duration::from_secs(2);
         let (c, _) = parse_url("postgresql://u@db:5432/x", None, None, t).unwrap();

@@ -154,6 +154,16 @@ async fn pki_and_kms(dir: &Path, pcr0: Option<Vec<u8>>) -> (PathBuf, TestPki, Fa
     (pki_dir, pki, kms)
 }
 
+/// The fake KMS's HTTPS port (for a forwarder to it).
+fn kms_tls_port(kms: &FakeKms) -> u16 {
+    kms_tls_addr(kms)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The fake KMS's HTTPS `HOST:PORT`.
 fn kms_tls_addr(kms: &FakeKms) -> String {
     kms.https_url()
@@ -1493,12 +1503,7 @@ async fn slashing_history_in_postgresql_survives_an_enclave_restart() {
     let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
     let k = key_files(&dir.path().join("keystores"), b"enclave postgres");
     let (pg_forward, kms_forward) = (free_port(), free_port());
-    let kms_port: u16 = kms_tls_addr(&kms)
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let kms_port = kms_tls_port(&kms);
     let eth2 = vec![
         "--slashing-protection-db-url".to_string(),
         schema.url_via(Some(&format!("127.0.0.1:{pg_forward}"))),
@@ -2295,12 +2300,7 @@ async fn enclave_refuses_database_credentials_of_another_user() {
     let dir = TempDir::new().unwrap();
     let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
     let (pg_forward, kms_forward) = (free_port(), free_port());
-    let kms_port: u16 = kms_tls_addr(&kms)
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let kms_port = kms_tls_port(&kms);
     let url = schema.url_via(Some(&format!("127.0.0.1:{pg_forward}")));
     assert!(url.starts_with("postgresql://postgres@"), "{url}");
     let e = start_enclave(
