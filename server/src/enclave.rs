@@ -504,8 +504,8 @@ enum Decrypt {
 /// State shared by the HTTP side (gate, health, attestation) and the control handler.
 pub struct EnclaveShared {
     state: watch::Receiver<EnclaveState>,
-    /// Shared with the control handler, which sets it.
-    last_init_error: Arc<Mutex<Option<String>>>,
+    /// Whether the last `Init` failed (shared with the control handler, which sets it).
+    last_init_failed: Arc<AtomicBool>,
     attestor: Option<Arc<dyn Attestor>>,
     pub tls: TlsIdentity,
     attest_slots: Semaphore,
@@ -543,13 +543,7 @@ impl EnclaveShared {
     pub fn health_entry(&self) -> Value {
         let ready = self.ready();
         let mut data = json!({"state": self.state_name()});
-        if !ready
-            && self
-                .last_init_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-        {
+        if !ready && self.last_init_failed.load(Ordering::SeqCst) {
             data["last-init-error"] = json!(INIT_FAILED_PUBLIC);
         }
         json!({"id": "enclave", "status": if ready { "UP" } else { "DOWN" }, "data": data})
@@ -630,8 +624,8 @@ pub async fn attestation(
 /// The control protocol's handler: turns key records into keys in the ring.
 struct Handler {
     app: OnceLock<Weak<AppState>>,
-    /// The last `Init` error, for `/healthcheck`.
-    last_error: Arc<Mutex<Option<String>>>,
+    /// Whether the last `Init` failed, for `/healthcheck` (the reason goes to the host only).
+    last_init_failed: Arc<AtomicBool>,
     decrypt: Decrypt,
     resolve_to: Option<IpAddr>,
     /// The image's KMS settings.
@@ -873,10 +867,6 @@ impl Handler {
         }
     }
 
-    fn set_last_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
-    }
-
     fn app(&self) -> Result<Arc<AppState>, HandlerError> {
         self.app
             .get()
@@ -1042,15 +1032,11 @@ impl Handler {
                 let parsed = RecordPlaintext::parse(plaintext.expose())
                     .and_then(|r| r.keystore().map(|k| (r, k)));
                 drop(plaintext);
-                if parsed.is_err() {
-                    let failure = unusable();
-                    drop(slot);
-                    return (i, Err(failure));
-                }
-                drop(slot);
+                // (`unusable()` marks the batch stopped before `slot` is released.)
                 let Ok((record_plain, ks)) = parsed else {
                     return (i, Err(unusable()));
                 };
+                drop(slot);
                 let mib = ((ks.kdf_memory() >> 20) as u32).clamp(1, budget_mib);
                 let _mem = kdf_slots.acquire_many(mib).await.expect("never closed");
                 let key = tokio::task::spawn_blocking(move || record_plain.decrypt(&ks)).await;
@@ -1193,7 +1179,7 @@ impl ControlHandler for Handler {
         // The previous error stays visible in /healthcheck while this attempt runs.
         let outcome = self.init_inner(request).await;
         if outcome.is_ok() {
-            self.set_last_error(None);
+            self.last_init_failed.store(false, Ordering::SeqCst);
         }
         match &outcome {
             Ok(report) => tracing::info!(
@@ -1203,7 +1189,7 @@ impl ControlHandler for Handler {
             ),
             Err(e) => {
                 tracing::error!(reason = %e, "Init failed; the data port stays closed");
-                self.set_last_error(Some(e.message.clone()));
+                self.last_init_failed.store(true, Ordering::SeqCst);
             }
         }
         outcome
@@ -1483,10 +1469,10 @@ pub async fn prepare(
         .map(|d| d.store.clone() as Arc<dyn SlashingProtection>);
 
     // The control server owns the enclave's state; the HTTP side watches it.
-    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let last_init_failed: Arc<AtomicBool> = Arc::default();
     let handler = Arc::new(Handler {
         app: OnceLock::new(),
-        last_error: last_error.clone(),
+        last_init_failed: last_init_failed.clone(),
         decrypt,
         resolve_to,
         kms: config.kms.clone(),
@@ -1498,7 +1484,7 @@ pub async fn prepare(
         ControlServer::with_shared_handler(handler.clone(), ControlServerConfig::default());
     let shared = Arc::new(EnclaveShared {
         state: server.subscribe(),
-        last_init_error: last_error,
+        last_init_failed,
         attestor: attestor_for_http,
         tls: identity,
         attest_slots: Semaphore::new(ATTEST_CONCURRENCY),

@@ -170,9 +170,7 @@ impl FakeKms {
     /// at, while test set-up (`ensign keys encrypt`) uses the plain [`FakeKms::url`].
     pub async fn start_https(config: FakeKmsConfig, names: &[&str]) -> io::Result<Self> {
         let mut kms = Self::start(config).await?;
-        let app = Router::new()
-            .route("/", post(handle))
-            .with_state(kms.state.clone());
+        let app = router(kms.state.clone());
         let (ca_pem, tls) = test_tls(names).map_err(io::Error::other)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -213,9 +211,7 @@ impl FakeKms {
             blob_key,
             stats: FakeKmsStats::default(),
         });
-        let app = Router::new()
-            .route("/", post(handle))
-            .with_state(state.clone());
+        let app = router(state.clone());
         Ok((state, app))
     }
 
@@ -295,6 +291,11 @@ impl State {
             .ok()
             .map(Zeroizing::new)
     }
+}
+
+/// The KMS JSON protocol's one route, over `state`.
+fn router(state: Arc<State>) -> Router {
+    Router::new().route("/", post(handle)).with_state(state)
 }
 
 /// A test CA (its PEM) and a rustls server configuration with a certificate it issued for
