@@ -48,7 +48,8 @@ mod store;
 pub mod witness;
 
 pub use postgres_store::{
-    PostgresOptions, PostgresStore, DEFAULT_TIMEOUT as DEFAULT_POSTGRES_TIMEOUT,
+    check_identifier as check_pg_identifier, provision as provision_postgres, PostgresOptions,
+    PostgresStore, DEFAULT_TIMEOUT as DEFAULT_POSTGRES_TIMEOUT,
 };
 pub use sqlite_store::SqliteStore;
 pub use witness::{MemoryWitness, WitnessLimits};
@@ -194,6 +195,8 @@ pub enum StoreConfig {
         username: Option<String>,
         password: Option<String>,
         timeout: std::time::Duration,
+        /// The tables' schema ([`PostgresOptions::schema`]).
+        schema: Option<String>,
     },
 }
 
@@ -212,6 +215,7 @@ impl std::fmt::Debug for StoreConfig {
                 username,
                 password,
                 timeout,
+                schema,
             } => f
                 .debug_struct("Postgres")
                 .field(
@@ -221,6 +225,7 @@ impl std::fmt::Debug for StoreConfig {
                 .field("username", username)
                 .field("password", &password.as_ref().map(|_| "***"))
                 .field("timeout", timeout)
+                .field("schema", schema)
                 .finish(),
         }
     }
@@ -356,12 +361,14 @@ pub fn open(config: &StoreConfig) -> Result<Arc<dyn SlashingProtection>, Error> 
             username,
             password,
             timeout,
+            schema,
         } => Ok(Arc::new(PostgresStore::open_with(
             url,
             username.as_deref(),
             password.as_deref(),
             PostgresOptions {
                 timeout: *timeout,
+                schema: schema.clone(),
                 ..PostgresOptions::default()
             },
         )?)),
@@ -379,6 +386,7 @@ mod debug_tests {
             username: Some("u".into()),
             password: Some("hunter3".into()),
             timeout: crate::DEFAULT_POSTGRES_TIMEOUT,
+            schema: None,
         };
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2") && !s.contains("hunter3"), "{s}");

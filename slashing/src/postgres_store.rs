@@ -78,7 +78,32 @@ use crate::{
 };
 
 /// Numbered migrations, applied in order; `schema_version` records the last.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_history_only_grows_stricter.sql"),
+    ),
+];
+
+/// The names the store's SQL uses for its own tables and functions: each is qualified with the
+/// store's schema ([`qualify`]), so what a session's `search_path` says never decides whose
+/// tables are read (issue 15: a schema earlier in the path, such as one named after the user,
+/// would otherwise shadow the history with empty tables).
+const OWN_NAMES: &[&str] = &[
+    "schema_version",
+    "metadata",
+    "validators",
+    "signed_blocks",
+    "signed_attestations",
+    "low_watermarks",
+    "guard_low_watermarks",
+    "guard_signed_blocks",
+    "guard_signed_attestations",
+    "guard_metadata",
+    "prune_blocks_below",
+    "prune_attestations_below",
+];
 
 /// Default pool size: enough parallelism for many validators without
 /// exhausting the server's `max_connections`.
@@ -101,12 +126,16 @@ const KEEPALIVE_IDLE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
 const RETRIES: usize = 3;
 
 /// How a [`PostgresStore`] uses its connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// Connections kept open at most.
     pub pool_size: usize,
     /// The bound on waiting for the database (module docs); must be positive.
     pub timeout: Duration,
+    /// The schema holding the tables (a lowercase SQL identifier, [`check_identifier`]);
+    /// `None`: the session's `current_schema()` when the store opens (the first schema of its
+    /// `search_path` that exists, `public` by default). Either way every statement names it.
+    pub schema: Option<String>,
 }
 
 impl Default for PostgresOptions {
@@ -114,8 +143,69 @@ impl Default for PostgresOptions {
         PostgresOptions {
             pool_size: DEFAULT_POOL_SIZE,
             timeout: DEFAULT_TIMEOUT,
+            schema: None,
         }
     }
+}
+
+/// A name ensign creates or configures in PostgreSQL (a schema, a role): a lowercase letter or
+/// `_`, then lowercase letters, digits and `_`, at most 63 bytes (PostgreSQL's `NAMEDATALEN`).
+/// Such a name means the same quoted or not.
+pub fn check_identifier(what: &str, name: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Open(format!(
+            "{what} {name:?} is not a plain PostgreSQL name (a lowercase letter or _, then \
+             lowercase letters, digits and _, at most 63)"
+        )))
+    }
+}
+
+/// `name` as a quoted SQL identifier.
+pub(crate) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `sql` with every one of [`OWN_NAMES`] that is not already qualified (preceded by `.`)
+/// prefixed with `schema` (quoted). Works on whole identifier tokens, so `validator_id` or
+/// `signed_attestations_source` are left alone.
+pub(crate) fn qualify(sql: &str, schema: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len() + 128);
+    let (mut i, mut copied) = (0, 0);
+    let word_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    while i < b.len() {
+        if b[i].is_ascii_alphabetic() || b[i] == b'_' {
+            let start = i;
+            while i < b.len() && word_byte(b[i]) {
+                i += 1;
+            }
+            let qualified = start > 0 && matches!(b[start - 1], b'.' | b'"');
+            if !qualified && OWN_NAMES.contains(&&sql[start..i]) {
+                out.push_str(&sql[copied..start]);
+                out.push_str(schema);
+                out.push('.');
+                copied = start;
+            }
+        } else if b[i].is_ascii_digit() {
+            while i < b.len() && word_byte(b[i]) {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&sql[copied..]);
+    out
 }
 
 /// How long the waits of one operation may take.
@@ -386,6 +476,8 @@ fn no_answer(waited: Duration) -> String {
 pub struct PostgresStore {
     pool: Pool,
     timeout: Duration,
+    /// The tables' schema (unquoted): every statement names it ([`qualify`]).
+    schema: String,
     /// The GVR never changes once pinned, so it is cached after first read.
     gvr: OnceLock<Root>,
     /// Validator ids are never deleted or reused; cached once seen committed.
@@ -524,9 +616,12 @@ impl PostgresStore {
             ));
         }
         let timeout = options.timeout.min(MAX_TIMEOUT);
+        if let Some(schema) = &options.schema {
+            check_identifier("the schema", schema)?;
+        }
         let (config, tls) = parse_url(url, username, password, timeout)?;
         let shown = describe(&config);
-        let store = PostgresStore {
+        let mut store = PostgresStore {
             pool: Pool {
                 config,
                 tls: pg_tls::connector(&tls)?,
@@ -544,13 +639,31 @@ impl PostgresStore {
                 shown,
             },
             timeout,
+            schema: options.schema.clone().unwrap_or_default(),
             gvr: OnceLock::new(),
             ids: Mutex::new(HashMap::new()),
         };
-        store.run(Kind::Bulk, migrate).map_err(|e| match e {
+        let as_open = |e| match e {
             Error::Store(m) => Error::Open(m),
             other => other,
-        })?;
+        };
+        if options.schema.is_none() {
+            let found = store
+                .run(Kind::Bulk, |tx| {
+                    let rows = tx.query("SELECT current_schema()::TEXT", &[])?;
+                    Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+                })
+                .map_err(as_open)?;
+            let schema = found.ok_or_else(|| {
+                Error::Open(
+                    "no schema: the session's search_path names none that exists; create it \
+                     or name one (--slashing-protection-db-schema)"
+                        .into(),
+                )
+            })?;
+            store.schema = schema;
+        }
+        store.run(Kind::Bulk, migrate).map_err(as_open)?;
         Ok(store)
     }
 
@@ -650,28 +763,159 @@ impl PostgresStore {
     }
 }
 
+/// What a signer role may do, granted by [`provision`]: read everything; add rows; change only
+/// the columns the store changes (migration 2's triggers keep even those changes one-way); prune
+/// through the schema's functions; no DELETE, TRUNCATE or DDL.
+const SIGNER_GRANTS: &str = "\
+    GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+    GRANT INSERT ON metadata, validators, signed_blocks, signed_attestations, low_watermarks \
+        TO {role}; \
+    GRANT UPDATE (genesis_validators_root, high_watermark_epoch, high_watermark_slot) \
+        ON metadata TO {role}; \
+    GRANT UPDATE (enabled) ON validators TO {role}; \
+    GRANT UPDATE (signing_root) ON signed_blocks, signed_attestations TO {role}; \
+    GRANT UPDATE (slot, source_epoch, target_epoch) ON low_watermarks TO {role}; \
+    GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; \
+    GRANT EXECUTE ON FUNCTION prune_blocks_below(BIGINT, BIGINT), \
+        prune_attestations_below(BIGINT, BIGINT) TO {role}";
+
+/// `ensign database provision`: as an administrator (`url` and credentials), migrate the schema
+/// `options.schema` (required; created if missing), then create `role` — or, if it exists,
+/// reset it — as a login role with `role_password` and only [`SIGNER_GRANTS`] on the schema.
+/// The password reaches the server only as a SCRAM-SHA-256 verifier. Refuses a role that is the
+/// administrator itself or a superuser.
+pub fn provision(
+    url: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+    options: PostgresOptions,
+    role: &str,
+    role_password: &str,
+) -> Result<(), Error> {
+    let schema = options
+        .schema
+        .clone()
+        .ok_or_else(|| Error::Open("provisioning needs the schema named".into()))?;
+    check_identifier("the schema", &schema)?;
+    check_identifier("the role", role)?;
+    if role_password.len() < 16 {
+        return Err(Error::Open("the role's password is too short".into()));
+    }
+    let store = PostgresStore::open_with(url, username, password, options)?;
+    let verifier = postgres_protocol::password::scram_sha_256(role_password.as_bytes());
+    let (schema_q, role_q) = (quote_identifier(&schema), quote_identifier(role));
+    store.run(Kind::Bulk, |tx| {
+        let me: String = match tx.query("SELECT current_user::TEXT", &[])?.first() {
+            Some(row) => get(row, 0)?,
+            None => String::new(),
+        };
+        if me == role {
+            return Err(Error::Store(format!(
+                "the signer role {role} is the administrator running this: give the signer a \
+                 role of its own"
+            )));
+        }
+        let existing = tx.query(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = ?1",
+            &[&role],
+        )?;
+        let verb = match existing.first() {
+            Some(row) if get::<bool>(row, 0)? => {
+                return Err(Error::Store(format!(
+                    "the role {role} is a superuser (or bypasses row security): not a signer role"
+                )))
+            }
+            Some(_) => "ALTER",
+            None => "CREATE",
+        };
+        tx.batch(&format!(
+            "{verb} ROLE {role_q} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT \
+             NOREPLICATION NOBYPASSRLS PASSWORD '{verifier}'; \
+             REVOKE ALL ON ALL TABLES IN SCHEMA {schema_q} FROM {role_q}; \
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema_q} FROM {role_q}; \
+             REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {schema_q} FROM {role_q}; \
+             REVOKE ALL ON SCHEMA {schema_q} FROM {role_q}; \
+             GRANT USAGE ON SCHEMA {schema_q} TO {role_q}"
+        ))?;
+        tx.batch(
+            &SIGNER_GRANTS
+                .replace("{schema}", &schema_q)
+                .replace("{role}", &role_q),
+        )
+    })
+}
+
 enum Retry {
     Again(Error),
     Fail(Error),
 }
 
-/// The schema, migrated under advisory lock 0 (two processes starting together: one at a time).
-fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), Error> {
-    tx.exec("SELECT pg_advisory_xact_lock(0, 0)", &[])?;
-    tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+/// The schema's version: 0 when it has no `schema_version` table yet.
+fn schema_version(tx: &mut PgTx<'_, '_>) -> Result<i64, Error> {
+    let table = format!("{}.schema_version", quote_identifier(&tx.store.schema));
+    let rows = tx.query("SELECT to_regclass(?1) IS NOT NULL", &[&table])?;
+    let exists: bool = match rows.first() {
+        Some(row) => get(row, 0)?,
+        None => false,
+    };
+    if !exists {
+        return Ok(0);
+    }
     let rows = tx.query(
         "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_version",
         &[],
     )?;
-    let current: i64 = match rows.first() {
-        Some(row) => get(row, 0)?,
-        None => 0,
-    };
+    match rows.first() {
+        Some(row) => get(row, 0),
+        None => Ok(0),
+    }
+}
+
+/// The schema, migrated under advisory lock 0 (two processes starting together: one at a time).
+/// A schema already at this build's version is only read: a role without DDL rights (`ensign
+/// database provision`) opens it; one behind needs its owner to migrate it.
+fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), Error> {
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > latest {
-        return Err(Error::Store(format!(
+    let newer = |current: i64| {
+        Error::Store(format!(
             "schema version {current} is newer than this build supports ({latest})"
+        ))
+    };
+    let current = schema_version(tx)?;
+    if current > latest {
+        return Err(newer(current));
+    }
+    if current == latest {
+        return Ok(());
+    }
+    let schema = tx.store.schema.clone();
+    // Asked first, so that the answer is a clear error rather than the first DDL's refusal.
+    let rows = tx.query(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1) \
+         THEN has_schema_privilege(?1, 'CREATE') \
+         ELSE has_database_privilege(current_database(), 'CREATE') END",
+        &[&schema],
+    )?;
+    let may_migrate: bool = match rows.first() {
+        Some(row) => get(row, 0)?,
+        None => false,
+    };
+    if !may_migrate {
+        return Err(Error::Store(format!(
+            "the schema {schema} is at version {current} and this build needs {latest}, but this \
+             role may not change it: its owner migrates it (`ensign database provision`)"
         )));
+    }
+    tx.exec("SELECT pg_advisory_xact_lock(0, 0)", &[])?;
+    tx.batch(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        quote_identifier(&schema)
+    ))?;
+    tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+    // Again under the lock: another process may have migrated meanwhile.
+    let current = schema_version(tx)?;
+    if current > latest {
+        return Err(newer(current));
     }
     for (n, text) in MIGRATIONS.iter().filter(|(n, _)| *n > current) {
         tx.batch(text)
@@ -699,7 +943,7 @@ impl PgTx<'_, '_> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        let text = pg_placeholders(sql);
+        let text = pg_placeholders(&qualify(sql, &quote_identifier(&self.store.schema)));
         let prepared = self.link.wait(self.budget.next(), self.tx.prepare(&text));
         let s = prepared.map_err(|e| self.fail(e))?;
         self.stmts.insert(sql, s.clone());
@@ -730,11 +974,21 @@ impl PgTx<'_, '_> {
 
     /// Statements without parameters or results (simple query protocol).
     fn batch(&mut self, sql: &str) -> Result<(), Error> {
+        let sql = qualify(sql, &quote_identifier(&self.store.schema));
         let done = self
             .link
-            .wait(self.budget.next(), self.tx.batch_execute(sql));
+            .wait(self.budget.next(), self.tx.batch_execute(&sql));
         done.map_err(|e| self.fail(e))
     }
+}
+
+/// The row count a pruning function returns.
+fn deleted(rows: &[tokio_postgres::Row]) -> Result<u64, Error> {
+    let n: i64 = match rows.first() {
+        Some(row) => get(row, 0)?,
+        None => 0,
+    };
+    Ok(n.max(0) as u64)
 }
 
 fn db_ref(e: &tokio_postgres::Error) -> Error {
@@ -938,12 +1192,16 @@ impl Txn for PgTx<'_, '_> {
         to_atts(self.query(sql::ALL_ATTS, &[&id])?)
     }
 
+    // Pruning goes through the schema's functions (migration 2), which raise the watermark
+    // themselves before deleting: a role may prune without any DELETE right.
     fn delete_blocks_below(&mut self, id: i64, slot: i64) -> Result<u64, Error> {
-        self.exec(sql::DELETE_BLOCKS_BELOW, &[&id, &slot])
+        let rows = self.query("SELECT prune_blocks_below(?1, ?2)", &[&id, &slot])?;
+        deleted(&rows)
     }
 
     fn delete_attestations_below(&mut self, id: i64, target: i64) -> Result<u64, Error> {
-        self.exec(sql::DELETE_ATTS_BELOW, &[&id, &target])
+        let rows = self.query("SELECT prune_attestations_below(?1, ?2)", &[&id, &target])?;
+        deleted(&rows)
     }
 
     fn health(&mut self) -> Result<(), Error> {
@@ -1037,6 +1295,34 @@ impl SlashingProtection for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qualify_names_the_schema_for_whole_table_tokens_only() {
+        let q = |sql| qualify(sql, "\"s\"");
+        assert_eq!(
+            q("SELECT id FROM validators WHERE public_key = ?1"),
+            "SELECT id FROM \"s\".validators WHERE public_key = ?1"
+        );
+        // Columns, indexes and sequences that contain a table's name are other tokens; a name
+        // already qualified (after '.') or quoted is left alone.
+        assert_eq!(
+            q("UPDATE metadata SET x = 1 WHERE metadata.genesis_validators_root IS NULL AND excluded.validators = 2"),
+            "UPDATE \"s\".metadata SET x = 1 WHERE \"s\".metadata.genesis_validators_root IS NULL AND excluded.validators = 2"
+        );
+        assert_eq!(
+            q("CREATE INDEX signed_attestations_source ON signed_attestations (validator_id)"),
+            "CREATE INDEX signed_attestations_source ON \"s\".signed_attestations (validator_id)"
+        );
+        assert_eq!(
+            q("SELECT prune_blocks_below(?1, ?2) -- é"),
+            "SELECT \"s\".prune_blocks_below(?1, ?2) -- é"
+        );
+        assert_eq!(
+            q("GRANT USAGE ON SCHEMA \"metadata\""),
+            "GRANT USAGE ON SCHEMA \"metadata\""
+        );
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
 
     #[test]
     fn the_user_a_url_names() {

@@ -112,6 +112,7 @@ fn postgres_closed_port() {
         username: None,
         password: None,
         timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+        schema: None,
     });
     assert!(msg.contains("cannot connect"), "{msg}");
     assert!(msg.contains("127.0.0.1:1"), "{msg}");
@@ -125,6 +126,7 @@ fn postgres_password_is_not_echoed() {
         username: Some("postgres".into()),
         password: Some("s3cret-pw".into()),
         timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+        schema: None,
     });
     assert!(msg.contains("cannot connect"), "{msg}");
     assert!(!msg.contains("s3cret-pw"), "{msg}");
@@ -138,6 +140,7 @@ fn postgres_bad_urls() {
             username: None,
             password: None,
             timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            schema: None,
         });
         assert!(msg.contains("PostgreSQL URL"), "{url}: {msg}");
     }
@@ -165,6 +168,7 @@ fn postgres_url_forms() {
             username: user,
             password: None,
             timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            schema: None,
         })
         .unwrap_or_else(|e| panic!("{u}: {e}"));
         s.health_check().unwrap();
@@ -185,12 +189,14 @@ fn show_messages() {
             username: None,
             password: None,
             timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            schema: None,
         },
         StoreConfig::Postgres {
             url: "mysql://x".into(),
             username: None,
             password: None,
             timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            schema: None,
         },
     ] {
         eprintln!("{}", open_msg(c));

@@ -20,6 +20,7 @@ fn options() -> PostgresOptions {
     PostgresOptions {
         pool_size: 2,
         timeout: TIMEOUT,
+        schema: None,
     }
 }
 
