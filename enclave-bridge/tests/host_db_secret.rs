@@ -40,7 +40,7 @@ async fn database_secret_from_moto() {
     let source = DbSecretSource::new(client.clone(), arn.clone());
     let c = source.fetch().await.unwrap();
     assert_eq!(
-        (c.username.as_str(), c.password.expose()),
+        (c.username.as_str(), c.password.in_clear().unwrap().expose()),
         ("ensign", "pw:@/%?#1")
     );
     // Rotation: the current version is read each time.
@@ -51,7 +51,17 @@ async fn database_secret_from_moto() {
         .send()
         .await
         .unwrap();
-    assert_eq!(source.fetch().await.unwrap().password.expose(), "pw2");
+    assert_eq!(
+        source
+            .fetch()
+            .await
+            .unwrap()
+            .password
+            .in_clear()
+            .unwrap()
+            .expose(),
+        "pw2"
+    );
 
     let plain = create("plain", Some("hunter2-not-json"), None).await;
     let e = DbSecretSource::new(client.clone(), plain.clone())

@@ -414,6 +414,71 @@ pub enum Mode {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The PostgreSQL slashing-protection database.
+    Database {
+        #[command(subcommand)]
+        command: DatabaseCommand,
+    },
+}
+
+/// `ensign database …`.
+#[derive(Debug, Subcommand)]
+pub enum DatabaseCommand {
+    /// As the database's administrator: migrate the schema, create (or reset) the signer's
+    /// least-privilege role with a fresh random password, and write that password encrypted with
+    /// KMS — for an enclave image, which alone can decrypt it. Nobody sees the password; running
+    /// it again rotates it.
+    Provision(DatabaseProvisionArgs),
+}
+
+/// `ensign database provision`.
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "secret_id"])))]
+pub struct DatabaseProvisionArgs {
+    /// The administrator's connection (`postgresql://ADMIN@HOST:5432/DB?sslmode=verify-full&…`).
+    #[arg(long, value_name = "URL")]
+    pub admin_db_url: String,
+
+    /// File holding the administrator's password (one trailing newline is not part of it).
+    #[arg(long, value_name = "FILE")]
+    pub admin_db_password_file: Option<PathBuf>,
+
+    /// The schema to migrate and grant on (created if missing).
+    #[arg(long, default_value = "ensign", value_parser = parse_pg_identifier)]
+    pub schema: String,
+
+    /// The signer's role (created if missing; its password is replaced either way).
+    #[arg(long, default_value = "ensign_signer", value_parser = parse_pg_identifier)]
+    pub role: String,
+
+    /// The KMS key (ARN) that encrypts the password: the enclave image's key
+    /// (`--enclave-kms-key-arn`), whose policy lets only the attested image decrypt.
+    #[arg(long)]
+    pub kms_key_id: String,
+
+    /// AWS region [default: the environment's, e.g. AWS_REGION].
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Endpoint URL for KMS and Secrets Manager (a VPC endpoint or a local stand-in).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+
+    /// Write the credentials document (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Store the credentials document as the new value of this Secrets Manager secret
+    /// (ensign-host `--db-secret-arn`).
+    #[arg(long, value_name = "ARN")]
+    pub secret_id: Option<String>,
+}
+
+/// A schema or role name ([`slashing::check_pg_identifier`]).
+fn parse_pg_identifier(s: &str) -> Result<String, String> {
+    slashing::check_pg_identifier("the name", s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `ensign verify-attestation`.
@@ -596,6 +661,17 @@ pub struct Eth2Options {
         value_name = "SECONDS"
     )]
     pub slashing_protection_db_timeout_seconds: u64,
+
+    /// The PostgreSQL schema holding the slashing-protection tables; every statement names it,
+    /// whatever the session's search_path says [default: the session's current schema,
+    /// normally `public`]. `ensign database provision` makes one for a least-privilege role.
+    #[arg(
+        long,
+        env = "ENSIGN_ETH2_SLASHING_PROTECTION_DB_SCHEMA",
+        value_name = "NAME",
+        value_parser = parse_pg_identifier
+    )]
+    pub slashing_protection_db_schema: Option<String>,
 
     /// Periodically delete slashing-protection history older than
     /// --slashing-protection-pruning-epochs-to-keep, raising each validator's low watermark

@@ -80,8 +80,9 @@ use der::{Decode, Encode};
 use enclave_bridge::attestation::Attestor;
 use enclave_bridge::control::{
     AddKeysRequest, AwsCredentials, AwsRegion, ControlHandler, ControlServer, ControlServerConfig,
-    DatabaseCredentials, EnclaveState, EncryptedKeyRecord, EndpointUrl, HandlerError, InitRequest,
-    KeyFailure, KeysReport, RemoveKeysRequest, RemoveReport,
+    DatabaseCredentials, DatabasePassword, EnclaveState, EncryptedBlob, EncryptedKeyRecord,
+    EndpointUrl, HandlerError, InitRequest, KeyFailure, KeysReport, RemoveKeysRequest,
+    RemoveReport,
 };
 use enclave_bridge::forward::{ForwardLimits, Forwarder};
 use enclave_bridge::kms::{
@@ -123,6 +124,17 @@ pub const INIT_FAILED_PUBLIC: &str = "the last Init failed; ensign-host logs the
 pub const RECORD_UNUSABLE: &str = "the record could not be used once KMS had answered (envelope, \
     format, keystore, password or public key check failed; no detail is given outside the \
     enclave); the rest of the batch was not attempted";
+
+/// The one text for a database password ciphertext that KMS answered but that did not open to
+/// a password (as [`RECORD_UNUSABLE`]: no detail derived from a plaintext leaves the enclave).
+pub const DB_PASSWORD_UNUSABLE: &str = "the database password could not be used once KMS had \
+    answered (no detail is given outside the enclave)";
+
+/// Why a password in clear from the parent instance is refused outside development mode.
+pub const DB_PASSWORD_IN_CLEAR: &str = "the database password arrived in clear from the parent \
+    instance, which could then use it itself; this enclave accepts it only KMS-encrypted for its \
+    image (`ensign database provision` writes such a secret; --enclave-development-mode=true \
+    accepts it in clear)";
 
 /// What the records of a batch not attempted after a [`RECORD_UNUSABLE`] failure get.
 const BATCH_STOPPED: &str =
@@ -647,6 +659,10 @@ struct Database {
     password: Option<String>,
     /// `--slashing-protection-db-timeout-seconds`.
     timeout: std::time::Duration,
+    /// `--slashing-protection-db-schema`.
+    schema: Option<String>,
+    /// `--enclave-development-mode`: a password in clear from the host is accepted.
+    development: bool,
     /// The user the image's configuration names (URL or username option): credentials from
     /// the host for any other user are refused.
     pinned_user: Option<String>,
@@ -655,22 +671,20 @@ struct Database {
 }
 
 impl Database {
-    /// The store configuration with `Init`'s credentials, if any, in place of the configured
-    /// ones. (`slashing` sets them on the parsed connection configuration: nothing to encode.)
-    fn config(&self, credentials: Option<&DatabaseCredentials>) -> StoreConfig {
-        match credentials {
-            Some(c) => StoreConfig::Postgres {
-                url: self.url.clone(),
-                username: Some(c.username.clone()),
-                password: Some(c.password.expose().to_owned()),
-                timeout: self.timeout,
-            },
-            None => StoreConfig::Postgres {
-                url: self.url.clone(),
-                username: self.username.clone(),
-                password: self.password.clone(),
-                timeout: self.timeout,
-            },
+    /// The store configuration with the host's user and the password it delivered, if any, in
+    /// place of the configured ones. (`slashing` sets them on the parsed connection
+    /// configuration: nothing to encode.)
+    fn config(&self, from_host: Option<(&str, &str)>) -> StoreConfig {
+        let (username, password) = match from_host {
+            Some((user, password)) => (Some(user.to_owned()), Some(password.to_owned())),
+            None => (self.username.clone(), self.password.clone()),
+        };
+        StoreConfig::Postgres {
+            url: self.url.clone(),
+            username,
+            password,
+            timeout: self.timeout,
+            schema: self.schema.clone(),
         }
     }
 }
@@ -810,10 +824,13 @@ type Loaded = Result<(String, ValidatorKey), KeyFailure>;
 
 impl Handler {
     /// Opens the PostgreSQL slashing store with `credentials` (or the configured ones) and puts
-    /// it in place of the current one. Without PostgreSQL there is nothing to open.
+    /// it in place of the current one. Without PostgreSQL there is nothing to open. A password
+    /// arrives KMS-encrypted for this image and is decrypted here with `kms` (the session's
+    /// settings); one in clear only in development mode (issue 15).
     async fn open_database(
         &self,
         credentials: Option<&DatabaseCredentials>,
+        kms: Option<&KmsClientConfig>,
     ) -> Result<(), HandlerError> {
         let Some(db) = &self.db else {
             if credentials.is_some() {
@@ -831,7 +848,27 @@ impl Handler {
                 )));
             }
         }
-        let config = db.config(credentials);
+        let password: Option<Zeroizing<String>> = match credentials.map(|c| &c.password) {
+            None => None,
+            Some(DatabasePassword::Plain(p)) => {
+                if !db.development {
+                    return Err(HandlerError::new(DB_PASSWORD_IN_CLEAR));
+                }
+                Some(Zeroizing::new(p.expose().to_owned()))
+            }
+            Some(DatabasePassword::Encrypted(blob)) => {
+                let user = credentials.map(|c| c.username.as_str()).unwrap_or_default();
+                let kms = kms.ok_or_else(|| {
+                    HandlerError::new("no KMS session to decrypt the database password: Init first")
+                })?;
+                Some(self.decrypt_db_password(kms, user, blob).await?)
+            }
+        };
+        let from_host = match (credentials, &password) {
+            (Some(c), Some(p)) => Some((c.username.as_str(), p.as_str())),
+            _ => None,
+        };
+        let config = db.config(from_host);
         let user = match (credentials, &db.username) {
             (Some(c), _) => format!("user {} from ensign-host", c.username),
             (None, Some(u)) => format!("user {u}"),
@@ -856,14 +893,68 @@ impl Handler {
                 let mut reason =
                     format!("the slashing protection database cannot be opened with {user}: {e}");
                 // PostgreSQL's messages do not echo passwords; make sure of it.
-                if let Some(c) = credentials {
-                    let p = c.password.expose();
-                    if !p.is_empty() && reason.contains(p) {
-                        reason = reason.replace(p, "<redacted>");
+                if let Some(p) = &password {
+                    if !p.is_empty() && reason.contains(p.as_str()) {
+                        reason = reason.replace(p.as_str(), "<redacted>");
                     }
                 }
                 Err(HandlerError::new(reason))
             }
+        }
+    }
+
+    /// Decrypts the database password `ensign database provision` encrypted for this image. Its
+    /// encryption context must name its purpose and `user` (KMS binds both to the ciphertext,
+    /// so neither a key record nor another role's password can stand in for it); the image's
+    /// pinned KMS key is used. After KMS answered, every failure is [`DB_PASSWORD_UNUSABLE`].
+    async fn decrypt_db_password(
+        &self,
+        config: &KmsClientConfig,
+        user: &str,
+        blob: &EncryptedBlob,
+    ) -> Result<Zeroizing<String>, HandlerError> {
+        use crate::key_records::{CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
+        if let (Some(pinned), Some(named)) = (&self.kms.key_arn, &blob.kms_key_id) {
+            if named != pinned {
+                return Err(HandlerError::new(format!(
+                    "the database password names KMS key {named}; this enclave decrypts only \
+                     with {pinned} (--enclave-kms-key-arn)"
+                )));
+            }
+        }
+        let context = &blob.encryption_context;
+        if context.get(CONTEXT_PURPOSE).map(String::as_str) != Some(PURPOSE_DB_PASSWORD)
+            || context.get(CONTEXT_DB_USER).map(String::as_str) != Some(user)
+        {
+            return Err(HandlerError::new(format!(
+                "the database password's encryption context must be {{{CONTEXT_PURPOSE}: \
+                 {PURPOSE_DB_PASSWORD}, {CONTEXT_DB_USER}: {user}}} (`ensign database \
+                 provision` makes it so)"
+            )));
+        }
+        let decryptor = self.decryptor(config).await?;
+        let got = decryptor
+            .decrypt(DecryptRequest {
+                ciphertext: &blob.ciphertext.0,
+                key_id: self.kms.key_arn.as_deref().or(blob.kms_key_id.as_deref()),
+                encryption_context: Some(context),
+            })
+            .await;
+        match got {
+            Ok(plain) => std::str::from_utf8(plain.expose())
+                .ok()
+                .filter(|p| (16..=1024).contains(&p.len()))
+                .map(|p| Zeroizing::new(p.to_owned()))
+                .ok_or_else(|| HandlerError::new(DB_PASSWORD_UNUSABLE)),
+            Err(
+                KmsError::Cms(_)
+                | KmsError::UnexpectedPlaintext
+                | KmsError::MissingRecipientCiphertext
+                | KmsError::MissingPlaintext,
+            ) => Err(HandlerError::new(DB_PASSWORD_UNUSABLE)),
+            Err(e) => Err(HandlerError::new(format!(
+                "the database password could not be decrypted: {e}"
+            ))),
         }
     }
 
@@ -1136,7 +1227,8 @@ impl Handler {
         check_not_expired(&request.credentials)?;
         let config = self.config_for(&request)?;
         // Before any key: a signer that cannot record what it signs must not serve.
-        self.open_database(request.database.as_ref()).await?;
+        self.open_database(request.database.as_ref(), Some(&config))
+            .await?;
         tracing::info!(records = request.keys.len(), region = %request.region,
             access_key_id = %request.credentials.access_key_id, "Init: decrypting key records");
         let outcomes = self.load(&config, &request.keys).await?;
@@ -1256,7 +1348,12 @@ impl ControlHandler for Handler {
         credentials: DatabaseCredentials,
     ) -> Result<(), HandlerError> {
         // On failure the current store stays in use (its pool keeps the connections it has).
-        self.open_database(Some(&credentials)).await
+        let kms = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.open_database(Some(&credentials), kms.as_ref()).await
     }
 }
 
@@ -1450,6 +1547,7 @@ pub async fn prepare(
                 username,
                 password,
                 timeout,
+                schema,
             },
         ) => {
             tracing::info!("slashing protection: PostgreSQL, opened at Init (with the credentials ensign-host sends, if any)");
@@ -1458,6 +1556,8 @@ pub async fn prepare(
                 username: username.clone(),
                 password: password.clone(),
                 timeout: *timeout,
+                schema: schema.clone(),
+                development: config.development,
                 pinned_user: store.configured_user(),
                 store: Arc::new(DeferredStore::new()),
             })
@@ -1509,7 +1609,6 @@ pub async fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use enclave_bridge::secret::SecretString;
 
     #[test]
     fn kms_key_arns_give_their_region_and_partition() {
@@ -1543,6 +1642,8 @@ mod tests {
             username: Some("from_cli".into()),
             password: Some("cli-password".into()),
             timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            schema: Some("ensign".into()),
+            development: false,
             pinned_user: None,
             store: Arc::new(DeferredStore::new()),
         };
@@ -1553,20 +1654,18 @@ mod tests {
                 username: Some("from_cli".into()),
                 password: Some("cli-password".into()),
                 timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+                schema: Some("ensign".into()),
             }
         );
         // Set as connection parameters, not spliced into the URL: no encoding to get wrong.
-        let from_host = DatabaseCredentials {
-            username: "from_host".into(),
-            password: SecretString::new("p@ss:w/rd%?#&="),
-        };
         assert_eq!(
-            db.config(Some(&from_host)),
+            db.config(Some(("from_host", "p@ss:w/rd%?#&="))),
             StoreConfig::Postgres {
                 url: url.into(),
                 username: Some("from_host".into()),
                 password: Some("p@ss:w/rd%?#&=".into()),
                 timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+                schema: Some("ensign".into()),
             }
         );
     }

@@ -42,6 +42,12 @@ pub const MAX_PLAINTEXT_LEN: usize = 4096;
 /// The encryption context key naming the record's public key.
 pub const CONTEXT_PUBKEY: &str = "ensign-pubkey";
 
+/// The encryption context of a database password (`ensign database provision`):
+/// `{CONTEXT_PURPOSE: PURPOSE_DB_PASSWORD, CONTEXT_DB_USER: <role>}`.
+pub const CONTEXT_PURPOSE: &str = "ensign-purpose";
+pub const PURPOSE_DB_PASSWORD: &str = "slashing-db-password";
+pub const CONTEXT_DB_USER: &str = "ensign-db-user";
+
 /// Why a record's plaintext is not usable. Messages never quote the plaintext.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -162,7 +168,6 @@ pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, S
 /// record with KMS, and writes it to `--out-dir` or `--dynamodb-table`. Returns what was done.
 #[cfg(feature = "aws")]
 pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<String, String> {
-    use aws_sdk_kms::primitives::Blob;
     use base64::Engine as _;
     use std::collections::BTreeMap;
 
@@ -196,29 +201,8 @@ pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<Strin
     )
     .await
     .map_err(|e| e.to_string())?;
-    let kms = aws_sdk_kms::Client::new(&config);
     let context = BTreeMap::from([(CONTEXT_PUBKEY.to_string(), pubkey.clone())]);
-    let out = kms
-        .encrypt()
-        .key_id(&args.kms_key_id)
-        .plaintext(Blob::new(plaintext.to_vec()))
-        .set_encryption_context(Some(context.clone().into_iter().collect()))
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "KMS Encrypt with key {} failed: {}",
-                args.kms_key_id,
-                aws_sdk_kms::error::DisplayErrorContext(&e)
-            )
-        })?;
-    let ciphertext = out
-        .ciphertext_blob()
-        .ok_or("KMS answered without a CiphertextBlob")?
-        .as_ref()
-        .to_vec();
-    // KMS names the key it used by ARN; record that rather than an alias that may move.
-    let key_id = out.key_id().unwrap_or(&args.kms_key_id).to_string();
+    let (ciphertext, key_id) = kms_encrypt(&config, &args.kms_key_id, &plaintext, &context).await?;
 
     match (&args.out_dir, &args.dynamodb_table) {
         (Some(dir), _) => {
@@ -272,6 +256,36 @@ pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<Strin
         }
         (None, None) => Err("give --out-dir or --dynamodb-table".into()),
     }
+}
+
+/// KMS `Encrypt` of `plaintext` under `key_id` with `context`: the ciphertext, and the key's ARN
+/// as KMS names it (recorded rather than an alias that may move).
+#[cfg(feature = "aws")]
+pub async fn kms_encrypt(
+    config: &keystore::aws::SdkConfig,
+    key_id: &str,
+    plaintext: &[u8],
+    context: &std::collections::BTreeMap<String, String>,
+) -> Result<(Vec<u8>, String), String> {
+    let out = aws_sdk_kms::Client::new(config)
+        .encrypt()
+        .key_id(key_id)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext.to_vec()))
+        .set_encryption_context(Some(context.clone().into_iter().collect()))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "KMS Encrypt with key {key_id} failed: {}",
+                aws_sdk_kms::error::DisplayErrorContext(&e)
+            )
+        })?;
+    let ciphertext = out
+        .ciphertext_blob()
+        .ok_or("KMS answered without a CiphertextBlob")?
+        .as_ref()
+        .to_vec();
+    Ok((ciphertext, out.key_id().unwrap_or(key_id).to_string()))
 }
 
 /// Without the `aws` feature there is no KMS client.

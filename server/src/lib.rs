@@ -18,6 +18,7 @@
 pub mod app;
 pub mod cli;
 pub mod conn;
+pub mod db_provision;
 pub mod enclave;
 pub mod error;
 pub mod key_records;
@@ -293,6 +294,7 @@ pub fn store_config(
                 .as_ref()
                 .map(|p| p.0.to_string()),
             timeout: std::time::Duration::from_secs(eth2.slashing_protection_db_timeout_seconds),
+            schema: eth2.slashing_protection_db_schema.clone(),
         }),
         None => {
             std::fs::create_dir_all(data_path).map_err(|e| {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use server::cli::{Cli, Eth2Command, KeysCommand, Mode};
+use server::cli::{Cli, DatabaseCommand, Eth2Command, KeysCommand, Mode};
 use server::{Config, StartError};
 use tracing_subscriber::EnvFilter;
 
@@ -46,6 +46,9 @@ pub(crate) fn main() -> ExitCode {
         Mode::Keys {
             command: KeysCommand::Encrypt(args),
         } => return run_tool(server::key_records::encrypt_command(args)),
+        Mode::Database {
+            command: DatabaseCommand::Provision(args),
+        } => return run_tool(server::db_provision::provision_command(args)),
     };
     let result = match &eth2.command {
         Some(Eth2Command::Export { to }) => server::store_config(&cli.global.data_path, eth2)

@@ -62,6 +62,15 @@ fn all<'a>(ins: &'a [Instr], keyword: &str) -> Vec<&'a Instr> {
 }
 
 /// A `FROM` names either an earlier stage, `scratch`, or an image pinned by a sha256 digest.
+/// The arguments of every `keyword` instruction, one per line.
+fn joined(ins: &[Instr], keyword: &str) -> String {
+    all(ins, keyword)
+        .iter()
+        .map(|i| i.args.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn check_from_pinned(file: &str, ins: &[Instr]) {
     let froms = all(ins, "FROM");
     assert!(
@@ -188,11 +197,7 @@ fn enclave_image_is_reproducible_by_construction() {
         "scratch",
         "{file}: final stage must be FROM scratch (nothing unpinned in the measured image)"
     );
-    let runs = all(&ins, "RUN")
-        .iter()
-        .map(|r| r.args.clone())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let runs = joined(&ins, "RUN");
     assert!(
         runs.contains("cargo fetch --locked") && runs.contains("--frozen"),
         "{file}: dependencies must be fetched from Cargo.lock and built offline"
@@ -227,6 +232,39 @@ fn enclave_image_is_reproducible_by_construction() {
     assert!(all(&ins, "ENTRYPOINT")[0]
         .args
         .contains("/usr/local/bin/ensign"));
+}
+
+/// Issue 15: the image names the signer's own least-privilege role (never the master user), the
+/// schema every statement qualifies, and `verify-full` to the database; no password is in it.
+#[test]
+fn enclave_image_pins_the_signer_role_schema_and_verify_full() {
+    let file = "docker/Dockerfile.enclave";
+    let ins = instructions(&read(file));
+    let env = joined(&ins, "ENV");
+    assert!(
+        env.contains(r#"ENSIGN_ETH2_SLASHING_PROTECTION_DB_SCHEMA="${DB_SCHEMA}""#),
+        "{file}: {env}"
+    );
+    assert!(
+        env.contains("postgresql://${DB_USER}@${DB_HOST}")
+            && env.contains("sslmode=verify-full&sslrootcert=/etc/ensign/rds-ca.pem"),
+        "{file}: {env}"
+    );
+    assert!(
+        !env.to_ascii_lowercase().contains("password"),
+        "{file}: {env}"
+    );
+    let args: Vec<String> = all(&ins, "ARG").iter().map(|a| a.args.clone()).collect();
+    assert!(
+        args.iter().any(|a| a == "DB_USER=ensign_signer"),
+        "{args:?}"
+    );
+    assert!(args.iter().any(|a| a == "DB_SCHEMA=ensign"), "{args:?}");
+    let runs = joined(&ins, "RUN");
+    assert!(
+        runs.contains(r#"case "${DB_USER}" in ensign|postgres|rdsadmin|"")"#),
+        "{file}: the build must refuse the master user"
+    );
 }
 
 /// `[features]` of a Cargo manifest: each feature and what it enables (entries may span lines).

@@ -2326,7 +2326,7 @@ async fn enclave_refuses_database_credentials_of_another_user() {
     let k = key_files(&dir.path().join("keystores"), b"pinned database user");
     let credentials = |user: &str| enclave_bridge::control::DatabaseCredentials {
         username: user.to_string(),
-        password: SecretString::new("any"),
+        password: enclave_bridge::control::DatabasePassword::Plain(SecretString::new("any")),
     };
     let mut control = ControlClient::connect(&e.control).await.unwrap();
     let mut init = init_request(vec![fake_record(&kms, &k, &k.pubkey)]);
@@ -2350,4 +2350,216 @@ async fn enclave_refuses_database_credentials_of_another_user() {
     let client = pinned_client(&certificate(&e.base).await);
     let r = sign(&client, &e.base, &k.pubkey, &attestation(1, 2, 1)).await;
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Issue 15, finding 3: the database password is the enclave's alone. `ensign database
+/// provision` (the administrator) migrates a schema, makes a least-privilege role with a random
+/// password and writes it KMS-encrypted for the image; an enclave in production configuration
+/// (no development mode: client certificates, `verify-full` to the database by name) refuses a
+/// password in clear from the host and one bound to another purpose, decrypts the provisioned
+/// one through attested KMS, and signs with the role's sessions in the named schema. A tampered
+/// KMS answer gets one fixed text. (The test server trusts local connections, so the password
+/// itself is not checked by PostgreSQL here; which role holds the sessions is.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_reaches_only_the_enclave() {
+    let test = "the_database_password_reaches_only_the_enclave";
+    let Some(schema) = tests::PgSchema::new(test) else {
+        return;
+    };
+    let cert_file = pg_rows("SHOW ssl_cert_file".into()).await[0].clone();
+    if pg_rows("SHOW ssl".into()).await[0] != "on" {
+        eprintln!("NOT RUN: {test}: the PostgreSQL server has ssl=off (verify-full is needed)");
+        return;
+    }
+    let role = format!("{}_signer", schema.name);
+    let _roles = PgRoles(vec![role.clone()]);
+    let dir = TempDir::new().unwrap();
+    let (pki_dir, _, kms) = pki_and_kms(dir.path(), None).await;
+
+    // The administrator provisions (the fake KMS's plain endpoint stands in for the real one).
+    let document = dir.path().join("db-secret.json");
+    let provision = |extra: Vec<String>| {
+        let mut args: Vec<String> = [
+            "database",
+            "provision",
+            "--admin-db-url",
+            &tests::pg_base_url(),
+            "--schema",
+            &schema.name,
+            "--role",
+            &role,
+            "--kms-key-id",
+            kms.key_arn(),
+            "--region",
+            REGION,
+            "--endpoint-url",
+            kms.url(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra);
+        run_ensign(
+            args,
+            &[
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ],
+        )
+    };
+    let (code, out) = provision(vec!["--out".into(), document.display().to_string()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("role {role} has a new password")),
+        "{out}"
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&document).unwrap()).unwrap();
+    assert_eq!(doc["username"], role.as_str());
+    assert_eq!(
+        doc["encrypted_password"]["encryption_context"],
+        json!({"ensign-purpose": "slashing-db-password", "ensign-db-user": role})
+    );
+    let blob: enclave_bridge::control::EncryptedBlob =
+        serde_json::from_value(doc["encrypted_password"].clone()).unwrap();
+    // What the role may do: no DELETE (slashing/tests/least_privilege.rs has the rest).
+    let denied = pg_rows(format!(
+        "SELECT has_table_privilege('{role}', '{}.signed_attestations', 'DELETE')::TEXT",
+        schema.name
+    ))
+    .await;
+    assert_eq!(denied, vec!["false".to_string()]);
+    // A bad name is refused before anything happens.
+    let (code, out) = run_ensign(
+        [
+            "database",
+            "provision",
+            "--admin-db-url",
+            "postgresql://x@127.0.0.1:1/x",
+            "--role",
+            "Bad-Name",
+            "--kms-key-id",
+            "k",
+            "--out",
+            "/nonexistent",
+        ]
+        .map(String::from)
+        .to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("not a plain PostgreSQL name"), "{out}");
+
+    // The enclave, configured as an image would be: no development mode.
+    let (pg_forward, kms_forward) = (free_port(), free_port());
+    let kms_port = kms_tls_port(&kms);
+    let globals: Vec<String> = enclave_globals(dir.path(), &kms, kms_forward)
+        .into_iter()
+        .filter(|a| a != "--enclave-development-mode=true")
+        .collect();
+    let url = format!(
+        "postgresql://{role}@localhost:{pg_forward}/test?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={cert_file}"
+    );
+    let e = start_enclave(
+        &dir.path().join("enclave-data"),
+        &pki_dir,
+        &[(pg_forward, 5432), (kms_forward, kms_port)],
+        &globals,
+        &[
+            "--slashing-protection-db-url".to_string(),
+            url,
+            "--slashing-protection-db-schema".to_string(),
+            schema.name.clone(),
+        ],
+    )
+    .await;
+    let k = key_files(&dir.path().join("keystores"), b"provisioned database role");
+    let with = |password: enclave_bridge::control::DatabasePassword| {
+        let mut init = init_request(vec![fake_record(&kms, &k, &k.pubkey)]);
+        init.database = Some(enclave_bridge::control::DatabaseCredentials {
+            username: role.clone(),
+            password,
+        });
+        init
+    };
+    use enclave_bridge::control::DatabasePassword;
+    let mut control = ControlClient::connect(&e.control).await.unwrap();
+    // In clear from the host: refused, nothing opened.
+    let err = control
+        .init(with(DatabasePassword::Plain(SecretString::new(
+            "a-password-the-host-knows",
+        ))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("arrived in clear"), "{err}");
+    assert_eq!(sessions_of(&role).await, 0);
+    // A ciphertext bound to another purpose (a key record's context): refused before KMS.
+    let mut other = blob.clone();
+    other.encryption_context = k_context(&k);
+    let before = kms
+        .stats()
+        .decrypt_with_recipient
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let err = control
+        .init(with(DatabasePassword::Encrypted(Box::new(other))))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("encryption context must be"),
+        "{err}"
+    );
+    assert_eq!(
+        kms.stats()
+            .decrypt_with_recipient
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+    // A tampered KMS answer: the fixed text, nothing derived from the plaintext.
+    kms.set_tamper(Some(flip_last_byte));
+    let err = control
+        .init(with(DatabasePassword::Encrypted(Box::new(blob.clone()))))
+        .await
+        .unwrap_err();
+    kms.set_tamper(None);
+    assert!(
+        err.to_string()
+            .contains("the database password could not be used once KMS had answered"),
+        "{err}"
+    );
+    // The provisioned ciphertext: decrypted inside, the role's sessions sign.
+    let report = control
+        .init(with(DatabasePassword::Encrypted(Box::new(blob.clone()))))
+        .await
+        .unwrap();
+    assert_eq!(report.loaded, vec![k.pubkey.clone()]);
+    let client = pinned_client(&certificate(&e.base).await);
+    let r = sign(&client, &e.base, &k.pubkey, &attestation(1, 2, 1)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(sessions_of(&role).await > 0);
+    let rows = pg_rows(format!(
+        "SELECT count(*) FROM {}.signed_attestations",
+        schema.name
+    ))
+    .await;
+    assert_eq!(rows, vec!["1".to_string()]);
+    // A rotation: provisioning again, the new ciphertext delivered by refresh.
+    let (code, out) = provision(vec!["--out".into(), document.display().to_string()]).await;
+    assert_eq!(code, 0, "{out}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&document).unwrap()).unwrap();
+    let rotated: enclave_bridge::control::EncryptedBlob =
+        serde_json::from_value(doc["encrypted_password"].clone()).unwrap();
+    assert_ne!(rotated.ciphertext, blob.ciphertext);
+    control
+        .refresh_database_credentials(enclave_bridge::control::DatabaseCredentials {
+            username: role.clone(),
+            password: DatabasePassword::Encrypted(Box::new(rotated)),
+        })
+        .await
+        .unwrap();
+    let r = sign(&client, &e.base, &k.pubkey, &attestation(2, 3, 1)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// A key record's encryption context (`ensign-pubkey`), to try on a database password.
+fn k_context(k: &KeyFiles) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([("ensign-pubkey".to_string(), k.pubkey.clone())])
 }

@@ -133,7 +133,28 @@ pub struct AwsCredentials {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseCredentials {
     pub username: String,
-    pub password: SecretString,
+    pub password: DatabasePassword,
+}
+
+/// The database password: a JSON string is the password itself (which the host then knows:
+/// development only), a JSON object a KMS ciphertext that only the attested image can decrypt
+/// (`ensign database provision` makes it). Added to version 1 compatibly: the string form is
+/// the earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DatabasePassword {
+    Plain(SecretString),
+    Encrypted(Box<EncryptedBlob>),
+}
+
+impl DatabasePassword {
+    /// The password, if it came in clear.
+    pub fn in_clear(&self) -> Option<&SecretString> {
+        match self {
+            DatabasePassword::Plain(p) => Some(p),
+            DatabasePassword::Encrypted(_) => None,
+        }
+    }
 }
 
 /// An AWS region name such as `eu-west-1`: lowercase letters, digits and
@@ -228,8 +249,8 @@ pub struct EncryptedKeyRecord {
     pub kms_key_id: Option<String>,
 }
 
-/// A KMS-encrypted blob that is not a validator key (the TLS key).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A KMS-encrypted blob that is not a validator key (the TLS key, the database password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptedBlob {
     pub ciphertext: Base64Bytes,
@@ -358,7 +379,40 @@ mod tests {
     fn database() -> DatabaseCredentials {
         DatabaseCredentials {
             username: "ensign_signer".into(),
-            password: SecretString::new(PASSWORD),
+            password: DatabasePassword::Plain(SecretString::new(PASSWORD)),
+        }
+    }
+
+    fn encrypted() -> DatabaseCredentials {
+        DatabaseCredentials {
+            username: "ensign_signer".into(),
+            password: DatabasePassword::Encrypted(Box::new(EncryptedBlob {
+                ciphertext: Base64Bytes(vec![1, 2, 3]),
+                encryption_context: BTreeMap::from([("k".to_string(), "v".to_string())]),
+                kms_key_id: Some("arn:aws:kms:eu-west-1:1:key/x".into()),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_database_password_is_a_string_or_a_kms_ciphertext() {
+        let plain = serde_json::to_value(database()).unwrap();
+        assert_eq!(plain["password"], PASSWORD);
+        let blob = serde_json::to_value(encrypted()).unwrap();
+        assert_eq!(blob["password"]["ciphertext"], "AQID", "{blob}");
+        assert_eq!(
+            serde_json::from_value::<DatabaseCredentials>(blob).unwrap(),
+            encrypted()
+        );
+        for bad in [
+            serde_json::json!({"username": "u", "password": 7}),
+            serde_json::json!({"username": "u", "password": {"ciphertext": "AQID", "x": 1}}),
+            serde_json::json!({"username": "u", "password": {}}),
+        ] {
+            assert!(
+                serde_json::from_value::<DatabaseCredentials>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -386,7 +440,10 @@ mod tests {
             panic!("not Init: {json}")
         };
         assert_eq!(back.database, Some(database()));
-        assert_eq!(back.database.unwrap().password.expose(), PASSWORD);
+        let DatabasePassword::Plain(p) = back.database.unwrap().password else {
+            panic!("not plain")
+        };
+        assert_eq!(p.expose(), PASSWORD);
     }
 
     #[test]

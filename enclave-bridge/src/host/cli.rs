@@ -104,8 +104,10 @@ pub struct HostArgs {
     #[arg(long, env = "ENSIGN_HOST_DB_PROXY_PORT", default_value_t = 5432)]
     pub db_proxy_port: u32,
 
-    /// Secrets Manager secret holding the slashing database's credentials, JSON as RDS/Aurora
-    /// generate it (`username`, `password`). Read with the host's AWS credentials, sent to the
+    /// Secrets Manager secret holding the slashing database's credentials: `username` and
+    /// `encrypted_password` (a KMS ciphertext only the enclave image can decrypt), as `ensign
+    /// database provision` writes it; or, for development enclaves only, `username` and
+    /// `password` as RDS/Aurora generate it. Read with the host's AWS credentials, sent to the
     /// enclave in Init, re-read at every poll and SIGHUP (a change is delivered).
     #[arg(long, env = "ENSIGN_HOST_DB_SECRET_ARN")]
     pub db_secret_arn: Option<String>,

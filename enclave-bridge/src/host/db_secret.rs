@@ -3,7 +3,11 @@
 //!
 //! The secret is JSON as RDS and Aurora generate it (`{"username": …,
 //! "password": …, "engine": …, "host": …, …}`): `username` and `password`
-//! must be strings (the username not empty); other members are ignored. The
+//! must be strings (the username not empty); other members are ignored. Or,
+//! as `ensign database provision` writes it (issue 15: the parent instance must
+//! not know the password), `{"username": …, "encrypted_password":
+//! {"ciphertext": base64, "kms_key_id": …, "encryption_context": {…}}}`: a KMS
+//! ciphertext that only the attested enclave image can decrypt, forwarded as is. The
 //! host reads it with the same credentials as everything else (the instance
 //! role), sends it in `Init`, and re-reads it at every poll and on `SIGHUP`,
 //! delivering a changed value with `RefreshDatabaseCredentials`.
@@ -21,7 +25,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::control::{AwsRegion, DatabaseCredentials};
+use crate::control::{AwsRegion, DatabaseCredentials, DatabasePassword, EncryptedBlob};
 use crate::secret::SecretString;
 
 /// Why the credentials could not be had. Never carries a value of the secret.
@@ -122,12 +126,24 @@ pub fn parse(arn: &str, text: &str) -> Result<DatabaseCredentials, DbSecretError
         }
         None => return Err(shape("no \"username\"".into())),
     };
-    let password = match secret.password {
-        Some(Member::Text(mut p)) => SecretString::new(std::mem::take(&mut *p)),
-        Some(Member::Other(kind)) => {
+    let password = match (secret.password, secret.encrypted_password) {
+        (Some(_), Some(_)) => {
+            return Err(shape(
+                "both \"password\" and \"encrypted_password\" (give one)".into(),
+            ))
+        }
+        (Some(Member::Text(mut p)), None) => {
+            DatabasePassword::Plain(SecretString::new(std::mem::take(&mut *p)))
+        }
+        (Some(Member::Other(kind)), None) => {
             return Err(shape(format!("\"password\" is {kind}, not a string")))
         }
-        None => return Err(shape("no \"password\"".into())),
+        // A ciphertext is not secret: serde's own message may quote it.
+        (None, Some(blob)) => DatabasePassword::Encrypted(Box::new(
+            serde_json::from_value::<EncryptedBlob>(blob)
+                .map_err(|e| shape(format!("\"encrypted_password\": {e}")))?,
+        )),
+        (None, None) => return Err(shape("no \"password\" (or \"encrypted_password\")".into())),
     };
     Ok(DatabaseCredentials { username, password })
 }
@@ -138,6 +154,7 @@ pub fn parse(arn: &str, text: &str) -> Result<DatabaseCredentials, DbSecretError
 struct RdsSecret {
     username: Option<Member>,
     password: Option<Member>,
+    encrypted_password: Option<serde_json::Value>,
 }
 
 impl<'de> Deserialize<'de> for RdsSecret {
@@ -159,11 +176,13 @@ impl<'de> Visitor<'de> for RdsSecretVisitor {
         let mut secret = RdsSecret {
             username: None,
             password: None,
+            encrypted_password: None,
         };
         while let Some(name) = map.next_key::<String>()? {
             match name.as_str() {
                 "username" => secret.username = Some(map.next_value()?),
                 "password" => secret.password = Some(map.next_value()?),
+                "encrypted_password" => secret.encrypted_password = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -246,7 +265,29 @@ mod tests {
         let text = r#"{"dbClusterIdentifier":"ensign-slashing","password":"p@ss:w/rd%?#","dbname":"ensign","engine":"postgres","port":5432,"host":"db.internal","username":"ensign"}"#;
         let c = parse(ARN, text).unwrap();
         assert_eq!(c.username, "ensign");
-        assert_eq!(c.password.expose(), "p@ss:w/rd%?#");
+        let DatabasePassword::Plain(p) = c.password else {
+            panic!("not plain")
+        };
+        assert_eq!(p.expose(), "p@ss:w/rd%?#");
+    }
+
+    #[test]
+    fn a_provisioned_secret_carries_a_ciphertext_forwarded_as_is() {
+        let text = r#"{"username":"ensign_signer","encrypted_password":{"ciphertext":"AQID","kms_key_id":"arn:k","encryption_context":{"ensign-purpose":"slashing-db-password"}}}"#;
+        let c = parse(ARN, text).unwrap();
+        assert_eq!(c.username, "ensign_signer");
+        let DatabasePassword::Encrypted(blob) = c.password else {
+            panic!("not encrypted")
+        };
+        assert_eq!(blob.ciphertext.0, vec![1, 2, 3]);
+        assert_eq!(blob.kms_key_id.as_deref(), Some("arn:k"));
+        let both =
+            r#"{"username":"u","password":"hunter2","encrypted_password":{"ciphertext":"AQID"}}"#;
+        let e = parse(ARN, both).unwrap_err().to_string();
+        assert!(e.contains("give one") && !e.contains("hunter2"), "{e}");
+        let odd = r#"{"username":"u","encrypted_password":{"ciphertext":"AQID","extra":1}}"#;
+        let e = parse(ARN, odd).unwrap_err().to_string();
+        assert!(e.contains("encrypted_password"), "{e}");
     }
 
     #[test]
@@ -260,7 +301,10 @@ mod tests {
                 r#"{"username":"","password":"hunter2"}"#,
                 "\"username\" is empty",
             ),
-            (r#"{"username":"u"}"#, "no \"password\""),
+            (
+                r#"{"username":"u"}"#,
+                "no \"password\" (or \"encrypted_password\")",
+            ),
             (
                 r#"{"username":"u","password":12345678}"#,
                 "\"password\" is a number",

@@ -1,0 +1,123 @@
+//! `ensign database provision`: the signer's own least-privilege PostgreSQL role, with a
+//! password nobody sees (issue 15, finding 3).
+//!
+//! Run by the database's administrator, not by a signer instance:
+//! 1. a fresh random password (256 bits) is made in memory;
+//! 2. KMS encrypts it under the enclave image's key with the encryption context
+//!    `{"ensign-purpose": "slashing-db-password", "ensign-db-user": <role>}` — first, so that a
+//!    KMS failure changes nothing in the database;
+//! 3. `slashing::provision_postgres` migrates the schema as the administrator and creates (or
+//!    resets) the role with that password and only the signer's grants (no DELETE, no DDL);
+//! 4. the credentials document — `{"username": <role>, "encrypted_password": {"ciphertext",
+//!    "kms_key_id", "encryption_context"}}`, what `ensign-host --db-secret-arn` reads — is
+//!    written to a file or stored as the new value of a Secrets Manager secret.
+//!
+//! The document holds nothing the parent instance can use: the key policy lets it decrypt only
+//! from the attested image (KMS's Recipient flow), and the enclave refuses a password in clear.
+//! Running the command again rotates the password (ensign-host forwards the changed secret).
+
+use crate::cli::DatabaseProvisionArgs;
+
+/// Runs the command; returns what was done.
+#[cfg(feature = "aws")]
+pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, String> {
+    use crate::key_records::{CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
+    use base64::Engine as _;
+    use std::collections::BTreeMap;
+    use zeroize::Zeroizing;
+
+    let admin_password = match &args.admin_db_password_file {
+        Some(path) => Some(crate::key_records::read_password_file(path)?),
+        None => None,
+    };
+    let password = Zeroizing::new(hex::encode(Zeroizing::new(rand::random::<[u8; 32]>())));
+
+    let config = keystore::aws::sdk_config(
+        &keystore::AwsAuth::Environment,
+        args.region.as_deref(),
+        args.endpoint_url.as_deref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let context = BTreeMap::from([
+        (CONTEXT_PURPOSE.to_string(), PURPOSE_DB_PASSWORD.to_string()),
+        (CONTEXT_DB_USER.to_string(), args.role.clone()),
+    ]);
+    let (ciphertext, key_id) =
+        crate::key_records::kms_encrypt(&config, &args.kms_key_id, password.as_bytes(), &context)
+            .await
+            .map_err(|e| format!("{e} (the database was not changed)"))?;
+
+    let (url, schema, role) = (
+        args.admin_db_url.clone(),
+        args.schema.clone(),
+        args.role.clone(),
+    );
+    let role_password = password.clone();
+    tokio::task::spawn_blocking(move || {
+        slashing::provision_postgres(
+            &url,
+            None,
+            admin_password.as_deref().map(|p| p.as_str()),
+            slashing::PostgresOptions {
+                schema: Some(schema),
+                ..slashing::PostgresOptions::default()
+            },
+            &role,
+            &role_password,
+        )
+    })
+    .await
+    .map_err(|e| format!("provisioning aborted: {e}"))?
+    .map_err(|e| format!("provisioning the database failed: {e}"))?;
+    drop(password);
+
+    let document = serde_json::json!({
+        "username": args.role,
+        "encrypted_password": {
+            "ciphertext": base64::engine::general_purpose::STANDARD.encode(&ciphertext),
+            "kms_key_id": key_id,
+            "encryption_context": context,
+        },
+    });
+    let done = format!(
+        "schema {} migrated; role {} has a new password, encrypted with KMS key {key_id}",
+        args.schema, args.role
+    );
+    // From here on the role's password is only in the document: if it cannot be written, the
+    // signer cannot log in until the command is run again.
+    let lost = |what: String| {
+        format!("{what}; the role's new password is lost: run the command again (it rotates it)")
+    };
+    match (&args.out, &args.secret_id) {
+        (Some(path), _) => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{document:#}\n"))
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| lost(format!("cannot write {}: {e}", path.display())))?;
+            Ok(format!("{done}; wrote {}", path.display()))
+        }
+        (None, Some(secret)) => {
+            let sm = aws_sdk_secretsmanager::Client::new(&config);
+            sm.put_secret_value()
+                .secret_id(secret)
+                .secret_string(document.to_string())
+                .send()
+                .await
+                .map_err(|e| {
+                    lost(format!(
+                        "Secrets Manager PutSecretValue into {secret} failed: {}",
+                        aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                    ))
+                })?;
+            Ok(format!("{done}; stored in secret {secret}"))
+        }
+        (None, None) => Err("give --out or --secret-id".into()),
+    }
+}
+
+/// Without the `aws` feature there is no KMS client.
+#[cfg(not(feature = "aws"))]
+pub async fn provision_command(_: &DatabaseProvisionArgs) -> Result<String, String> {
+    Err("`ensign database provision` needs a build with the `aws` feature".into())
+}
