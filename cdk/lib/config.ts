@@ -29,12 +29,28 @@ export const VCPUS_BY_SIZE: Readonly<Record<string, number>> = {
 
 export type LoadBalancerScheme = 'internet-facing' | 'internal';
 
+/**
+ * The Aurora master user (`rds.Credentials.fromGeneratedSecret`). Only an administrator uses it,
+ * for `ensign database provision`; the signers never get its secret.
+ */
+export const MASTER_DB_USER = 'ensign';
+
+/** An unquoted PostgreSQL identifier as ensign writes it: lowercase, at most 63 bytes (NAMEDATALEN - 1). */
+export const PG_IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
 export interface DatabaseConfig {
   /** Aurora Serverless v2 capacity range, in ACUs (0.5 steps). */
   readonly minCapacityAcu: number;
   readonly maxCapacityAcu: number;
   /** Add a reader in another AZ (fail-over target). Recommended outside development. */
   readonly multiAz: boolean;
+  /**
+   * The least-privilege PostgreSQL role the enclave signs as (no DDL, no DELETE), created by an
+   * administrator with `ensign database provision --role`; the enclave image's DB_USER.
+   */
+  readonly signerRole: string;
+  /** The schema of the slashing-protection tables (`ensign database provision --schema`, the image's DB_SCHEMA). */
+  readonly schema: string;
 }
 
 export interface EnsignConfig {
@@ -102,7 +118,7 @@ const KNOWN_KEYS = new Set([
   'enclaveCpus', 'enclaveMemoryMib', 'loadBalancerScheme', 'allowedClientCidrs', 'network',
   'artifactsVersion', 'database', 'alarmEmail', 'logRetentionDays',
 ]);
-const KNOWN_DB_KEYS = new Set(['minCapacityAcu', 'maxCapacityAcu', 'multiAz']);
+const KNOWN_DB_KEYS = new Set(['minCapacityAcu', 'maxCapacityAcu', 'multiAz', 'signerRole', 'schema']);
 
 /** Retention values CloudWatch Logs accepts (PutRetentionPolicy). */
 const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
@@ -120,7 +136,7 @@ const DEFAULTS = {
   loadBalancerScheme: 'internal' as LoadBalancerScheme,
   network: 'mainnet',
   logRetentionDays: 365,
-  database: { minCapacityAcu: 0.5, maxCapacityAcu: 4, multiAz: true },
+  database: { minCapacityAcu: 0.5, maxCapacityAcu: 4, multiAz: true, signerRole: 'ensign_signer', schema: 'ensign' },
 };
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -173,6 +189,15 @@ export function parseConfig(raw: unknown): EnsignConfig {
     if (v === undefined) return dflt;
     if (typeof v !== 'boolean') {
       problems.push(`"${prefix}${k}" must be true or false`);
+      return dflt;
+    }
+    return v;
+  };
+  const nestedStr = (k: string, dflt: string, src: Record<string, unknown>, prefix: string): string => {
+    const v = src[k];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'string' || v.length === 0) {
+      problems.push(`"${prefix}${k}" must be a non-empty string`);
       return dflt;
     }
     return v;
@@ -310,11 +335,26 @@ export function parseConfig(raw: unknown): EnsignConfig {
       minCapacityAcu: num('minCapacityAcu', DEFAULTS.database.minCapacityAcu, dbRaw, 'database.'),
       maxCapacityAcu: num('maxCapacityAcu', DEFAULTS.database.maxCapacityAcu, dbRaw, 'database.'),
       multiAz: bool('multiAz', DEFAULTS.database.multiAz, dbRaw, 'database.'),
+      signerRole: nestedStr('signerRole', DEFAULTS.database.signerRole, dbRaw, 'database.'),
+      schema: nestedStr('schema', DEFAULTS.database.schema, dbRaw, 'database.'),
     };
   }
   const acuOk = (v: number) => v >= 0.5 && v <= 256 && Number.isInteger(v * 2);
   if (!acuOk(database.minCapacityAcu) || !acuOk(database.maxCapacityAcu) || database.minCapacityAcu > database.maxCapacityAcu) {
     problems.push(`"database" capacity must be 0.5..256 ACUs in 0.5 steps with min <= max (got ${database.minCapacityAcu}..${database.maxCapacityAcu})`);
+  }
+  for (const k of ['signerRole', 'schema'] as const) {
+    const v = database[k];
+    if (!PG_IDENTIFIER.test(v)) {
+      problems.push(`"database.${k}" must be a PostgreSQL identifier: a lowercase letter or '_', then lowercase letters, digits or '_', at most 63 characters (got "${v}")`);
+    } else if (v.startsWith('pg_')) {
+      problems.push(`"database.${k}" must not start with "pg_" (reserved by PostgreSQL) (got "${v}")`);
+    }
+  }
+  if (database.signerRole === MASTER_DB_USER) {
+    problems.push(`"database.signerRole" must not be "${MASTER_DB_USER}", the master user: the signers must never hold its rights`);
+  } else if (database.signerRole === 'public') {
+    problems.push('"database.signerRole" must not be "public" (reserved by PostgreSQL)');
   }
 
   const alarmEmail = str('alarmEmail', false);

@@ -16,16 +16,26 @@ import * as kms from 'aws-cdk-lib/aws-kms';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 
-import { EnsignConfig, effectivePcr0 } from './config';
+import { EnsignConfig, MASTER_DB_USER, effectivePcr0 } from './config';
 import { SIGNER_PORT, userDataLines } from './user-data';
 
 /** The KMS condition key that carries the enclave image's PCR0 (KMS developer guide, "Condition keys for AWS Nitro Enclaves"). */
 export const IMAGE_SHA384_CONDITION = 'kms:RecipientAttestation:ImageSha384';
+
+/**
+ * The signer secret's value until `ensign database provision` writes the first real one: no
+ * credentials (ensign-host refuses it, naming the secret, and retries). Keep it constant: a changed
+ * value would make the next deploy overwrite the provisioned password (then re-run provision).
+ */
+export const SIGNER_SECRET_PLACEHOLDER = JSON.stringify({
+  unprovisioned: 'written by `ensign database provision` (docs/deploy-aws.md)',
+});
 
 export interface EnsignStackProps extends cdk.StackProps {
   readonly config: EnsignConfig;
@@ -41,6 +51,10 @@ export class EnsignStack extends cdk.Stack {
   public readonly keysTable: dynamodb.Table;
   public readonly loadBalancer: elbv2.NetworkLoadBalancer;
   public readonly database: rds.DatabaseCluster;
+  /** The Aurora master secret: for the administrator only, never readable by the instance role. */
+  public readonly masterSecret: secretsmanager.ISecret;
+  /** The KMS-encrypted password of the least-privilege signer role: what ensign-host reads. */
+  public readonly signerSecret: secretsmanager.Secret;
   /** The key created here, or undefined when `kmsKeyArn` names one in another account. */
   public readonly signingKey?: kms.Key;
 
@@ -189,7 +203,7 @@ export class EnsignStack extends cdk.Stack {
     // --- Instance role ---------------------------------------------------------------------------
     this.instanceRole = new iam.Role(this, 'InstanceRole', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
-      description: 'ensign signer instances: SSM access, key records, database secret, artifacts, logs; kms:Decrypt only from the attested enclave',
+      description: 'ensign signer instances: SSM access, key records, the signer database secret (KMS ciphertext; never the master secret), artifacts, logs; kms:Decrypt only from the attested enclave',
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
     });
     const role = this.instanceRole;
@@ -293,7 +307,8 @@ export class EnsignStack extends cdk.Stack {
     });
     this.database = new rds.DatabaseCluster(this, 'SlashingDb', {
       engine: rds.DatabaseClusterEngine.auroraPostgres({ version: rds.AuroraPostgresEngineVersion.VER_17_9 }),
-      credentials: rds.Credentials.fromGeneratedSecret('ensign', { secretName: `${c.stackName}/slashing-db` }),
+      // The master user: an administrator's, for `ensign database provision`; never the signers'.
+      credentials: rds.Credentials.fromGeneratedSecret(MASTER_DB_USER, { secretName: `${c.stackName}/slashing-db` }),
       defaultDatabaseName: 'ensign',
       writer: rds.ClusterInstance.serverlessV2('writer'),
       readers: c.database.multiAz ? [rds.ClusterInstance.serverlessV2('reader', { scaleWithWriter: true })] : [],
@@ -313,9 +328,31 @@ export class EnsignStack extends cdk.Stack {
     });
     this.database.node.addDependency(dbLogs);
     dbSg.addIngressRule(signerSg, ec2.Port.tcp(5432), 'PostgreSQL from signer instances (ensign-host proxies the enclave)');
-    const dbSecret = this.database.secret as cdk.aws_secretsmanager.ISecret;
-    // ensign-host's --db-secret-arn: GetSecretValue (and DescribeSecret) on this secret only.
-    dbSecret.grantRead(role);
+    // The parent instance is not trusted with the slashing history (in enclave mode it is the
+    // adversary): with the master password it could delete the records that stop a double
+    // signature. So the instance role gets no access to the master secret, and the secret's own
+    // policy denies it outright, whatever IAM statement may be added to the role later.
+    this.masterSecret = this.database.secret as secretsmanager.ISecret;
+    this.masterSecret.addToResourcePolicy(new iam.PolicyStatement({
+      sid: 'SignerInstancesNeverReadTheMasterSecret',
+      effect: iam.Effect.DENY,
+      principals: [new iam.ArnPrincipal(role.roleArn)],
+      actions: ['secretsmanager:*'],
+      resources: ['*'],
+    }));
+    // What the signers do read: the password of the least-privilege role (no DDL, no DELETE),
+    // encrypted under the validator-key KMS key, which decrypts only for the attested enclave.
+    // An administrator creates the role and writes this secret with `ensign database provision`
+    // (and rotates it by running that again); ensign-host forwards the ciphertext into the enclave.
+    this.signerSecret = new secretsmanager.Secret(this, 'SignerDbSecret', {
+      secretName: `${c.stackName}/slashing-db-signer`,
+      description: `KMS-encrypted password of the least-privilege PostgreSQL role ${c.database.signerRole} (schema ${c.database.schema}), written by \`ensign database provision\`; only the attested enclave can decrypt it`,
+      secretStringValue: cdk.SecretValue.unsafePlainText(SIGNER_SECRET_PLACEHOLDER),
+      // Nothing irreplaceable (like the master secret, deleted with the stack): provisioning writes it again.
+      removalPolicy: cdk.RemovalPolicy.DESTROY,
+    });
+    // ensign-host's --db-secret-arn: GetSecretValue (and DescribeSecret) on the signer secret only.
+    this.signerSecret.grantRead(role);
 
     // --- Signer instances --------------------------------------------------------------------------
     const userData = ec2.UserData.forLinux();
@@ -325,7 +362,7 @@ export class EnsignStack extends cdk.Stack {
       artifactsBucket: artifacts.bucketName,
       keysTable: this.keysTable.tableName,
       dbEndpoint: this.database.clusterEndpoint.socketAddress,
-      dbSecretArn: dbSecret.secretArn,
+      dbSecretArn: this.signerSecret.secretArn,
       expectedPcr0: pcr0,
       hostLogGroup: hostLogs.logGroupName,
       bootLogGroup: bootLogs.logGroupName,
@@ -441,7 +478,17 @@ export class EnsignStack extends cdk.Stack {
     new cdk.CfnOutput(this, 'ArtifactsBucketName', { value: artifacts.bucketName, description: `Upload ensign-host and ensign.eif to s3://<bucket>/releases/${c.artifactsVersion}/` });
     new cdk.CfnOutput(this, 'InstanceRoleArn', { value: role.roleArn });
     new cdk.CfnOutput(this, 'AutoScalingGroupName', { value: asg.autoScalingGroupName });
-    new cdk.CfnOutput(this, 'DatabaseSecretArn', { value: dbSecret.secretArn });
+    new cdk.CfnOutput(this, 'DatabaseSecretArn', {
+      value: this.masterSecret.secretArn,
+      description: 'Aurora master secret: for the administrator running `ensign database provision`; the instance role cannot read it',
+    });
+    new cdk.CfnOutput(this, 'SignerDatabaseSecretArn', {
+      value: this.signerSecret.secretArn,
+      description: 'KMS-encrypted signer password, read by ensign-host (--db-secret-arn); `ensign database provision --secret-id`',
+    });
+    new cdk.CfnOutput(this, 'DatabaseEndpoint', { value: this.database.clusterEndpoint.hostname, description: 'Aurora cluster endpoint (the image\'s DB_HOST)' });
+    new cdk.CfnOutput(this, 'SignerDatabaseRole', { value: c.database.signerRole, description: 'PostgreSQL role of the signers: the image\'s DB_USER, `ensign database provision --role`' });
+    new cdk.CfnOutput(this, 'DatabaseSchema', { value: c.database.schema, description: 'Schema of the slashing-protection tables: the image\'s DB_SCHEMA, `ensign database provision --schema`' });
 
     if (props.nagSuppressions ?? true) this.suppressWithReasons();
   }
@@ -468,9 +515,12 @@ export class EnsignStack extends cdk.Stack {
       },
     ], true);
     NagSuppressions.addResourceSuppressions(this.database, [
-      { id: 'AwsSolutions-RDS6', reason: 'ensign authenticates to PostgreSQL with the generated password from Secrets Manager, delivered into the enclave; IAM database tokens cannot be minted inside the enclave without widening its credentials.' },
-      { id: 'AwsSolutions-SMG4', reason: 'The enclave reads the password once at initialisation; rotation is an operator procedure (docs/deploy-aws.md) followed by an instance refresh, not an automatic Lambda that would break live sessions.' },
+      { id: 'AwsSolutions-RDS6', reason: 'ensign authenticates to PostgreSQL as a least-privilege role whose password only the attested enclave can decrypt (KMS); IAM database tokens would be minted with the instance role, i.e. by the parent instance, which must not be able to log in.' },
+      { id: 'AwsSolutions-SMG4', reason: 'The master secret is read only by an administrator (ensign database provision); a rotation Lambda would be one more principal holding the master password. Rotate it with RDS by hand (docs/deploy-aws.md).' },
     ], true);
+    NagSuppressions.addResourceSuppressions(this.signerSecret, [
+      { id: 'AwsSolutions-SMG4', reason: 'Its value is a KMS ciphertext that only `ensign database provision`, run by an administrator with the master password, can produce (it sets the role password in PostgreSQL too); rotation is re-running that command (docs/deploy-aws.md), not a Lambda holding the master password.' },
+    ]);
     NagSuppressions.addResourceSuppressions(this.loadBalancer, [
       { id: 'AwsSolutions-ELB2', reason: 'NLB access logs are produced only for TLS listeners; this listener is TCP passthrough so TLS ends inside the enclave. VPC flow logs cover the connections.' },
     ]);

@@ -22,6 +22,7 @@ export interface UserDataInputs {
   readonly artifactsBucket: string;
   readonly keysTable: string;
   readonly dbEndpoint: string; // host:port, a token at synth time
+  /** The signer secret (KMS ciphertext of the signer role's password), not the master secret. */
   readonly dbSecretArn: string;
   readonly expectedPcr0: string;
   readonly hostLogGroup: string;
@@ -45,8 +46,10 @@ export function ensignHostCommand(i: UserDataInputs): string {
     `--enclave-memory-mib ${c.enclaveMemoryMib}`,
     `--db-endpoint ${i.dbEndpoint}`,
     `--db-proxy-port ${DB_PROXY_PORT}`,
-    // The Aurora secret (JSON with username and password): ensign-host reads it with the
-    // instance role and hands the credentials to the enclave at Init, and again when rotated.
+    // The signer secret, never the Aurora master secret: the least-privilege role's name and its
+    // password encrypted under the validator-key KMS key (written by `ensign database provision`).
+    // ensign-host reads it with the instance role and forwards it to the enclave at Init, and
+    // again when it changes; only the attested enclave can decrypt the password.
     `--db-secret-arn ${i.dbSecretArn}`,
     ...(c.devMode ? ['--enclave-debug-mode=true'] : []),
   ].join(' ');

@@ -29,12 +29,18 @@ describe('valid configurations', () => {
     expect(c.pcr0).toBe(PROD_PCR0);
     expect(c.vpcCidr).toBe('10.40.0.0/16');
     expect(c.allowedClientCidrs).toEqual(['10.40.0.0/16']); // internal NLB: the VPC
-    expect(c.database).toEqual({ minCapacityAcu: 0.5, maxCapacityAcu: 4, multiAz: true });
+    expect(c.database).toEqual({ minCapacityAcu: 0.5, maxCapacityAcu: 4, multiAz: true, signerRole: 'ensign_signer', schema: 'ensign' });
     expect(effectivePcr0(c)).toBe(PROD_PCR0);
   });
 
   test('upper-case PCR0 is normalised to lower case', () => {
     expect(parseConfig(rawConfig({ pcr0: PROD_PCR0.toUpperCase() })).pcr0).toBe(PROD_PCR0);
+  });
+
+  test('the signer role and schema default to ensign_signer and ensign, and may be set', () => {
+    expect(parseConfig(rawConfig({ database: { multiAz: false } })).database).toMatchObject({ signerRole: 'ensign_signer', schema: 'ensign', multiAz: false });
+    const c = parseConfig(rawConfig({ database: { signerRole: '_signer_2', schema: 's'.repeat(63) } }));
+    expect(c.database).toMatchObject({ signerRole: '_signer_2', schema: 's'.repeat(63) });
   });
 
   test('devMode needs no PCR0 and pins the debug-mode zeros', () => {
@@ -130,6 +136,22 @@ describe('invalid configurations give clear errors', () => {
     expectProblem({ alarmEmail: 'nobody' }, /"alarmEmail" is not an e-mail address/);
     expectProblem({ logRetentionDays: 10 }, /"logRetentionDays" must be one of CloudWatch's values/);
     expectProblem({ devMode: 'yes' }, /"devMode" must be true or false/);
+  });
+  test('signer role and schema are plain PostgreSQL identifiers', () => {
+    for (const k of ['signerRole', 'schema']) {
+      for (const bad of ['Ensign', '1ensign', 'ensign-signer', 'ensign signer', 'ensign"', 'é', 'x'.repeat(64)]) {
+        expectProblem({ database: { [k]: bad } }, new RegExp(`"database.${k}" must be a PostgreSQL identifier: a lowercase letter or '_'.*at most 63 characters \\(got "${bad.replace(/"/g, '\\"')}"\\)`));
+      }
+      expectProblem({ database: { [k]: '' } }, new RegExp(`"database.${k}" must be a non-empty string`));
+      expectProblem({ database: { [k]: 7 } }, new RegExp(`"database.${k}" must be a non-empty string`));
+      expectProblem({ database: { [k]: 'pg_ensign' } }, new RegExp(`"database.${k}" must not start with "pg_"`));
+    }
+  });
+  test('the signer role is never the master user', () => {
+    expectProblem({ database: { signerRole: 'ensign' } }, /"database.signerRole" must not be "ensign", the master user/);
+    expectProblem({ database: { signerRole: 'public' } }, /"database.signerRole" must not be "public"/);
+    expect(problems({ database: { schema: 'ensign', signerRole: 'ensign_signer' } })).toEqual([]);
+    expect(problems({ database: { schema: 'public' } })).toEqual([]);
   });
   test('every problem is reported at once', () => {
     const p = problems({ account: 'x', pcr0: 'short', instanceType: 't3.micro' });
