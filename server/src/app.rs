@@ -474,7 +474,8 @@ async fn sign_inner(
     // The BLS signature (CPU, ~0.4-0.8 ms) is computed while slashing protection checks and
     // records the message (I/O, a group commit), but it is RELEASED only after the record is
     // durable: on a refusal or a store error it is dropped inside this process, never sent.
-    // (DEVELOPERS.md, "Why the bar is high".) Do not return `signature` on any other path.
+    // (The project rule: a signature leaves the process only after its record is durable.) Do
+    // not return `signature` on any other path.
     let signing = st.signer.sign(key.clone(), signable.signing_root.0);
     if let (Some(sp), Some((gvr, check))) = (st.slashing.clone(), signable.slashing) {
         let pubkey = slashing::Pubkey(key.pubkey());

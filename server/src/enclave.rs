@@ -19,15 +19,17 @@
 //!   never leaves the process. The signing API (the same router, TLS and connection limits as
 //!   ever) is served on the **data endpoint** (`--enclave-data-endpoint`, default
 //!   `vsock:any:5000`), to which the host pipes validator clients' TCP bytes unseen. Clients
-//!   are not asked for certificates unless `--tls-known-clients-file` or
-//!   `--tls-allow-ca-clients` says so.
+//!   must present a certificate (`--tls-known-clients-file` or `--tls-allow-ca-clients`; start
+//!   is refused without one of them outside `--enclave-development-mode`), and voluntary exits
+//!   are refused unless `--enclave-allow-voluntary-exits=true`.
 //! - **The certificate is attested.** `GET /api/v1/attestation?nonce=<hex>` returns an
 //!   attestation document whose `user_data` is the SHA-256 of the certificate's
 //!   SubjectPublicKeyInfo DER and whose `nonce` is the client's, with the certificate:
 //!   a client that verifies the document (`ensign verify-attestation`) knows that the TLS key
 //!   it talks to belongs to an enclave running the measured image (PCR0).
 //! - **Fail closed.** Until an `Init` succeeded, the data endpoint answers only `/upcheck`,
-//!   `/healthcheck` (with the enclave's state and the last `Init` error) and
+//!   `/healthcheck` (with the enclave's state and only *that* the last `Init` failed: the
+//!   reason goes to the host) and
 //!   `/api/v1/attestation`; everything else is 503. An `Init` whose every key fails (KMS
 //!   `AccessDenied` for another image's PCR0, expired credentials, KMS unreachable) is refused
 //!   with the first reason, leaves no key loaded, and may be retried; a second `Init` once
@@ -38,12 +40,15 @@
 //!   client resolves every name to 127.0.0.1 but still speaks TLS to the real KMS host name.
 //!
 //! Slashing protection: PostgreSQL through a forward (`--slashing-protection-db-url
-//! postgresql://127.0.0.1:5432/…`) is the production setup. In enclave mode it is **opened at
-//! `Init`, not at start**: `Init` may carry the database's user and password (ensign-host reads
-//! them from Secrets Manager, `--db-secret-arn`), which replace the URL's and the
+//! postgresql://…?sslmode=verify-full…`, authenticated by name; anything less is refused
+//! outside development mode) is the production setup. In enclave mode it is **opened at
+//! `Init`, not at start**: `Init` may carry the database's user (which must be the one the
+//! image names) and its password as a KMS ciphertext for this image (`ensign database
+//! provision` makes it; ensign-host reads it from Secrets Manager, `--db-secret-arn`), decrypted
+//! here like a key record and used instead of the URL's and the
 //! `--slashing-protection-db-username/-password` options (set on the parsed connection
-//! configuration, so no character of a password needs URL-encoding); without them the URL is
-//! used as given. A database that cannot be opened fails `Init` with the reason (state
+//! configuration, so no character of a password needs URL-encoding); a password in clear is
+//! accepted only in development mode. Without credentials the URL is used as given. A database that cannot be opened fails `Init` with the reason (state
 //! `Failed`, `/healthcheck`, the host's log; never the password). Until it is open nothing is
 //! signed (the gate answers 503 before `Init` succeeds). `RefreshDatabaseCredentials` opens a
 //! new store (a new connection pool) with rotated credentials and swaps it in: decisions in
@@ -728,28 +733,6 @@ impl DeferredStore {
 }
 
 impl SlashingProtection for DeferredStore {
-    fn sign_block(
-        &self,
-        gvr: slashing::Root,
-        pubkey: slashing::Pubkey,
-        slot: u64,
-        signing_root: slashing::Root,
-    ) -> Result<slashing::Permit, slashing::Error> {
-        self.store()?.sign_block(gvr, pubkey, slot, signing_root)
-    }
-
-    fn sign_attestation(
-        &self,
-        gvr: slashing::Root,
-        pubkey: slashing::Pubkey,
-        source_epoch: u64,
-        target_epoch: u64,
-        signing_root: slashing::Root,
-    ) -> Result<slashing::Permit, slashing::Error> {
-        self.store()?
-            .sign_attestation(gvr, pubkey, source_epoch, target_epoch, signing_root)
-    }
-
     fn decide(
         &self,
         gvr: slashing::Root,
@@ -978,13 +961,9 @@ impl Handler {
                     Ok(Arc::new(PlainDecryptor::new(client)) as Arc<dyn KeyDecryptor>)
                 }
                 Decrypt::Attested(attestor) => {
-                    // RSA-2048 generation: CPU-bound, so off the reactor.
-                    let d = tokio::task::spawn_blocking(move || {
-                        RecipientDecryptor::new(client, attestor)
-                    })
-                    .await
-                    .map_err(|_| HandlerError::new("key generation aborted"))?
-                    .map_err(|e| HandlerError::new(e.to_string()))?;
+                    // Cheap: each `decrypt` makes its own RSA key, on a blocking thread.
+                    let d = RecipientDecryptor::new(client, attestor)
+                        .map_err(|e| HandlerError::new(e.to_string()))?;
                     Ok(Arc::new(d) as Arc<dyn KeyDecryptor>)
                 }
             }

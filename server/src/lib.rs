@@ -6,7 +6,8 @@
 //! Invariants:
 //! - A block or attestation signature is released only after `slashing` has durably
 //!   recorded it (see `app::sign`); with protection enabled there is no other path.
-//! - BLS signing and database calls run on blocking threads, never on the async reactor.
+//! - BLS signing (the signing pool's threads) and database calls (SQLite's writer thread,
+//!   PostgreSQL on blocking threads) never run on the async reactor.
 //! - Errors become HTTP statuses in exactly one place (`error.rs`); secret keys never reach
 //!   a log line, an error body or a `Debug` output (keys are `keystore::ValidatorKey`, whose
 //!   `Debug` is redacted).

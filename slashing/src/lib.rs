@@ -279,15 +279,25 @@ pub type PendingVerdict = tokio::sync::oneshot::Receiver<Result<Permit, Error>>;
 
 /// The interface the server signs through. Blocking: call it off the reactor.
 pub trait SlashingProtection: Send + Sync + 'static {
-    /// Check and record a block proposal. `Ok` ⇒ the record is durable.
+    /// Check and record a message of `check`'s kind, blocking. `Ok` ⇒ the record is durable.
+    fn decide(
+        &self,
+        gvr: Root,
+        pubkey: Pubkey,
+        check: Check,
+        signing_root: Root,
+    ) -> Result<Permit, Error>;
+    /// [`decide`](Self::decide) for a block proposal.
     fn sign_block(
         &self,
         gvr: Root,
         pubkey: Pubkey,
         slot: u64,
         signing_root: Root,
-    ) -> Result<Permit, Error>;
-    /// Check and record an attestation. `Ok` ⇒ the record is durable.
+    ) -> Result<Permit, Error> {
+        self.decide(gvr, pubkey, Check::Block { slot }, signing_root)
+    }
+    /// [`decide`](Self::decide) for an attestation.
     fn sign_attestation(
         &self,
         gvr: Root,
@@ -295,23 +305,12 @@ pub trait SlashingProtection: Send + Sync + 'static {
         source_epoch: u64,
         target_epoch: u64,
         signing_root: Root,
-    ) -> Result<Permit, Error>;
-    /// The blocking form of a check: [`sign_block`](Self::sign_block) or
-    /// [`sign_attestation`](Self::sign_attestation), by the check's kind.
-    fn decide(
-        &self,
-        gvr: Root,
-        pubkey: Pubkey,
-        check: Check,
-        signing_root: Root,
     ) -> Result<Permit, Error> {
-        match check {
-            Check::Block { slot } => self.sign_block(gvr, pubkey, slot, signing_root),
-            Check::Attestation {
-                source_epoch,
-                target_epoch,
-            } => self.sign_attestation(gvr, pubkey, source_epoch, target_epoch, signing_root),
-        }
+        let check = Check::Attestation {
+            source_epoch,
+            target_epoch,
+        };
+        self.decide(gvr, pubkey, check, signing_root)
     }
     /// Submit a check without blocking the caller: `Some` when the store decides on a thread
     /// of its own (SQLite's writer) and answers through the returned receiver, so an async

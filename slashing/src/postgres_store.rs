@@ -891,14 +891,15 @@ fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), Error> {
     let schema = tx.store.schema.clone();
     // Asked first, so that the answer is a clear error rather than the first DDL's refusal.
     let rows = tx.query(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1) \
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1), \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1) \
          THEN has_schema_privilege(?1, 'CREATE') \
          ELSE has_database_privilege(current_database(), 'CREATE') END",
         &[&schema],
     )?;
-    let may_migrate: bool = match rows.first() {
-        Some(row) => get(row, 0)?,
-        None => false,
+    let (exists, may_migrate): (bool, bool) = match rows.first() {
+        Some(row) => (get(row, 0)?, get(row, 1)?),
+        None => (false, false),
     };
     if !may_migrate {
         return Err(Error::Store(format!(
@@ -907,10 +908,14 @@ fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), Error> {
         )));
     }
     tx.exec("SELECT pg_advisory_xact_lock(0, 0)", &[])?;
-    tx.batch(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        quote_identifier(&schema)
-    ))?;
+    // Only when missing: PostgreSQL checks the right to create in the database before it
+    // looks whether the schema exists, even with IF NOT EXISTS.
+    if !exists {
+        tx.batch(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_identifier(&schema)
+        ))?;
+    }
     tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
     // Again under the lock: another process may have migrated meanwhile.
     let current = schema_version(tx)?;
@@ -1219,30 +1224,19 @@ impl PostgresStore {
 }
 
 impl SlashingProtection for PostgresStore {
-    fn sign_block(
+    fn decide(
         &self,
         gvr: Root,
         pubkey: Pubkey,
-        slot: u64,
+        check: crate::Check,
         signing_root: Root,
     ) -> Result<Permit, Error> {
-        let r = self.run(Kind::Decision, |tx| {
-            store::sign_block(tx, gvr, pubkey, slot, signing_root)
-        });
-        self.remember_gvr(&r, gvr);
-        r
-    }
-
-    fn sign_attestation(
-        &self,
-        gvr: Root,
-        pubkey: Pubkey,
-        source_epoch: u64,
-        target_epoch: u64,
-        signing_root: Root,
-    ) -> Result<Permit, Error> {
-        let r = self.run(Kind::Decision, |tx| {
-            store::sign_attestation(tx, gvr, pubkey, source_epoch, target_epoch, signing_root)
+        let r = self.run(Kind::Decision, |tx| match check {
+            crate::Check::Block { slot } => store::sign_block(tx, gvr, pubkey, slot, signing_root),
+            crate::Check::Attestation {
+                source_epoch,
+                target_epoch,
+            } => store::sign_attestation(tx, gvr, pubkey, source_epoch, target_epoch, signing_root),
         });
         self.remember_gvr(&r, gvr);
         r

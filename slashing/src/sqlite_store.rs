@@ -1069,6 +1069,20 @@ impl Txn for SqlTx<'_> {
     }
 }
 
+/// The writer's form of a check.
+fn duty_of(check: crate::Check) -> Duty {
+    match check {
+        crate::Check::Block { slot } => Duty::Block { slot },
+        crate::Check::Attestation {
+            source_epoch,
+            target_epoch,
+        } => Duty::Attestation {
+            source: source_epoch,
+            target: target_epoch,
+        },
+    }
+}
+
 impl SlashingProtection for SqliteStore {
     fn submit(
         &self,
@@ -1077,16 +1091,7 @@ impl SlashingProtection for SqliteStore {
         check: crate::Check,
         signing_root: Root,
     ) -> Option<crate::PendingVerdict> {
-        let duty = match check {
-            crate::Check::Block { slot } => Duty::Block { slot },
-            crate::Check::Attestation {
-                source_epoch,
-                target_epoch,
-            } => Duty::Attestation {
-                source: source_epoch,
-                target: target_epoch,
-            },
-        };
+        let duty = duty_of(check);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = SignJob {
             gvr,
@@ -1105,29 +1110,14 @@ impl SlashingProtection for SqliteStore {
         Some(answer)
     }
 
-    fn sign_block(
+    fn decide(
         &self,
         gvr: Root,
         pubkey: Pubkey,
-        slot: u64,
+        check: crate::Check,
         signing_root: Root,
     ) -> Result<Permit, Error> {
-        self.submit_sign(gvr, pubkey, Duty::Block { slot }, signing_root)
-    }
-
-    fn sign_attestation(
-        &self,
-        gvr: Root,
-        pubkey: Pubkey,
-        source_epoch: u64,
-        target_epoch: u64,
-        signing_root: Root,
-    ) -> Result<Permit, Error> {
-        let duty = Duty::Attestation {
-            source: source_epoch,
-            target: target_epoch,
-        };
-        self.submit_sign(gvr, pubkey, duty, signing_root)
+        self.submit_sign(gvr, pubkey, duty_of(check), signing_root)
     }
 
     fn health_check(&self) -> Result<(), Error> {

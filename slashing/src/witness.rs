@@ -307,31 +307,6 @@ impl MemoryWitness {
 }
 
 impl SlashingProtection for MemoryWitness {
-    fn sign_block(
-        &self,
-        gvr: Root,
-        pubkey: Pubkey,
-        slot: u64,
-        signing_root: Root,
-    ) -> Result<Permit, Error> {
-        self.witness(gvr, pubkey, Check::Block { slot }, signing_root)
-    }
-
-    fn sign_attestation(
-        &self,
-        gvr: Root,
-        pubkey: Pubkey,
-        source_epoch: u64,
-        target_epoch: u64,
-        signing_root: Root,
-    ) -> Result<Permit, Error> {
-        let check = Check::Attestation {
-            source_epoch,
-            target_epoch,
-        };
-        self.witness(gvr, pubkey, check, signing_root)
-    }
-
     fn decide(
         &self,
         gvr: Root,

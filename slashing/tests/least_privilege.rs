@@ -240,6 +240,19 @@ fn the_signer_role_cannot_migrate_and_provisioning_refuses_admin_roles() {
         err.to_string().contains("ensign database provision"),
         "{err}"
     );
+    // A role that owns an empty schema (but may not create schemas) migrates it itself: no
+    // database-wide right is asked for a schema that exists.
+    let owned = format!("{}_own", schema.name);
+    let mut admin = postgres::Client::connect(&pg_base_url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {owned} AUTHORIZATION {}",
+            role.name
+        ))
+        .unwrap();
+    let store = PostgresStore::open_with(&url_as(&role.name), None, None, options(&owned));
+    let _ = admin.batch_execute(&format!("DROP SCHEMA {owned} CASCADE"));
+    assert!(store.is_ok(), "{:?}", store.err());
     // Provisioning again (a password rotation) keeps the role and its grants working.
     provision(
         &schema.name,

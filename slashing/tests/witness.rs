@@ -39,23 +39,6 @@ impl Lying {
 }
 
 impl SlashingProtection for Lying {
-    fn sign_block(&self, gvr: Root, pk: Pubkey, slot: u64, root: Root) -> Result<Permit, Error> {
-        self.decide(gvr, pk, Check::Block { slot }, root)
-    }
-    fn sign_attestation(
-        &self,
-        gvr: Root,
-        pk: Pubkey,
-        source_epoch: u64,
-        target_epoch: u64,
-        root: Root,
-    ) -> Result<Permit, Error> {
-        let check = Check::Attestation {
-            source_epoch,
-            target_epoch,
-        };
-        self.decide(gvr, pk, check, root)
-    }
     fn decide(&self, _: Root, pk: Pubkey, _: Check, _: Root) -> Result<Permit, Error> {
         self.decisions.fetch_add(1, Ordering::SeqCst);
         if let Some((gated, release, entered)) = &self.gate {
