@@ -280,8 +280,10 @@ impl<A> std::fmt::Debug for RecipientDecryptor<A> {
 const RECIPIENT_RSA_BITS: usize = 2048;
 
 /// A new RSA-2048 key and its DER SubjectPublicKeyInfo (CPU-bound, tens to
-/// hundreds of milliseconds).
-fn recipient_key() -> Result<(PrivateKey, Vec<u8>), KmsError> {
+/// hundreds of milliseconds; `benches/recipient_key.rs` measures it). One per
+/// Recipient `Decrypt` (issue 15: an answer of KMS is never opened by a key
+/// that opened another).
+pub fn recipient_key() -> Result<(PrivateKey, Vec<u8>), KmsError> {
     let key = PrivateKey::new(&mut getrandom::SysRng, RECIPIENT_RSA_BITS)
         .map_err(|e| KmsError::Key(e.to_string()))?;
     let spki_der = key
