@@ -58,36 +58,12 @@
 //!   root it is given; the AWS root is a documented constant, never read from
 //!   the document being checked.
 //!
-//! # Wiring (a sketch for the `server` crate and `ensign-host`)
+//! # Wiring
 //!
-//! Suggested ports: data 5000, control 5001 (enclave side), outbound proxy
-//! 8000 (parent side, as AWS's vsock-proxy).
-//!
-//! In the enclave:
-//! - `ControlServer::new(handler, ControlServerConfig::default())
-//!   .serve("vsock:any:5001".parse::<Endpoint>()?.bind().await?, shutdown)`;
-//! - the handler's `init` builds `kms::kms_client(&KmsClientConfig { region,
-//!   credentials, endpoint_url: Some("https://kms.<region>.amazonaws.com:1443"),
-//!   resolve_to: Some(127.0.0.1) })` (any local port; TLS still names the real
-//!   host), makes a `kms::RecipientDecryptor` over
-//!   `attestation::NsmAttestor::open()?` (in `spawn_blocking`: RSA key
-//!   generation) and decrypts each `EncryptedKeyRecord`;
-//! - a `forward::Forwarder` from `tcp:127.0.0.1:1443` to `vsock:3:8000`
-//!   carries that KMS traffic to the parent;
-//! - a `Forwarder` from `vsock:any:5000` to the signer's loopback HTTP
-//!   listener is the data path (opened once the state is `Ready`, see
-//!   `ControlServer::subscribe`).
-//!
-//! On the parent:
-//! - `proxy::OutboundProxy::bind("vsock:any:8000", kms.<region>.amazonaws.com:443,
-//!   &Allowlist::kms(region), ..)`;
-//! - a `Forwarder` from the client-facing TCP port to `vsock:<enclave CID>:5000`;
-//! - `control::ControlClient::connect("vsock:<enclave CID>:5001")`, then
-//!   `init(..)`, `status()`, and `refresh_credentials(..)` before the
-//!   instance-role credentials expire.
-//!
-//! Inside an enclave the HTTPS client needs CA roots in the image (the
-//! rustls client loads the platform's native roots).
+//! How `server` (the enclave side: `server/src/enclave.rs`) and `ensign-host` (`host`) use
+//! these pieces — ports, messages, which side holds what — is in ARCHITECTURE.md ("Enclave
+//! mode"). Inside an enclave the HTTPS client needs CA roots in the image (or the roots the
+//! image names: `kms::KmsClientConfig::trust_roots_pem`).
 //!
 //! This crate is a leaf: it knows nothing of BLS keys, slashing protection or
 //! HTTP signing; the `server` crate wires it in.

@@ -14,8 +14,8 @@
 //!
 //! - **Data path** ([`crate::forward::Forwarder`]): every TCP connection on
 //!   `--listen` is piped, bytes unseen, to the enclave's data endpoint. Before
-//!   the enclave is initialised that endpoint serves only upcheck/health (the
-//!   enclave's rule); the host never pipes anything to the control endpoint —
+//!   the enclave is initialised that endpoint serves only upcheck, health and
+//!   the attestation endpoint (the enclave's rule); the host never pipes anything to the control endpoint —
 //!   the configuration refuses a data endpoint equal to the control endpoint.
 //! - **Outbound proxies** ([`crate::proxy::OutboundProxy`]): one listener for
 //!   KMS (`kms.<region>.amazonaws.com:443`, or `--kms-endpoint`) and, with
@@ -69,15 +69,16 @@
 //!   "ciphertext": "AQICAHh…",
 //!   "active": true,
 //!   "kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/…",
-//!   "encryption_context": {"validator": "42"}
+//!   "encryption_context": {"ensign-pubkey": "0xa99a76ed…"}
 //! }
 //! ```
 //!
 //! `pubkey` and `ciphertext` (standard base64 of the KMS blob) are required;
 //! `active` defaults to `true`; `kms_key_id` (`KeyId` for `Decrypt`) and
-//! `encryption_context` are optional. Unknown fields are refused. File names
-//! do not matter; two files with one public key: the first by name wins and
-//! the other is reported.
+//! `encryption_context` are optional here (the ensign enclave requires the
+//! `ensign-pubkey` context, which `ensign keys encrypt` writes). Unknown
+//! fields are refused. File names do not matter; two files with one public
+//! key: the first by name wins and the other is reported.
 //!
 //! **DynamoDB** (`--keys-table T`): partition key `pubkey` (S); attributes
 //! `ciphertext` (B, the raw KMS blob), `active` (BOOL), `added_at` (S,
