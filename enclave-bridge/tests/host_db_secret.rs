@@ -4,8 +4,7 @@
 //! an error naming the ARN and never a value. Skipped with a notice when moto
 //! cannot be installed, unless `ENSIGN_REQUIRE_MOTO` is set.
 
-#[path = "../../keystore/tests/common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_secretsmanager::primitives::Blob;

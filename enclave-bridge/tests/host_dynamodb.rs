@@ -3,8 +3,7 @@
 //! the host reconciling a table with its (fake) enclave. Skipped with a
 //! notice when moto cannot be installed, unless `ENSIGN_REQUIRE_MOTO` is set.
 
-#[path = "../../keystore/tests/common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 #[path = "common/host_harness.rs"]
 mod harness;

@@ -4,8 +4,7 @@
 //! refuse. Skipped with a notice when moto cannot be installed, unless
 //! `ENSIGN_REQUIRE_MOTO` is set (the keystore crate's helper, shared).
 
-#[path = "../../keystore/tests/common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

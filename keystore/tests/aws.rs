@@ -7,8 +7,7 @@
 
 #![cfg(feature = "aws")]
 
-#[path = "common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 use std::collections::HashMap;
 use std::fs;

@@ -4,8 +4,7 @@
 
 #![cfg(feature = "aws")]
 
-#[path = "common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 use aws_sdk_secretsmanager::Client;
 use keystore::aws::sdk_config;

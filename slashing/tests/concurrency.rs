@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::PgStores as _;
+
 use std::sync::{Arc, Barrier};
 
 use common::races::{exactly_one_winner, one_winner_suite, race};

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::PgStores as _;
+
 use common::sequences::{att_items, block_items, sequences, verdict, ROOTS};
 use slashing::rules::ValidatorModel;
 use slashing::SlashingProtection;

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::PgStores as _;
+
 use common::{pk, root, GVR};
 use slashing::{Error, HighWatermark, Permit, Refusal, Root, SlashingProtection, SqliteStore};
 

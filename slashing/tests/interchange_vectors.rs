@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::PgStores as _;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 

@@ -74,7 +74,7 @@ const GUARDED: &str = "23514"; // check_violation, raised by migration 2's trigg
 
 #[test]
 fn the_signer_role_signs_but_cannot_delete_rewrite_or_change_the_schema() {
-    let Some((mut schema, role)) =
+    let Some((schema, role)) =
         provisioned("the_signer_role_signs_but_cannot_delete_rewrite_or_change_the_schema")
     else {
         return;

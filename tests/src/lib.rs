@@ -784,76 +784,7 @@ pub fn run_binary(args: &[String]) -> (i32, String) {
     )
 }
 
-/// The PostgreSQL server the tests use (`ENSIGN_TEST_PG_URL`, default the local `test` db).
-pub fn pg_base_url() -> String {
-    std::env::var("ENSIGN_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh, uniquely named PostgreSQL schema per test, dropped on drop; signers given
-/// [`PgSchema::url`] see only it.
-pub struct PgSchema {
-    pub name: String,
-}
-
-/// Runs `sql` on the test server from a plain thread: the synchronous `postgres` client runs
-/// its own runtime, which must not be started or dropped inside the tests' async runtime.
-fn pg_admin(sql: String) -> Result<(), String> {
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&pg_base_url(), postgres::NoTls)
-            .map_err(|e| e.to_string())?;
-        c.batch_execute(&sql).map_err(|e| e.to_string())
-    })
-    .join()
-    .map_err(|_| "admin thread panicked".to_string())?
-}
-
-impl PgSchema {
-    /// `None` after a loud notice when PostgreSQL is unreachable, unless `ENSIGN_REQUIRE_PG`
-    /// is set (CI), in which case it panics: CI must never skip these tests.
-    pub fn new(test: &str) -> Option<PgSchema> {
-        let name = format!(
-            "ensign_e2e_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        match pg_admin(format!("CREATE SCHEMA {name}")) {
-            Ok(()) => Some(PgSchema { name }),
-            Err(e) if std::env::var_os("ENSIGN_REQUIRE_PG").is_some() => {
-                panic!(
-                    "ENSIGN_REQUIRE_PG is set but PostgreSQL at {} is unusable: {e}",
-                    pg_base_url()
-                )
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: {test}: PostgreSQL at {} unusable ({e}); set ENSIGN_REQUIRE_PG=1 to fail instead", pg_base_url());
-                None
-            }
-        }
-    }
-
-    /// A URL whose sessions use only this schema, optionally reached through `host_port`
-    /// (a [`TcpProxy`]) instead of the server's own address.
-    pub fn url_via(&self, host_port: Option<&str>) -> String {
-        let mut base = pg_base_url();
-        if let Some(hp) = host_port {
-            base = base.replace("127.0.0.1:5432", hp);
-        }
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}options=-c%20search_path%3D{}", self.name)
-    }
-
-    /// [`url_via`](Self::url_via) without a proxy.
-    pub fn url(&self) -> String {
-        self.url_via(None)
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let _ = pg_admin(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-    }
-}
+pub use test_support::pg::{pg_admin, pg_base_url, PgSchema};
 
 /// A loopback TCP proxy to `target` that can be cut (every connection dropped, new ones
 /// refused) to simulate a database going away mid-run, or frozen (sockets kept open, nothing

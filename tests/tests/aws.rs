@@ -4,8 +4,7 @@
 //! Web3Signer's `--aws-secrets-enabled` bulk options both load and sign; a key config whose KMS
 //! endpoint is unreachable fails alone.
 
-#[path = "../../keystore/tests/common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 use base64::Engine;
 use serde_json::json;

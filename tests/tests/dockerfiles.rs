@@ -267,6 +267,35 @@ fn enclave_image_pins_the_signer_role_schema_and_verify_full() {
     );
 }
 
+/// The shared test harness (`test-support`) is a dev-dependency of the crates that ship (so it
+/// never reaches `ensign`, `ensign-host` or the enclave image); only the end-to-end harness
+/// crate `tests`, itself test-only, takes it as a plain dependency.
+#[test]
+fn test_support_is_never_a_production_dependency() {
+    for krate in [
+        "api-spec",
+        "keystore",
+        "slashing",
+        "enclave-bridge",
+        "server",
+        "bench",
+    ] {
+        let manifest = format!("{krate}/Cargo.toml");
+        let text = read(&manifest);
+        for (i, section) in text.split("\n[").enumerate() {
+            let name = section.lines().next().unwrap_or_default();
+            let mentions = section
+                .lines()
+                .skip(usize::from(i > 0))
+                .any(|l| l.split('#').next().unwrap().contains("test-support"));
+            assert!(
+                !mentions || name == "dev-dependencies]",
+                "{manifest}: test-support outside [dev-dependencies] (in [{name})"
+            );
+        }
+    }
+}
+
 /// `[features]` of a Cargo manifest: each feature and what it enables (entries may span lines).
 fn cargo_features(rel: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let text = read(rel);

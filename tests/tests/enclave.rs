@@ -26,8 +26,7 @@
 //!   into DynamoDB and a directory, read back with ensign-host's own readers, Init with them in
 //!   an in-process enclave-mode signer whose attestation is off (a code-only test mode).
 
-#[path = "../../keystore/tests/common/moto.rs"]
-mod moto;
+use test_support::moto;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -9,8 +9,6 @@
 //! cannot be installed or started, `start` panics when `ENSIGN_REQUIRE_MOTO`
 //! is set (CI) and otherwise prints `SKIPPED: ...` and returns `None`.
 
-#![allow(dead_code)]
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
