@@ -93,7 +93,7 @@ use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
 use crate::key::{ValidatorKey, SECRET_LEN};
-use crate::loader::{LoadError, LoadReport};
+use crate::report::{LoadError, LoadReport};
 use crate::Error;
 
 /// Most requests in flight at once during one load.

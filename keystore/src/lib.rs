@@ -41,6 +41,7 @@ mod error;
 mod key;
 mod loader;
 mod password;
+mod report;
 
 pub use cache::{CacheId, KeyCache, MAX_CACHE_ENTRIES};
 pub use eip2335::{
