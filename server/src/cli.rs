@@ -456,13 +456,8 @@ pub struct DatabaseProvisionArgs {
     #[arg(long)]
     pub kms_key_id: String,
 
-    /// AWS region [default: the environment's, e.g. AWS_REGION].
-    #[arg(long)]
-    pub region: Option<String>,
-
-    /// Endpoint URL for KMS and Secrets Manager (a VPC endpoint or a local stand-in).
-    #[arg(long)]
-    pub endpoint_url: Option<String>,
+    #[command(flatten)]
+    pub aws: AwsTarget,
 
     /// Write the credentials document (JSON) to this file.
     #[arg(long, value_name = "FILE")]
@@ -540,6 +535,20 @@ pub enum KeysCommand {
     Encrypt(KeysEncryptArgs),
 }
 
+/// Where the one-shot AWS commands (`keys encrypt`, `database provision`) send their calls;
+/// credentials come from the environment.
+#[derive(Debug, Args, Clone)]
+pub struct AwsTarget {
+    /// AWS region [default: the environment's, e.g. AWS_REGION].
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Endpoint URL for the AWS services the command calls (KMS, DynamoDB, Secrets Manager): a
+    /// VPC endpoint or a local stand-in.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
 /// `ensign keys encrypt`.
 #[derive(Debug, Args, Clone)]
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["out_dir", "dynamodb_table"])))]
@@ -548,13 +557,8 @@ pub struct KeysEncryptArgs {
     #[arg(long)]
     pub kms_key_id: String,
 
-    /// AWS region [default: the environment's, e.g. AWS_REGION].
-    #[arg(long)]
-    pub region: Option<String>,
-
-    /// Endpoint URL for KMS and DynamoDB (a VPC endpoint or a local stand-in).
-    #[arg(long)]
-    pub endpoint_url: Option<String>,
+    #[command(flatten)]
+    pub aws: AwsTarget,
 
     /// The EIP-2335 keystore (JSON) to encrypt.
     #[arg(long)]

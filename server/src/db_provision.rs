@@ -22,7 +22,6 @@ use crate::cli::DatabaseProvisionArgs;
 #[cfg(feature = "aws")]
 pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, String> {
     use crate::key_records::{CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
-    use base64::Engine as _;
     use std::collections::BTreeMap;
     use zeroize::Zeroizing;
 
@@ -32,13 +31,7 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
     };
     let password = Zeroizing::new(hex::encode(Zeroizing::new(rand::random::<[u8; 32]>())));
 
-    let config = keystore::aws::sdk_config(
-        &keystore::AwsAuth::Environment,
-        args.region.as_deref(),
-        args.endpoint_url.as_deref(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let config = crate::key_records::sdk_config(&args.aws).await?;
     let context = BTreeMap::from([
         (CONTEXT_PURPOSE.to_string(), PURPOSE_DB_PASSWORD.to_string()),
         (CONTEXT_DB_USER.to_string(), args.role.clone()),
@@ -53,7 +46,6 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
         args.schema.clone(),
         args.role.clone(),
     );
-    let role_password = password.clone();
     tokio::task::spawn_blocking(move || {
         slashing::provision_postgres(
             &url,
@@ -64,20 +56,20 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
                 ..slashing::PostgresOptions::default()
             },
             &role,
-            &role_password,
+            &password,
         )
     })
     .await
     .map_err(|e| format!("provisioning aborted: {e}"))?
     .map_err(|e| format!("provisioning the database failed: {e}"))?;
-    drop(password);
 
+    // The very type ensign-host reads it back as (enclave_bridge::host::db_secret).
     let document = serde_json::json!({
         "username": args.role,
-        "encrypted_password": {
-            "ciphertext": base64::engine::general_purpose::STANDARD.encode(&ciphertext),
-            "kms_key_id": key_id,
-            "encryption_context": context,
+        "encrypted_password": enclave_bridge::control::EncryptedBlob {
+            ciphertext: enclave_bridge::secret::Base64Bytes(ciphertext),
+            encryption_context: context,
+            kms_key_id: Some(key_id.clone()),
         },
     });
     let done = format!(

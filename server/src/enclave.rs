@@ -48,7 +48,8 @@
 //! here like a key record and used instead of the URL's and the
 //! `--slashing-protection-db-username/-password` options (set on the parsed connection
 //! configuration, so no character of a password needs URL-encoding); a password in clear is
-//! accepted only in development mode. Without credentials the URL is used as given. A database that cannot be opened fails `Init` with the reason (state
+//! accepted only in development mode. Without credentials the URL is used as given. A database
+//! that cannot be opened fails `Init` with the reason (state
 //! `Failed`, `/healthcheck`, the host's log; never the password). Until it is open nothing is
 //! signed (the gate answers 503 before `Init` succeeds). `RefreshDatabaseCredentials` opens a
 //! new store (a new connection pool) with rotated credentials and swaps it in: decisions in
@@ -658,19 +659,11 @@ struct Handler {
 
 /// The PostgreSQL slashing database of an enclave (see the module docs).
 struct Database {
-    /// `--slashing-protection-db-url` and the `-username`/`-password` options.
-    url: String,
-    username: Option<String>,
-    password: Option<String>,
-    /// `--slashing-protection-db-timeout-seconds`.
-    timeout: std::time::Duration,
-    /// `--slashing-protection-db-schema`.
-    schema: Option<String>,
+    /// The image's configuration (a `StoreConfig::Postgres`). The user it names, if any, is the
+    /// only one the host may send credentials for.
+    configured: StoreConfig,
     /// `--enclave-development-mode`: a password in clear from the host is accepted.
     development: bool,
-    /// The user the image's configuration names (URL or username option): credentials from
-    /// the host for any other user are refused.
-    pinned_user: Option<String>,
     /// What the signer uses; empty until `Init` opened it.
     store: Arc<DeferredStore>,
 }
@@ -680,17 +673,18 @@ impl Database {
     /// place of the configured ones. (`slashing` sets them on the parsed connection
     /// configuration: nothing to encode.)
     fn config(&self, from_host: Option<(&str, &str)>) -> StoreConfig {
-        let (username, password) = match from_host {
-            Some((user, password)) => (Some(user.to_owned()), Some(password.to_owned())),
-            None => (self.username.clone(), self.password.clone()),
-        };
-        StoreConfig::Postgres {
-            url: self.url.clone(),
-            username,
-            password,
-            timeout: self.timeout,
-            schema: self.schema.clone(),
+        let mut config = self.configured.clone();
+        if let (
+            Some((user, pw)),
+            StoreConfig::Postgres {
+                username, password, ..
+            },
+        ) = (from_host, &mut config)
+        {
+            *username = Some(user.to_owned());
+            *password = Some(pw.to_owned());
         }
+        config
     }
 }
 
@@ -821,8 +815,8 @@ impl Handler {
             }
             return Ok(());
         };
-        if let (Some(c), Some(pinned)) = (credentials, &db.pinned_user) {
-            if c.username != *pinned {
+        if let (Some(c), Some(pinned)) = (credentials, db.configured.configured_user()) {
+            if c.username != pinned {
                 return Err(HandlerError::new(format!(
                     "the database credentials from ensign-host are for user {}, but this \
                      enclave's image names user {pinned}: refused (the parent instance must not \
@@ -831,28 +825,29 @@ impl Handler {
                 )));
             }
         }
-        let password: Option<Zeroizing<String>> = match credentials.map(|c| &c.password) {
+        let password: Option<Zeroizing<String>> = match credentials {
             None => None,
-            Some(DatabasePassword::Plain(p)) => {
-                if !db.development {
-                    return Err(HandlerError::new(DB_PASSWORD_IN_CLEAR));
+            Some(c) => match &c.password {
+                DatabasePassword::Plain(_) if !db.development => {
+                    return Err(HandlerError::new(DB_PASSWORD_IN_CLEAR))
                 }
-                Some(Zeroizing::new(p.expose().to_owned()))
-            }
-            Some(DatabasePassword::Encrypted(blob)) => {
-                let user = credentials.map(|c| c.username.as_str()).unwrap_or_default();
-                let kms = kms.ok_or_else(|| {
-                    HandlerError::new("no KMS session to decrypt the database password: Init first")
-                })?;
-                Some(self.decrypt_db_password(kms, user, blob).await?)
-            }
+                DatabasePassword::Plain(p) => Some(Zeroizing::new(p.expose().to_owned())),
+                DatabasePassword::Encrypted(blob) => {
+                    let kms = kms.ok_or_else(|| {
+                        HandlerError::new(
+                            "no KMS session to decrypt the database password: Init first",
+                        )
+                    })?;
+                    Some(self.decrypt_db_password(kms, &c.username, blob).await?)
+                }
+            },
         };
         let from_host = match (credentials, &password) {
             (Some(c), Some(p)) => Some((c.username.as_str(), p.as_str())),
             _ => None,
         };
         let config = db.config(from_host);
-        let user = match (credentials, &db.username) {
+        let user = match (credentials, db.configured.configured_user()) {
             (Some(c), _) => format!("user {} from ensign-host", c.username),
             (None, Some(u)) => format!("user {u}"),
             (None, None) => "the URL's user".to_string(),
@@ -897,14 +892,8 @@ impl Handler {
         blob: &EncryptedBlob,
     ) -> Result<Zeroizing<String>, HandlerError> {
         use crate::key_records::{CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
-        if let (Some(pinned), Some(named)) = (&self.kms.key_arn, &blob.kms_key_id) {
-            if named != pinned {
-                return Err(HandlerError::new(format!(
-                    "the database password names KMS key {named}; this enclave decrypts only \
-                     with {pinned} (--enclave-kms-key-arn)"
-                )));
-            }
-        }
+        self.check_key_id("the database password", blob.kms_key_id.as_deref())
+            .map_err(HandlerError::new)?;
         let context = &blob.encryption_context;
         if context.get(CONTEXT_PURPOSE).map(String::as_str) != Some(PURPOSE_DB_PASSWORD)
             || context.get(CONTEXT_DB_USER).map(String::as_str) != Some(user)
@@ -929,12 +918,7 @@ impl Handler {
                 .filter(|p| (16..=1024).contains(&p.len()))
                 .map(|p| Zeroizing::new(p.to_owned()))
                 .ok_or_else(|| HandlerError::new(DB_PASSWORD_UNUSABLE)),
-            Err(
-                KmsError::Cms(_)
-                | KmsError::UnexpectedPlaintext
-                | KmsError::MissingRecipientCiphertext
-                | KmsError::MissingPlaintext,
-            ) => Err(HandlerError::new(DB_PASSWORD_UNUSABLE)),
+            Err(e) if e.after_answer() => Err(HandlerError::new(DB_PASSWORD_UNUSABLE)),
             Err(e) => Err(HandlerError::new(format!(
                 "the database password could not be decrypted: {e}"
             ))),
@@ -970,18 +954,23 @@ impl Handler {
         }
     }
 
+    /// The KMS key a ciphertext (`what`) names, if any, must be the one the image pins, if it
+    /// pins one (issue 15).
+    fn check_key_id(&self, what: &str, named: Option<&str>) -> Result<(), String> {
+        match (&self.kms.key_arn, named) {
+            (Some(pinned), Some(named)) if named != pinned => Err(format!(
+                "{what} names KMS key {named}; this enclave decrypts only with {pinned} \
+                 (--enclave-kms-key-arn)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a record before anything is sent to KMS: the key it names (if the image pins
     /// one) and its encryption context's public key (required: it is checked against the
     /// decrypted key). These reasons carry only what the host sent.
     fn precheck(&self, record: &EncryptedKeyRecord) -> Result<[u8; 48], String> {
-        if let (Some(pinned), Some(named)) = (&self.kms.key_arn, &record.kms_key_id) {
-            if named != pinned {
-                return Err(format!(
-                    "the record names KMS key {named}; this enclave decrypts only with {pinned} \
-                     (--enclave-kms-key-arn)"
-                ));
-            }
-        }
+        self.check_key_id("the record", record.kms_key_id.as_deref())?;
         let context = record
             .encryption_context
             .get(crate::key_records::CONTEXT_PUBKEY)
@@ -1082,12 +1071,7 @@ impl Handler {
                         Ok(p) => p,
                         // KMS answered, and what it answered did not open: the envelope
                         // depends on the plaintext.
-                        Err(
-                            KmsError::Cms(_)
-                            | KmsError::UnexpectedPlaintext
-                            | KmsError::MissingRecipientCiphertext
-                            | KmsError::MissingPlaintext,
-                        ) => return (i, Err(unusable())),
+                        Err(e) if e.after_answer() => return (i, Err(unusable())),
                         Err(e) => {
                             if matches!(e, KmsError::Transport(_)) {
                                 unreachable
@@ -1520,24 +1504,11 @@ pub async fn prepare(
     let data_endpoint = bound(&data_listener, &config.data)?;
 
     let db = match slashing {
-        Some(
-            store @ StoreConfig::Postgres {
-                url,
-                username,
-                password,
-                timeout,
-                schema,
-            },
-        ) => {
+        Some(store @ StoreConfig::Postgres { .. }) => {
             tracing::info!("slashing protection: PostgreSQL, opened at Init (with the credentials ensign-host sends, if any)");
             Some(Database {
-                url: url.clone(),
-                username: username.clone(),
-                password: password.clone(),
-                timeout: *timeout,
-                schema: schema.clone(),
+                configured: store.clone(),
                 development: config.development,
-                pinned_user: store.configured_user(),
                 store: Arc::new(DeferredStore::new()),
             })
         }
@@ -1617,13 +1588,14 @@ mod tests {
     fn init_credentials_replace_the_configured_ones() {
         let url = "postgresql://postgres@127.0.0.1:5432/ensign?options=-c%20search_path%3Dx";
         let db = Database {
-            url: url.into(),
-            username: Some("from_cli".into()),
-            password: Some("cli-password".into()),
-            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
-            schema: Some("ensign".into()),
+            configured: StoreConfig::Postgres {
+                url: url.into(),
+                username: Some("from_cli".into()),
+                password: Some("cli-password".into()),
+                timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+                schema: Some("ensign".into()),
+            },
             development: false,
-            pinned_user: None,
             store: Arc::new(DeferredStore::new()),
         };
         assert_eq!(

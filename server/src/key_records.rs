@@ -194,13 +194,7 @@ pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<Strin
     let pubkey = crate::keys::hex0x(&key.pubkey());
     drop(key);
 
-    let config = keystore::aws::sdk_config(
-        &keystore::AwsAuth::Environment,
-        args.region.as_deref(),
-        args.endpoint_url.as_deref(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let config = sdk_config(&args.aws).await?;
     let context = BTreeMap::from([(CONTEXT_PUBKEY.to_string(), pubkey.clone())]);
     let (ciphertext, key_id) = kms_encrypt(&config, &args.kms_key_id, &plaintext, &context).await?;
 
@@ -256,6 +250,21 @@ pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<Strin
         }
         (None, None) => Err("give --out-dir or --dynamodb-table".into()),
     }
+}
+
+/// The AWS configuration of a one-shot command: its region and endpoint, the environment's
+/// credentials.
+#[cfg(feature = "aws")]
+pub async fn sdk_config(
+    target: &crate::cli::AwsTarget,
+) -> Result<keystore::aws::SdkConfig, String> {
+    keystore::aws::sdk_config(
+        &keystore::AwsAuth::Environment,
+        target.region.as_deref(),
+        target.endpoint_url.as_deref(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// KMS `Encrypt` of `plaintext` under `key_id` with `context`: the ciphertext, and the key's ARN

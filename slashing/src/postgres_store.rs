@@ -650,8 +650,9 @@ impl PostgresStore {
         if options.schema.is_none() {
             let found = store
                 .run(Kind::Bulk, |tx| {
-                    let rows = tx.query("SELECT current_schema()::TEXT", &[])?;
-                    Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+                    let found =
+                        tx.scalar::<Option<String>>("SELECT current_schema()::TEXT", &[])?;
+                    Ok(found.flatten())
                 })
                 .map_err(as_open)?;
             let schema = found.ok_or_else(|| {
@@ -805,11 +806,8 @@ pub fn provision(
     let verifier = postgres_protocol::password::scram_sha_256(role_password.as_bytes());
     let (schema_q, role_q) = (quote_identifier(&schema), quote_identifier(role));
     store.run(Kind::Bulk, |tx| {
-        let me: String = match tx.query("SELECT current_user::TEXT", &[])?.first() {
-            Some(row) => get(row, 0)?,
-            None => String::new(),
-        };
-        if me == role {
+        let me: Option<String> = tx.scalar("SELECT current_user::TEXT", &[])?;
+        if me.as_deref() == Some(role) {
             return Err(Error::Store(format!(
                 "the signer role {role} is the administrator running this: give the signer a \
                  role of its own"
@@ -853,22 +851,14 @@ enum Retry {
 /// The schema's version: 0 when it has no `schema_version` table yet.
 fn schema_version(tx: &mut PgTx<'_, '_>) -> Result<i64, Error> {
     let table = format!("{}.schema_version", quote_identifier(&tx.store.schema));
-    let rows = tx.query("SELECT to_regclass(?1) IS NOT NULL", &[&table])?;
-    let exists: bool = match rows.first() {
-        Some(row) => get(row, 0)?,
-        None => false,
-    };
-    if !exists {
+    if tx.scalar("SELECT to_regclass(?1) IS NOT NULL", &[&table])? != Some(true) {
         return Ok(0);
     }
-    let rows = tx.query(
+    let version = tx.scalar(
         "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_version",
         &[],
     )?;
-    match rows.first() {
-        Some(row) => get(row, 0),
-        None => Ok(0),
-    }
+    Ok(version.unwrap_or(0))
 }
 
 /// The schema, migrated under advisory lock 0 (two processes starting together: one at a time).
@@ -891,10 +881,9 @@ fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), Error> {
     let schema = tx.store.schema.clone();
     // Asked first, so that the answer is a clear error rather than the first DDL's refusal.
     let rows = tx.query(
-        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1), \
-         CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1) \
-         THEN has_schema_privilege(?1, 'CREATE') \
-         ELSE has_database_privilege(current_database(), 'CREATE') END",
+        "WITH s AS (SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?1) AS e) \
+         SELECT e, CASE WHEN e THEN has_schema_privilege(?1, 'CREATE') \
+         ELSE has_database_privilege(current_database(), 'CREATE') END FROM s",
         &[&schema],
     )?;
     let (exists, may_migrate): (bool, bool) = match rows.first() {
@@ -977,6 +966,18 @@ impl PgTx<'_, '_> {
         n.map_err(|e| self.fail(e))
     }
 
+    /// The first column of the first row of the answer, if there is a row.
+    fn scalar<T: tokio_postgres::types::FromSqlOwned>(
+        &mut self,
+        sql: &'static str,
+        p: &[Param<'_>],
+    ) -> Result<Option<T>, Error> {
+        match self.query(sql, p)?.first() {
+            Some(row) => get(row, 0).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Statements without parameters or results (simple query protocol).
     fn batch(&mut self, sql: &str) -> Result<(), Error> {
         let sql = qualify(sql, &quote_identifier(&self.store.schema));
@@ -985,15 +986,6 @@ impl PgTx<'_, '_> {
             .wait(self.budget.next(), self.tx.batch_execute(&sql));
         done.map_err(|e| self.fail(e))
     }
-}
-
-/// The row count a pruning function returns.
-fn deleted(rows: &[tokio_postgres::Row]) -> Result<u64, Error> {
-    let n: i64 = match rows.first() {
-        Some(row) => get(row, 0)?,
-        None => 0,
-    };
-    Ok(n.max(0) as u64)
 }
 
 fn db_ref(e: &tokio_postgres::Error) -> Error {
@@ -1200,13 +1192,14 @@ impl Txn for PgTx<'_, '_> {
     // Pruning goes through the schema's functions (migration 2), which raise the watermark
     // themselves before deleting: a role may prune without any DELETE right.
     fn delete_blocks_below(&mut self, id: i64, slot: i64) -> Result<u64, Error> {
-        let rows = self.query("SELECT prune_blocks_below(?1, ?2)", &[&id, &slot])?;
-        deleted(&rows)
+        let n: Option<i64> = self.scalar("SELECT prune_blocks_below(?1, ?2)", &[&id, &slot])?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     fn delete_attestations_below(&mut self, id: i64, target: i64) -> Result<u64, Error> {
-        let rows = self.query("SELECT prune_attestations_below(?1, ?2)", &[&id, &target])?;
-        deleted(&rows)
+        let n: Option<i64> =
+            self.scalar("SELECT prune_attestations_below(?1, ?2)", &[&id, &target])?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     fn health(&mut self) -> Result<(), Error> {

@@ -109,6 +109,21 @@ pub enum KmsError {
     Key(String),
 }
 
+impl KmsError {
+    /// KMS answered, and what it answered did not open: the failure depends on the answer's
+    /// bytes (and so, for a tampered answer, on the plaintext). Callers that report to a party
+    /// who may have tampered with it give such failures one fixed text.
+    pub fn after_answer(&self) -> bool {
+        matches!(
+            self,
+            KmsError::Cms(_)
+                | KmsError::UnexpectedPlaintext
+                | KmsError::MissingRecipientCiphertext
+                | KmsError::MissingPlaintext
+        )
+    }
+}
+
 /// How to build a KMS client.
 #[derive(Clone, Debug)]
 pub struct KmsClientConfig {
