@@ -1,72 +1,26 @@
-//! Parent/enclave bridge for running ensign inside an AWS Nitro Enclave.
+//! Parent/enclave bridge for running ensign inside an AWS Nitro Enclave: everything that crosses
+//! the enclave boundary, and nothing that signs. The map (ports, messages, which side holds what)
+//! is ARCHITECTURE.md, "Enclave mode".
 //!
-//! # Purpose
+//! Modules: [`transport`] (one byte stream over vsock, TCP and Unix: [`Endpoint`]), [`forward`]
+//! (capped byte pipes), [`proxy`] (the parent's outbound proxy, one destination per listener),
+//! [`control`] (the parent ⇄ enclave protocol: frames, messages, server and client),
+//! [`attestation`] (the `Attestor` trait, the NSM, the document verifier), [`kms`] (`Decrypt`,
+//! attested or plain), [`records`] (the encrypted key record, one definition for writer and
+//! reader), [`secret`] (zeroizing, redacted types); `host` (feature `host`) is `ensign-host`'s
+//! library half; `test_util` (feature `test-util`, never in production builds) holds the test
+//! PKI, attestor and fake KMS.
 //!
-//! Everything that crosses the enclave boundary, and nothing that signs:
+//! # Contract
 //!
-//! - [`transport`]: one byte-stream abstraction over `AF_VSOCK`, TCP and Unix
-//!   sockets ([`Endpoint`], parsed from `vsock:16:5000`, `tcp:127.0.0.1:9000`,
-//!   `unix:/run/x.sock`), so every piece below runs over TCP in tests and over
-//!   vsock in production.
-//! - [`forward`]: a capped byte pipe between two endpoints (parent TCP 8443 →
-//!   enclave data port; enclave loopback → parent outbound proxy).
-//! - [`proxy`]: the parent-side outbound proxy, one listener per allowed
-//!   destination (the model of AWS's `vsock-proxy`).
-//! - [`control`]: the parent ⇄ enclave control protocol — length-prefixed,
-//!   size-capped, versioned JSON frames on a port of its own, a
-//!   [`control::ControlServer`] dispatch loop for the enclave (which supplies a
-//!   [`control::ControlHandler`]) and a [`control::ControlClient`] for the host.
-//! - [`attestation`]: the [`attestation::Attestor`] trait (the NSM in an
-//!   enclave), and [`attestation::verify_attestation`], a verifier of the NSM's
-//!   COSE_Sign1 attestation documents against a root given by the caller
-//!   ([`attestation::AWS_NITRO_ROOT_G1_PEM`] for real enclaves).
-//! - [`kms`]: KMS `Decrypt` behind the [`kms::KeyDecryptor`] trait — with a
-//!   `Recipient` (attested ephemeral RSA key, answer opened from the CMS
-//!   `EnvelopedData` in `CiphertextForRecipient`) or plain.
-//! - `host` (feature `host`, on by default): the parent-instance binary
-//!   `ensign-host`'s library half — key record sources (directory,
-//!   DynamoDB), instance-role credentials, the enclave supervisor.
-//! - `test_util` (feature `test-util`, never in production builds): a
-//!   throw-away attestation PKI and attestor, and a fake KMS HTTP server that
-//!   checks the attestation and a PCR0 key policy and answers with real CMS.
-//!
-//! # Invariants
-//!
-//! - **No plaintext key material goes to the parent.** Secrets travel parent →
-//!   enclave only (AWS credentials, KMS ciphertexts); replies carry counts,
-//!   ids and reasons, never a plaintext. Every secret is held in a zeroizing
-//!   type whose `Debug` is redacted ([`secret`]), and no error or log line
-//!   carries one.
-//! - **Every control frame is size-checked before memory is allocated for
-//!   it**: the 4-byte length is compared with the cap (default
-//!   [`control::MAX_FRAME_LEN`], 4 MiB) first; a larger frame is refused and
-//!   the connection closed.
-//! - **A bad client never stops a listener**: garbage, oversize or truncated
-//!   frames, a wrong protocol version, or a peer that vanishes end that one
-//!   connection (with an error frame where the peer can still read it); the
-//!   accept loops keep running.
-//! - **The control port is not the data port.** The control protocol runs on
-//!   its own endpoint, so a network peer reaching the data path can never
-//!   speak it (the AWS sample shared port 5000 for both).
-//! - **Initialisation happens once.** `Init` is accepted only while the
-//!   enclave waits for it (or after a failed attempt); a second `Init` on an
-//!   initialised enclave is refused with [`control::ErrorCode::AlreadyInitialised`].
-//! - **The outbound proxy reaches one destination per listener**, fixed at
-//!   start and checked against an allowlist; nothing a client sends can pick
-//!   another destination.
-//! - **Attestation roots are parameters.** The verifier trusts exactly the
-//!   root it is given; the AWS root is a documented constant, never read from
-//!   the document being checked.
-//!
-//! # Wiring
-//!
-//! How `server` (the enclave side: `server/src/enclave.rs`) and `ensign-host` (`host`) use
-//! these pieces — ports, messages, which side holds what — is in ARCHITECTURE.md ("Enclave
-//! mode"). Inside an enclave the HTTPS client needs CA roots in the image (or the roots the
-//! image names: `kms::KmsClientConfig::trust_roots_pem`).
-//!
-//! This crate is a leaf: it knows nothing of BLS keys, slashing protection or
-//! HTTP signing; the `server` crate wires it in.
+//! - No plaintext key material goes to the parent: secrets travel parent → enclave only, replies
+//!   carry ids, counts and reasons, and every secret is a zeroizing type with a redacted `Debug`.
+//! - A control frame's length is checked against the cap ([`control::MAX_FRAME_LEN`]) before
+//!   anything is allocated for it; a bad peer ends its own connection, never a listener.
+//! - The control port is not the data port, and `Init` is accepted once (until it succeeds).
+//! - Each outbound proxy listener reaches the one destination fixed at start.
+//! - Attestation roots are parameters: the verifier trusts exactly the root it is given.
+//! - A leaf: no BLS keys, slashing protection or HTTP signing here; `server` wires it in.
 
 #![forbid(unsafe_code)]
 
@@ -77,6 +31,7 @@ pub mod forward;
 pub mod host;
 pub mod kms;
 pub mod proxy;
+pub mod records;
 pub mod secret;
 pub mod transport;
 

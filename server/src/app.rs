@@ -1,9 +1,8 @@
 //! HTTP routes and handlers (Web3Signer's eth2 API).
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_spec::network::Network;
 use api_spec::sign::{SignRequest, SlashingCheck};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -15,8 +14,10 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use slashing::SlashingProtection;
 
+use crate::enclave::{self, EnclaveShared};
 use crate::error::ApiError;
-use crate::keys::{hex0x, parse_identifier, KeyRing, KeySources};
+use crate::keys::{hex0x, parse_identifier, KeyRing};
+use crate::state::{now_rfc3339, AppState};
 
 /// Largest request body accepted. The largest legitimate request, a phase0/altair block with
 /// every operation list full, is a few hundred KiB of JSON.
@@ -24,50 +25,6 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// How long `/healthcheck` waits for the slashing database (Web3Signer's default timeout).
 const DB_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Shared state of the HTTP handlers.
-pub struct AppState {
-    pub network: Network,
-    /// The current keys; replaced whole by a reload or a key manager change. In-flight requests
-    /// keep the `Arc<ValidatorKey>` they looked up, so a reload never pulls a key from under them.
-    pub keys: RwLock<Arc<KeyRing>>,
-    pub sources: KeySources,
-    pub reload: Mutex<ReloadState>,
-    pub slashing: Option<Arc<dyn SlashingProtection>>,
-    pub host_allowlist: Vec<String>,
-    /// The BLS signing threads.
-    pub signer: crate::keys::SigningPool,
-    /// Bearer token of the key manager API; `None` when the API is disabled.
-    pub key_manager_token: Option<String>,
-    /// Permits for sign requests being processed (`--max-in-flight-signing`).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Enclave mode's state (`None` outside it): gates the API until initialised, reports in
-    /// `/healthcheck`, serves `/api/v1/attestation`.
-    pub enclave: Option<Arc<crate::enclave::EnclaveShared>>,
-}
-
-impl AppState {
-    /// A snapshot of the current keys.
-    pub fn keyring(&self) -> Arc<KeyRing> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Replaces the keys.
-    pub fn set_keyring(&self, ring: KeyRing) {
-        metrics::gauge!("signing_signers_loaded_count").set(ring.len() as f64);
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
-    }
-}
-
-/// Web3Signer's `/reload` status.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadState {
-    pub running: bool,
-    /// `idle` before the first reload, then `completed`, `completed_with_errors` or `failed`.
-    pub last: Option<&'static str>,
-    pub last_time: Option<String>,
-    pub last_error: Option<String>,
-}
 
 /// Every route ensign serves, as (path template, methods): the one table the router is built
 /// from ([`router`]), and the one the OpenAPI document (`api-spec/openapi/ensign.yaml`) is
@@ -84,14 +41,19 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (OPENAPI_PATH, &["GET"]),
     (crate::keymanager::PATH, &["GET", "POST", "DELETE"]),
     // Enclave mode only (404 otherwise).
-    (crate::enclave::ATTESTATION_PATH, &["GET"]),
+    (enclave::ATTESTATION_PATH, &["GET"]),
 ];
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api-docs/openapi.yaml";
 
 /// The handler of one (path, method) of [`ROUTES`].
-fn endpoint(state: &Arc<AppState>, path: &str, method: &str) -> MethodRouter<Arc<AppState>> {
+fn endpoint(
+    state: &Arc<AppState>,
+    enclave: &Option<Arc<EnclaveShared>>,
+    path: &str,
+    method: &str,
+) -> MethodRouter<Arc<AppState>> {
     match (path, method) {
         ("/upcheck", "GET") => get(upcheck),
         ("/healthcheck", "GET") => get(healthcheck),
@@ -101,15 +63,18 @@ fn endpoint(state: &Arc<AppState>, path: &str, method: &str) -> MethodRouter<Arc
         ("/reload", "POST") => post(start_reload),
         ("/reload", "GET") => get(reload_status),
         (OPENAPI_PATH, "GET") => get(openapi),
-        (crate::enclave::ATTESTATION_PATH, "GET") => get(crate::enclave::attestation),
+        (enclave::ATTESTATION_PATH, "GET") => {
+            get::<_, _, Option<Arc<EnclaveShared>>>(enclave::attestation)
+                .with_state(enclave.clone())
+        }
         (crate::keymanager::PATH, m) => crate::keymanager::endpoint(state.clone(), m)
             .unwrap_or_else(|| panic!("ROUTES lists {m} {path}, which has no handler")),
         _ => panic!("ROUTES lists {method} {path}, which has no handler"),
     }
 }
 
-/// Builds the router from [`ROUTES`].
-pub fn router(state: Arc<AppState>) -> Router {
+/// Builds the router from [`ROUTES`]; `enclave` is enclave mode's state (`None` outside it).
+pub fn router(state: Arc<AppState>, enclave: Option<Arc<EnclaveShared>>) -> Router {
     let mut router = Router::new();
     for &(path, methods) in ROUTES {
         if path == crate::keymanager::PATH && state.key_manager_token.is_none() {
@@ -117,7 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
         let methods = methods
             .iter()
-            .map(|m| endpoint(&state, path, m))
+            .map(|m| endpoint(&state, &enclave, path, m))
             .reduce(MethodRouter::merge)
             .expect("every route has a method");
         router = router.route(path, methods);
@@ -126,10 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn(crate::metrics::track_http))
         // Enclave mode: closed until initialised (inside the Host check, which stays first).
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::enclave::gate,
-        ))
+        .layer(middleware::from_fn_with_state(enclave, enclave::gate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             host_allowlist,
@@ -317,20 +279,6 @@ async fn reload_status(State(st): State<Arc<AppState>>) -> Json<Value> {
     Json(body)
 }
 
-/// Now, to the second, as an RFC 3339 UTC time (`2026-12-07T10:15:37Z`).
-pub(crate) fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    time::OffsetDateTime::from_unix_timestamp(secs as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// Web3Signer's negotiation: JSON when any Accept media range is `application/json` or `*/*`;
 /// otherwise (including no Accept header, which Teku sends) the bare hex signature as text.
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -445,7 +393,7 @@ async fn sign_inner(
     if let Some(enclave) = &st.enclave {
         // Issue 15: the parent instance can reach the data port; an exit is irreversible.
         if request.sign_type == api_spec::sign::SignType::VoluntaryExit
-            && !enclave.allow_voluntary_exits
+            && !enclave.allow_voluntary_exits()
         {
             return Err(ApiError::Forbidden(
                 "this enclave does not sign voluntary exits (--enclave-allow-voluntary-exits)",

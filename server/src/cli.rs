@@ -3,9 +3,12 @@
 //! environment variable: `ENSIGN_<OPTION>` for global options and `ENSIGN_ETH2_<OPTION>` for
 //! eth2 options (Web3Signer's `WEB3SIGNER_` / `WEB3SIGNER_ETH2_` convention).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use enclave_bridge::Endpoint;
 use zeroize::Zeroizing;
 
 /// A secret command-line value (password, secret access key): zeroized on drop and printed as
@@ -248,7 +251,7 @@ pub struct EnclaveOptions {
         value_name = "LOCAL=REMOTE",
         global = true
     )]
-    pub enclave_forwards: Vec<crate::enclave::Forward>,
+    pub enclave_forwards: Vec<Forward>,
 
     /// Who signs attestation documents: `nsm` (the Nitro Secure Module) or
     /// `insecure-test:<dir>` (a throw-away test PKI kept in <dir>, its root written to
@@ -260,7 +263,7 @@ pub struct EnclaveOptions {
         default_value = "nsm",
         global = true
     )]
-    pub enclave_attestation: crate::enclave::AttestationMode,
+    pub enclave_attestation: AttestationMode,
 
     /// Names and addresses in the enclave's TLS certificate (comma-separated), e.g. the load
     /// balancer's DNS name that validator clients use.
@@ -397,6 +400,86 @@ pub struct TlsOptions {
     )]
     pub tls_handshake_timeout_seconds: u64,
 }
+
+/// A loopback forwarder `LOCAL=REMOTE` (`--enclave-forward`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+}
+
+impl FromStr for Forward {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (local, remote) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}`: expected LOCAL=REMOTE, e.g. tcp:127.0.0.1:443=vsock:3:8000")
+        })?;
+        let local: Endpoint = local.parse().map_err(|e| format!("{e}"))?;
+        let remote: Endpoint = remote.parse().map_err(|e| format!("{e}"))?;
+        // Inside an enclave only loopback exists; off-enclave, a forwarder on another address
+        // would open the host's proxies to the network.
+        match &local {
+            Endpoint::Tcp { host, .. } => {
+                let loopback = host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(format!(
+                        "`{s}`: the local side must be a loopback address (127.0.0.1, [::1]) or a unix: path"
+                    ));
+                }
+            }
+            Endpoint::Unix(_) => {}
+            Endpoint::Vsock { .. } => {
+                return Err(format!(
+                    "`{s}`: the local side must be tcp:127.0.0.1:PORT or unix:PATH"
+                ))
+            }
+        }
+        Ok(Forward { local, remote })
+    }
+}
+
+/// Who signs attestation documents (`--enclave-attestation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttestationMode {
+    /// The Nitro Secure Module (`/dev/nsm`): production.
+    Nsm,
+    /// A throw-away test PKI kept in this directory (`insecure-test:<dir>`): PCR0 is the
+    /// SHA-384 of the running executable. Off-enclave tests and demos only.
+    InsecureTest(PathBuf),
+    /// No attestation at all and plain KMS `Decrypt` (the plaintext travels in KMS's answer):
+    /// for tests against KMS stand-ins that ignore `Recipient` (moto). Deliberately has no
+    /// command-line form: it can only be set by code that builds a `server::Config` itself.
+    UnattestedPlainDecryptForTests,
+}
+
+impl FromStr for AttestationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "nsm" {
+            return Ok(AttestationMode::Nsm);
+        }
+        if let Some(dir) = s.strip_prefix("insecure-test:") {
+            if dir.is_empty() {
+                return Err("insecure-test:<dir> needs a directory".into());
+            }
+            return if cfg!(feature = "insecure-test-attestation") {
+                Ok(AttestationMode::InsecureTest(PathBuf::from(dir)))
+            } else {
+                Err(NO_TEST_ATTESTOR.into())
+            };
+        }
+        Err(format!("`{s}`: expected `nsm` or `insecure-test:<dir>`"))
+    }
+}
+
+/// Why a build without cargo feature `insecure-test-attestation` (every default build, the
+/// enclave image's among them) refuses `insecure-test:<dir>`, and where the tests' build is.
+pub const NO_TEST_ATTESTOR: &str = "this build of ensign has no test attestor: production builds \
+    leave out `insecure-test:<dir>` (attestation documents signed by a throw-away test PKI, which \
+    prove nothing); for tests and demos only, build `ensign-insecure-test` with `cargo build \
+    --release -p server --features insecure-test-attestation --bin ensign-insecure-test`";
 
 /// The signing mode. Only `eth2` exists (Web3Signer also has eth1, which ensign does not do).
 // Parsed once per process: the size of the largest variant costs nothing worth a Box.
@@ -955,7 +1038,7 @@ mod tests {
 #[cfg(test)]
 mod enclave_cli_tests {
     use super::*;
-    use crate::enclave::AttestationMode;
+    use AttestationMode;
 
     #[test]
     fn enclave_options_parse() {

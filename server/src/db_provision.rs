@@ -16,7 +16,7 @@
 //! from the attested image (KMS's Recipient flow), and the enclave refuses a password in clear.
 //! Running the command again rotates the password (ensign-host forwards the changed secret).
 
-use crate::cli::DatabaseProvisionArgs;
+use crate::config::DatabaseProvisionArgs;
 
 /// Runs the command; returns what was done.
 #[cfg(feature = "aws")]

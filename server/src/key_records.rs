@@ -20,12 +20,9 @@
 //!
 //! # The records around it
 //!
-//! `ensign keys encrypt` writes what `ensign-host` reads (`enclave_bridge::host` documents
-//! both formats): with `--out-dir`, a file `<DIR>/<pubkey>.json`
-//! `{"pubkey", "ciphertext" (base64 of the KMS blob), "active": true, "kms_key_id",
-//! "encryption_context"}`; with `--dynamodb-table`, an item with `pubkey` (S), `ciphertext`
-//! (B), `active` (BOOL), `added_at` (S, RFC 3339), `kms_key_id` (S) and
-//! `encryption_context` (M of S). The encryption context is
+//! `ensign keys encrypt` writes what `ensign-host` reads: `enclave_bridge::records::KeyRecord`,
+//! the one definition of both forms (a file `<DIR>/<pubkey>.json` with `--out-dir`, a DynamoDB
+//! item with `--dynamodb-table`). The encryption context is
 //! `{"ensign-pubkey": "0x…"}`: KMS binds it to the ciphertext (it must be presented again to
 //! decrypt), so a record cannot be relabelled with another public key without failing, and
 //! CloudTrail logs which validator each `Decrypt` was for.
@@ -167,8 +164,7 @@ pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, S
 /// `ensign keys encrypt`: checks the keystore and password (by decrypting once), encrypts the
 /// record with KMS, and writes it to `--out-dir` or `--dynamodb-table`. Returns what was done.
 #[cfg(feature = "aws")]
-pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<String, String> {
-    use base64::Engine as _;
+pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<String, String> {
     use std::collections::BTreeMap;
 
     let text = std::fs::read(&args.keystore)
@@ -198,44 +194,32 @@ pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<Strin
     let context = BTreeMap::from([(CONTEXT_PUBKEY.to_string(), pubkey.clone())]);
     let (ciphertext, key_id) = kms_encrypt(&config, &args.kms_key_id, &plaintext, &context).await?;
 
+    let record = enclave_bridge::records::KeyRecord {
+        pubkey: enclave_bridge::records::BlsPubkey::try_from(pubkey.clone())?,
+        ciphertext: enclave_bridge::secret::Base64Bytes(ciphertext),
+        active: true,
+        kms_key_id: Some(key_id),
+        encryption_context: context,
+    };
     match (&args.out_dir, &args.dynamodb_table) {
         (Some(dir), _) => {
-            let record = serde_json::json!({
-                "pubkey": pubkey,
-                "ciphertext": base64::engine::general_purpose::STANDARD.encode(&ciphertext),
-                "active": true,
-                "kms_key_id": key_id,
-                "encryption_context": context,
-            });
+            let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let path = dir.join(format!("{pubkey}.json"));
             // Written beside it under a dot name (which ensign-host skips), then renamed: the
             // host never reads half a record.
             let tmp = dir.join(format!(".{pubkey}.json.tmp"));
-            std::fs::write(&tmp, format!("{record:#}\n"))
+            std::fs::write(&tmp, format!("{text}\n"))
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             Ok(format!("wrote {} (pubkey {pubkey})", path.display()))
         }
         (None, Some(table)) => {
-            use aws_sdk_dynamodb::types::AttributeValue;
-            let ddb = aws_sdk_dynamodb::Client::new(&config);
-            let ctx = context
-                .iter()
-                .map(|(k, v)| (k.clone(), AttributeValue::S(v.clone())))
-                .collect();
-            ddb.put_item()
+            aws_sdk_dynamodb::Client::new(&config)
+                .put_item()
                 .table_name(table)
-                .item("pubkey", AttributeValue::S(pubkey.clone()))
-                .item(
-                    "ciphertext",
-                    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(ciphertext)),
-                )
-                .item("active", AttributeValue::Bool(true))
-                .item("added_at", AttributeValue::S(crate::app::now_rfc3339()))
-                .item("kms_key_id", AttributeValue::S(key_id))
-                .item("encryption_context", AttributeValue::M(ctx))
+                .set_item(Some(record.to_item(&crate::state::now_rfc3339())))
                 .send()
                 .await
                 .map_err(|e| {
@@ -256,7 +240,7 @@ pub async fn encrypt_command(args: &crate::cli::KeysEncryptArgs) -> Result<Strin
 /// credentials.
 #[cfg(feature = "aws")]
 pub async fn sdk_config(
-    target: &crate::cli::AwsTarget,
+    target: &crate::config::AwsTarget,
 ) -> Result<keystore::aws::SdkConfig, String> {
     keystore::aws::sdk_config(
         &keystore::AwsAuth::Environment,
@@ -299,7 +283,7 @@ pub async fn kms_encrypt(
 
 /// Without the `aws` feature there is no KMS client.
 #[cfg(not(feature = "aws"))]
-pub async fn encrypt_command(_: &crate::cli::KeysEncryptArgs) -> Result<String, String> {
+pub async fn encrypt_command(_: &crate::config::KeysEncryptArgs) -> Result<String, String> {
     Err("`ensign keys encrypt` needs a build with the `aws` feature".into())
 }
 

@@ -21,9 +21,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::keys::{hex0x, parse_identifier};
+use crate::state::AppState;
 
 /// File of the bearer token under `--data-path`.
 pub const TOKEN_FILE: &str = "api-token.txt";

@@ -1,12 +1,12 @@
 //! The set of loaded validator keys and BLS signing.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keystore::{KeyCache, LoadOptions, LoadReport, PasswordSource, Progress, ValidatorKey};
-use zeroize::Zeroizing;
+
+use crate::config::KeySources;
 
 /// Domain separation tag of the Ethereum consensus BLS signature scheme (proof-of-possession
 /// ciphersuite, consensus specs phase0 "BLS signatures").
@@ -19,32 +19,6 @@ pub struct SourceReport {
     pub id: &'static str,
     pub keys_loaded: usize,
     pub error_count: usize,
-}
-
-/// Where keys come from.
-#[derive(Debug, Clone, Default)]
-pub struct KeySources {
-    /// `--key-store-path`: Web3Signer key configuration files.
-    pub key_config_dir: Option<PathBuf>,
-    /// `--keystores-path` with its password source.
-    pub keystores: Option<(PathBuf, PasswordSource)>,
-    /// Keys imported through the key manager API (`<data-path>/keymanager`): keystores with
-    /// `<stem>.txt` passwords beside them. These are the only keys the API may delete.
-    pub key_manager_dir: Option<PathBuf>,
-    /// `--aws-secrets-enabled` and its options.
-    pub aws_secrets: Option<crate::cli::AwsSecretsOptions>,
-    /// Restart cache: (directory for the per-source cache files, operator secret).
-    pub cache: Option<(PathBuf, CacheSecret)>,
-}
-
-/// The operator secret of the restart cache; `Debug` prints `***`.
-#[derive(Clone)]
-pub struct CacheSecret(pub Zeroizing<Vec<u8>>);
-
-impl std::fmt::Debug for CacheSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// Loaded keys by compressed public key. Cloning is shallow (keys are shared `Arc`s).
@@ -173,7 +147,7 @@ impl KeyRing {
 }
 
 #[cfg(feature = "aws")]
-fn load_aws_bulk(o: &crate::cli::AwsSecretsOptions) -> LoadReport {
+fn load_aws_bulk(o: &crate::config::AwsSecretsOptions) -> LoadReport {
     let auth = if o.aws_secrets_auth_mode.eq_ignore_ascii_case("ENVIRONMENT") {
         keystore::AwsAuth::Environment
     } else {
@@ -197,7 +171,7 @@ fn load_aws_bulk(o: &crate::cli::AwsSecretsOptions) -> LoadReport {
 }
 
 #[cfg(not(feature = "aws"))]
-fn load_aws_bulk(_: &crate::cli::AwsSecretsOptions) -> LoadReport {
+fn load_aws_bulk(_: &crate::config::AwsSecretsOptions) -> LoadReport {
     tracing::error!("--aws-secrets-enabled needs a build with the `aws` feature");
     LoadReport {
         errors: vec![keystore::LoadError {

@@ -18,6 +18,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod conn;
 pub mod db_provision;
 pub mod enclave;
@@ -26,6 +27,7 @@ pub mod key_records;
 pub mod keymanager;
 pub mod keys;
 pub mod metrics;
+pub mod state;
 pub mod tls;
 pub mod verify_attestation;
 
@@ -33,15 +35,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use api_spec::network::Network;
-use keystore::PasswordSource;
 use slashing::{SlashingProtection, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cli::{Eth2Options, GlobalOptions};
-use crate::keys::{KeyRing, KeySources};
+pub use crate::config::{store_config, Config, Pruning};
+use crate::keys::KeyRing;
 
 /// The signing API's listener, as connection log lines name it.
 const API_LISTENER: &str = "signing API (--http-max-connections)";
@@ -61,180 +61,6 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-}
-
-/// Validated configuration of the eth2 signer.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen_host: String,
-    pub listen_port: u16,
-    pub host_allowlist: Vec<String>,
-    pub network: Network,
-    pub keys: KeySources,
-    /// `None` when slashing protection is disabled.
-    pub slashing: Option<StoreConfig>,
-    /// `None` when pruning is disabled.
-    pub pruning: Option<Pruning>,
-    /// `--data-path`.
-    pub data_path: PathBuf,
-    /// `host:port` of the metrics listener when `--metrics-enabled`.
-    pub metrics: Option<String>,
-    /// `--max-in-flight-signing`.
-    pub max_in_flight_signing: usize,
-    /// TLS on the signing API (`--tls-*`); `None` serves plain HTTP.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Connection-level limits (`--http-max-connections`, timeouts).
-    pub limits: conn::Limits,
-    /// Enclave mode (`--enclave-mode=true`): see [`enclave`]. The listen address and `tls`
-    /// are then unused (the data endpoint and a TLS key made at start replace them).
-    pub enclave: Option<enclave::EnclaveConfig>,
-}
-
-/// Periodic pruning of slashing-protection history (Web3Signer's pruning options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pruning {
-    pub epochs_to_keep: u64,
-    pub slots_per_epoch: u64,
-    pub interval: std::time::Duration,
-    pub at_boot: bool,
-}
-
-impl Config {
-    /// Resolves command-line options into a configuration.
-    pub fn from_cli(global: &GlobalOptions, eth2: &Eth2Options) -> Result<Config, StartError> {
-        let network =
-            Network::from_arg(&eth2.network).map_err(|e| StartError::Config(e.to_string()))?;
-        let keystores = match &eth2.keystores_path {
-            None => None,
-            Some(dir) => {
-                let passwords =
-                    match (
-                        &eth2.keystores_passwords_path,
-                        &eth2.keystores_password_file,
-                    ) {
-                        (Some(d), None) => PasswordSource::Dir(d.clone()),
-                        (None, Some(f)) => PasswordSource::File(f.clone()),
-                        _ => return Err(StartError::Config(
-                            "--keystores-path needs exactly one of --keystores-passwords-path or \
-                             --keystores-password-file"
-                                .into(),
-                        )),
-                    };
-                Some((dir.clone(), passwords))
-            }
-        };
-        let limits = connection_limits(global)?;
-        let enclave = if global.enclave.enclave_mode {
-            Some(enclave::EnclaveConfig::from_cli(global, eth2)?)
-        } else {
-            None
-        };
-        // In enclave mode the server certificate is made at start (and its options refused).
-        let tls = if enclave.is_some() {
-            None
-        } else {
-            tls::server_config(&global.tls).map_err(|e| StartError::Config(e.to_string()))?
-        };
-        Ok(Config {
-            enclave,
-            tls,
-            limits,
-            listen_host: global.http_listen_host.clone(),
-            listen_port: global.http_listen_port,
-            host_allowlist: global.http_host_allowlist.iter().map(|h| h.trim().to_string()).collect(),
-            keys: KeySources {
-                key_config_dir: global.key_store_path.clone(),
-                keystores,
-                key_manager_dir: eth2.key_manager_api_enabled.then(|| global.data_path.join("keymanager")),
-                aws_secrets: {
-                    let a = &eth2.aws;
-                    let mode = a.aws_secrets_auth_mode.to_ascii_uppercase();
-                    if a.aws_secrets_enabled && mode != "SPECIFIED" && mode != "ENVIRONMENT" {
-                        return Err(StartError::Config(format!(
-                            "--aws-secrets-auth-mode must be SPECIFIED or ENVIRONMENT, not {:?}",
-                            a.aws_secrets_auth_mode
-                        )));
-                    }
-                    a.aws_secrets_enabled.then(|| a.clone())
-                },
-                cache: match &eth2.key_cache_secret_file {
-                    None => None,
-                    Some(f) => {
-                        let secret = std::fs::read(f).map_err(|e| {
-                            StartError::Config(format!("cannot read key cache secret {}: {e}", f.display()))
-                        })?;
-                        let trimmed = secret.trim_ascii_end().to_vec();
-                        if trimmed.is_empty() {
-                            return Err(StartError::Config(format!("key cache secret {} is empty", f.display())));
-                        }
-                        Some((global.data_path.clone(), keys::CacheSecret(zeroize::Zeroizing::new(trimmed))))
-                    }
-                },
-            },
-            data_path: global.data_path.clone(),
-            max_in_flight_signing: global.max_in_flight_signing.max(1),
-            metrics: global
-                .metrics_enabled
-                .then(|| format!("{}:{}", global.metrics_host, global.metrics_port)),
-            slashing: if eth2.slashing_protection_enabled {
-                Some(store_config(&global.data_path, eth2)?)
-            } else {
-                None
-            },
-            pruning: (eth2.slashing_protection_enabled && eth2.slashing_protection_pruning_enabled)
-                .then(|| -> Result<Pruning, StartError> {
-                    if eth2.slashing_protection_pruning_epochs_to_keep == 0 || eth2.slashing_protection_pruning_interval == 0 {
-                        return Err(StartError::Config(
-                            "--slashing-protection-pruning-epochs-to-keep and --slashing-protection-pruning-interval must be positive".into(),
-                        ));
-                    }
-                    Ok(Pruning {
-                        epochs_to_keep: eth2.slashing_protection_pruning_epochs_to_keep,
-                        slots_per_epoch: eth2
-                            .slashing_protection_pruning_slots_per_epoch
-                            .unwrap_or(network.slots_per_epoch),
-                        interval: std::time::Duration::from_secs(eth2.slashing_protection_pruning_interval * 3600),
-                        at_boot: eth2.slashing_protection_pruning_at_boot_enabled,
-                    })
-                })
-                .transpose()?,
-            network,
-        })
-    }
-}
-
-/// `--http-max-connections` and the connection timeouts, checked (the metrics listener shares
-/// the timeouts, under a cap of its own).
-fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError> {
-    use std::time::Duration;
-    for (value, flag) in [
-        (global.http_max_connections as u64, "--http-max-connections"),
-        (
-            global.http_header_read_timeout_seconds,
-            "--http-header-read-timeout-seconds",
-        ),
-        (
-            global.http_request_body_timeout_seconds,
-            "--http-request-body-timeout-seconds",
-        ),
-        (
-            global.tls.tls_handshake_timeout_seconds,
-            "--tls-handshake-timeout-seconds",
-        ),
-    ] {
-        if value == 0 {
-            return Err(StartError::Config(format!("{flag} must be positive")));
-        }
-    }
-    Ok(conn::Limits {
-        max_connections: global.http_max_connections,
-        header_read_timeout: Duration::from_secs(global.http_header_read_timeout_seconds),
-        idle_timeout: (global.idle_connection_timeout_seconds > 0)
-            .then(|| Duration::from_secs(global.idle_connection_timeout_seconds)),
-        tls_handshake_timeout: Duration::from_secs(global.tls.tls_handshake_timeout_seconds),
-        body_timeout: Duration::from_secs(global.http_request_body_timeout_seconds),
-        body_min_rate: global.http_request_body_min_bytes_per_second,
-    })
 }
 
 /// Raises the soft open-file limit so that `max_connections` connections fit next to the
@@ -281,37 +107,6 @@ fn ensure_fd_limit(max_connections: usize) {
 #[cfg(not(unix))]
 fn ensure_fd_limit(_max_connections: usize) {}
 
-/// The slashing store: PostgreSQL when a URL is given, else SQLite under `--data-path`.
-pub fn store_config(
-    data_path: &std::path::Path,
-    eth2: &Eth2Options,
-) -> Result<StoreConfig, StartError> {
-    match &eth2.slashing_protection_db_url {
-        Some(url) => Ok(StoreConfig::Postgres {
-            url: url.clone(),
-            username: eth2.slashing_protection_db_username.clone(),
-            password: eth2
-                .slashing_protection_db_password
-                .as_ref()
-                .map(|p| p.0.to_string()),
-            timeout: std::time::Duration::from_secs(eth2.slashing_protection_db_timeout_seconds),
-            schema: eth2.slashing_protection_db_schema.clone(),
-        }),
-        None => {
-            std::fs::create_dir_all(data_path).map_err(|e| {
-                StartError::Config(format!(
-                    "cannot create data path {}: {e}",
-                    data_path.display()
-                ))
-            })?;
-            Ok(StoreConfig::Sqlite {
-                path: data_path.join(SQLITE_FILE),
-                init: eth2.init_slashing_protection,
-            })
-        }
-    }
-}
-
 /// A running server.
 pub struct Running {
     /// The address actually bound (useful with port 0).
@@ -355,7 +150,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(e) => Some(enclave::prepare(e, config.slashing.as_ref()).await?),
         None => None,
     };
-    // Enclave mode opens PostgreSQL at Init, with the host's credentials (see `enclave`).
+    // In enclave mode the database is reached through the parent instance, the attacker
+    // (issue 15): the enclave also keeps what it signed since start in memory and refuses what
+    // conflicts with it, whatever the database answers (`slashing::MemoryWitness`). PostgreSQL
+    // is opened at Init, with the host's credentials: `prepare` made that witness, empty.
     let opened_at_init = prepared.as_ref().and_then(|p| p.slashing.clone());
     let slashing: Option<Arc<dyn SlashingProtection>> = match config.slashing.clone() {
         Some(_) if opened_at_init.is_some() => opened_at_init,
@@ -363,21 +161,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let opened = tokio::task::spawn_blocking(move || slashing::open(&store))
                 .await
                 .map_err(|e| StartError::Config(format!("opening slashing protection: {e}")))??;
-            Some(opened)
+            Some(if config.enclave.is_some() {
+                Arc::new(slashing::MemoryWitness::new(opened))
+            } else {
+                opened
+            })
         }
         None => {
             tracing::warn!("slashing protection is DISABLED: slashable messages will be signed");
             None
         }
-    };
-    // In enclave mode the database is reached through the parent instance, the attacker
-    // (issue 15): the enclave also keeps what it signed since start in memory and refuses what
-    // conflicts with it, whatever the database answers (`slashing::MemoryWitness`).
-    let slashing = match slashing {
-        Some(store) if config.enclave.is_some() => {
-            Some(Arc::new(slashing::MemoryWitness::new(store)) as Arc<dyn SlashingProtection>)
-        }
-        other => other,
     };
     let mut background = vec![];
     if let (Some(sp), Some(pruning)) = (slashing.clone(), config.pruning) {
@@ -444,25 +237,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (Front::Tcp(listener), local)
         }
     };
-    let state = Arc::new(app::AppState {
+    let state = Arc::new(state::AppState {
         network: config.network,
         keys: {
             ::metrics::gauge!("signing_signers_loaded_count").set(keys.len() as f64);
             std::sync::RwLock::new(Arc::new(keys))
         },
         sources: config.keys,
-        reload: std::sync::Mutex::new(app::ReloadState::default()),
+        reload: std::sync::Mutex::new(state::ReloadState::default()),
         slashing,
         host_allowlist: config.host_allowlist,
         signer: keys::SigningPool::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         key_manager_token: token,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_signing)),
         enclave: match &front {
-            Front::Enclave(p) => Some(p.shared.clone()),
+            Front::Enclave(p) => Some(p.shared.clone() as Arc<dyn state::EnclaveStatus>),
             Front::Tcp(_) => None,
         },
     });
-    let router = app::router(state.clone());
+    let router = app::router(
+        state.clone(),
+        match &front {
+            Front::Enclave(p) => Some(p.shared.clone()),
+            Front::Tcp(_) => None,
+        },
+    );
     ensure_fd_limit(config.limits.max_connections);
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {

@@ -28,8 +28,6 @@ use rustls::{
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::cli::TlsOptions;
-
 /// A TLS configuration that cannot be used. The messages name files and lines, never secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -67,11 +65,27 @@ pub enum TlsError {
     ServerCert(String),
 }
 
+/// The TLS options of the signing API (`--tls-*`, resolved by `config`), as files and switches.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// PKCS#12 keystore with the server's key and chain (with its password file).
+    pub tls_keystore_file: Option<PathBuf>,
+    pub tls_keystore_password_file: Option<PathBuf>,
+    /// PEM chain and key: the alternative to the keystore.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients: any, or those listed by fingerprint and/or issued by a CA of the bundle.
+    pub tls_allow_any_client: bool,
+    pub tls_known_clients_file: Option<PathBuf>,
+    pub tls_allow_ca_clients: bool,
+    pub tls_ca_clients_file: Option<PathBuf>,
+}
+
 /// The SHA-256 fingerprint of a certificate's DER encoding (what the known-clients file lists).
 pub type Fingerprint = [u8; 32];
 
 /// Builds the TLS server configuration, or `None` when no server certificate is configured.
-pub fn server_config(opts: &TlsOptions) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+pub fn server_config(opts: &TlsSettings) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     let (chain, key) =
         match (
             &opts.tls_keystore_file,
@@ -126,7 +140,7 @@ pub fn server_config(opts: &TlsOptions) -> Result<Option<Arc<ServerConfig>>, Tls
 /// certificate options of `opts` (with none of them, starting fails: clients are
 /// authenticated unless --tls-allow-any-client=true says otherwise).
 pub fn server_config_with_key(
-    opts: &TlsOptions,
+    opts: &TlsSettings,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {

@@ -29,7 +29,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::cli::VerifyAttestationArgs;
+use crate::config::VerifyAttestationArgs;
 use crate::enclave::{spki_sha256, ATTESTATION_PATH, MAX_NONCE_LEN};
 use crate::tls::{fingerprint, fingerprint_hex};
 

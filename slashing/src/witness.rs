@@ -43,6 +43,13 @@
 //!   disabling a validator go to the wrapped store and leave memory as it is: none of them can
 //!   make the witness permit what it refused before.
 //!
+//! * **The store can be replaced, memory cannot.** The enclave opens its database at `Init` and
+//!   again when credentials rotate: the witness may be made before any store
+//!   ([`MemoryWitness::unopened`]; every call then fails as a store fault, so nothing is
+//!   permitted) and takes each new store with [`MemoryWitness::replace_store`]. The record of
+//!   what was permitted spans all of them. Each call uses the store current when it began (an
+//!   atomic swap cell), so calls in flight finish on the old one.
+//!
 //! A memory conflict that the wrapped store permits is logged at `ERROR`: the database and the
 //! enclave disagree, so the database has lost or is withholding history. A message memory
 //! recorded as signed that the store calls new is logged at `ERROR` too. Log lines carry the
@@ -50,6 +57,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
 
 use crate::rules::{self, SignedAttestation, SignedBlock, ValidatorModel};
 use crate::{
@@ -85,7 +94,9 @@ type Key = (Root, Pubkey);
 /// Wraps a [`SlashingProtection`] store with an in-memory record of what was permitted since
 /// start (see the module documentation).
 pub struct MemoryWitness {
-    inner: Arc<dyn SlashingProtection>,
+    /// The wrapped store (empty until one is opened). `ArcSwapOption` needs a sized `T`, hence
+    /// the `Arc` around the trait object's `Arc`.
+    inner: ArcSwapOption<Arc<dyn SlashingProtection>>,
     limits: WitnessLimits,
     validators: Mutex<HashMap<Key, Arc<Mutex<ValidatorModel>>>>,
 }
@@ -195,16 +206,41 @@ impl MemoryWitness {
 
     /// Wraps `inner`, keeping per validator at most what `limits` says.
     pub fn with_limits(inner: Arc<dyn SlashingProtection>, limits: WitnessLimits) -> Self {
+        let witness = Self::unopened(limits);
+        witness.replace_store(inner);
+        witness
+    }
+
+    /// A witness with no store yet: every call fails as a store fault until
+    /// [`replace_store`](Self::replace_store) gives it one.
+    pub fn unopened(limits: WitnessLimits) -> Self {
         Self {
-            inner,
+            inner: ArcSwapOption::empty(),
             limits,
             validators: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &Arc<dyn SlashingProtection> {
-        &self.inner
+    /// Puts `store` in place of the current one (memory is kept); returns the previous one.
+    pub fn replace_store(
+        &self,
+        store: Arc<dyn SlashingProtection>,
+    ) -> Option<Arc<dyn SlashingProtection>> {
+        self.inner
+            .swap(Some(Arc::new(store)))
+            .map(|old| (*old).clone())
+    }
+
+    /// The wrapped store, or the store fault every call reports before one is opened.
+    pub fn inner(&self) -> Result<Arc<dyn SlashingProtection>, Error> {
+        match self.inner.load_full() {
+            Some(store) => Ok((*store).clone()),
+            None => Err(Error::Store(
+                "the database is not open yet: the enclave opens it at Init, with the \
+                 credentials ensign-host sends"
+                    .into(),
+            )),
+        }
     }
 
     /// How many `(genesis validators root, pubkey)` pairs have a record in memory (plus any
@@ -254,13 +290,14 @@ impl MemoryWitness {
         check: Check,
         root: Root,
     ) -> Result<Permit, Error> {
+        let inner = self.inner()?;
         let remembered = match check_memory(memory, check, root) {
             Ok(p) => p,
             Err(refusal) if is_conflict(refusal) => {
                 // Ask the store too, only to learn whether it agrees: an honest store holds
                 // everything memory holds and refuses as well (recording nothing). One that
                 // permits has lost or is hiding history; what it recorded is never signed.
-                if self.inner.decide(gvr, pubkey, check, root).is_ok() {
+                if inner.decide(gvr, pubkey, check, root).is_ok() {
                     tracing::error!(
                         pubkey = ?pubkey,
                         reason = %refusal,
@@ -283,7 +320,7 @@ impl MemoryWitness {
                 return Err(refusal.into());
             }
         };
-        let stored = self.inner.decide(gvr, pubkey, check, root)?;
+        let stored = inner.decide(gvr, pubkey, check, root)?;
         match remembered {
             Permit::New => {
                 record(memory, self.limits, check, root);
@@ -333,42 +370,42 @@ impl SlashingProtection for MemoryWitness {
     }
 
     fn health_check(&self) -> Result<(), Error> {
-        self.inner.health_check()
+        self.inner()?.health_check()
     }
 
     fn high_watermark(&self) -> Result<Option<HighWatermark>, Error> {
-        self.inner.high_watermark()
+        self.inner()?.high_watermark()
     }
 
     fn set_high_watermark(&self, hw: Option<HighWatermark>) -> Result<(), Error> {
-        self.inner.set_high_watermark(hw)
+        self.inner()?.set_high_watermark(hw)
     }
 
     /// Goes to the wrapped store only: an import can add history there but cannot remove any
     /// from memory.
     fn import_interchange(&self, json: &str) -> Result<ImportSummary, Error> {
-        self.inner.import_interchange(json)
+        self.inner()?.import_interchange(json)
     }
 
     fn export_interchange(&self) -> Result<String, Error> {
-        self.inner.export_interchange()
+        self.inner()?.export_interchange()
     }
 
     fn genesis_validators_root(&self) -> Result<Option<Root>, Error> {
-        self.inner.genesis_validators_root()
+        self.inner()?.genesis_validators_root()
     }
 
     fn pin_genesis_validators_root(&self, gvr: Root) -> Result<(), Error> {
-        self.inner.pin_genesis_validators_root(gvr)
+        self.inner()?.pin_genesis_validators_root(gvr)
     }
 
     fn set_validator_enabled(&self, pubkey: Pubkey, enabled: bool) -> Result<(), Error> {
-        self.inner.set_validator_enabled(pubkey, enabled)
+        self.inner()?.set_validator_enabled(pubkey, enabled)
     }
 
     /// Prunes the wrapped store; memory keeps its own bound ([`WitnessLimits`]).
     fn prune(&self, epochs_to_keep: u64, slots_per_epoch: u64) -> Result<PruneSummary, Error> {
-        self.inner.prune(epochs_to_keep, slots_per_epoch)
+        self.inner()?.prune(epochs_to_keep, slots_per_epoch)
     }
 }
 
@@ -442,6 +479,33 @@ mod tests {
             Err(Refusal::SurroundingVote)
         );
         assert_eq!(check_memory(&m, att(4, 5), R), Ok(Permit::New));
+    }
+
+    #[test]
+    fn an_unopened_witness_refuses_then_remembers_across_stores() {
+        let w = MemoryWitness::unopened(WitnessLimits::default());
+        let (pk, vote) = (Pubkey([2; 48]), att(1, 2));
+        let e = w.health_check().unwrap_err();
+        assert!(e.to_string().contains("not open yet"), "{e}");
+        let e = w.decide(R, pk, vote, Root([3; 32])).unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e}");
+
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let open = |d: &tempfile::TempDir| {
+            crate::open(&crate::StoreConfig::Sqlite {
+                path: d.path().join("sp.sqlite"),
+                init: false,
+            })
+            .unwrap()
+        };
+        assert!(w.replace_store(open(&dirs[0])).is_none());
+        w.health_check().unwrap();
+        assert_eq!(w.decide(R, pk, vote, Root([3; 32])).unwrap(), Permit::New);
+        // A second, empty store (a host that swapped databases): memory still refuses the
+        // double vote, and the first store is handed back.
+        assert!(w.replace_store(open(&dirs[1])).is_some());
+        let double = w.decide(R, pk, vote, Root([4; 32])).unwrap_err();
+        assert!(double.is_refusal(), "{double}");
     }
 
     #[test]

@@ -1458,7 +1458,7 @@ async fn plain_decrypt_path_against_moto() {
     };
     let mut config = server::Config::from_cli(&cli.global, eth2).unwrap();
     let enclave = config.enclave.as_mut().unwrap();
-    enclave.attestation = server::enclave::AttestationMode::UnattestedPlainDecryptForTests;
+    enclave.attestation = server::config::AttestationMode::UnattestedPlainDecryptForTests;
     // moto speaks plain HTTP: an endpoint only code can set (the options take https:// only).
     enclave.kms.endpoint = EndpointUrl::try_from(moto.url.clone()).unwrap();
     let running = server::start(config).await.unwrap();

@@ -13,86 +13,13 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::config::SharedCredentialsProvider;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::control::{AwsRegion, EncryptedKeyRecord};
-use crate::secret::Base64Bytes;
+pub use crate::records::{BlsPubkey, KeyRecord};
 
 /// Largest key record file read (a KMS ciphertext is at most 6 KiB).
 pub const MAX_RECORD_FILE_LEN: u64 = 64 * 1024;
-
-/// A BLS12-381 public key as `0x` + 96 lowercase hex digits (the 48-byte
-/// compressed G1 point of the consensus specs). Parsing accepts either case
-/// and a missing `0x`; the point itself is checked by the enclave, which
-/// cross-checks it against the decrypted secret.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct BlsPubkey(String);
-
-impl BlsPubkey {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for BlsPubkey {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let hex = s.strip_prefix("0x").unwrap_or(&s);
-        if hex.len() != 96 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("pubkey must be 0x followed by 96 hex digits (48 bytes)".into());
-        }
-        Ok(Self(format!("0x{}", hex.to_ascii_lowercase())))
-    }
-}
-
-impl From<BlsPubkey> for String {
-    fn from(p: BlsPubkey) -> String {
-        p.0
-    }
-}
-
-impl fmt::Display for BlsPubkey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// One key record file (`--keys-dir`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyRecordFile {
-    pub pubkey: BlsPubkey,
-    /// Standard base64 of the KMS `CiphertextBlob`.
-    pub ciphertext: Base64Bytes,
-    #[serde(default = "active_by_default")]
-    pub active: bool,
-    #[serde(default)]
-    pub kms_key_id: Option<String>,
-    #[serde(default)]
-    pub encryption_context: BTreeMap<String, String>,
-}
-
-fn active_by_default() -> bool {
-    true
-}
-
-/// The control-protocol record for a key: `id` and `pubkey` are the public key.
-pub fn to_record(
-    pubkey: &BlsPubkey,
-    ciphertext: Vec<u8>,
-    kms_key_id: Option<String>,
-    encryption_context: BTreeMap<String, String>,
-) -> EncryptedKeyRecord {
-    EncryptedKeyRecord {
-        id: pubkey.to_string(),
-        pubkey: Some(pubkey.to_string()),
-        ciphertext: Base64Bytes(ciphertext),
-        encryption_context,
-        kms_key_id,
-    }
-}
 
 /// A digest of everything the enclave gets for a record, to notice when a
 /// record changed (e.g. a failed one was fixed).
@@ -246,15 +173,7 @@ fn list_dir(dir: &Path) -> Result<KeyListing, KeySourceError> {
     for path in paths {
         let source = path.display().to_string();
         match read_record_file(&path) {
-            Ok(Some(file)) if file.active => {
-                let record = to_record(
-                    &file.pubkey,
-                    file.ciphertext.0,
-                    file.kms_key_id,
-                    file.encryption_context,
-                );
-                listing.add(source, record);
-            }
+            Ok(Some(file)) if file.active => listing.add(source, file.to_control()),
             Ok(Some(_)) => listing.inactive += 1,
             // Vanished between listing and reading (being replaced): not a
             // problem, and not a removal either on the next clean listing.
@@ -265,7 +184,7 @@ fn list_dir(dir: &Path) -> Result<KeyListing, KeySourceError> {
     Ok(listing)
 }
 
-fn read_record_file(path: &Path) -> Result<Option<KeyRecordFile>, String> {
+fn read_record_file(path: &Path) -> Result<Option<KeyRecord>, String> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -287,7 +206,7 @@ fn read_record_file(path: &Path) -> Result<Option<KeyRecordFile>, String> {
         .map_err(|e| format!("cannot read: {e}"))?;
     // The file holds a public key and a ciphertext, nothing secret, so
     // serde's message (field names, positions) is fine to log.
-    serde_json::from_slice::<KeyRecordFile>(&text)
+    serde_json::from_slice::<KeyRecord>(&text)
         .map(Some)
         .map_err(|e| format!("not a key record: {e}"))
 }
@@ -356,7 +275,7 @@ impl DynamoKeySource {
                 })?;
             listing.pages += 1;
             for item in page.items() {
-                match record_from_item(item) {
+                match KeyRecord::from_item(item).map(|r| r.map(|r| r.to_control())) {
                     Ok(Some(record)) => listing.add(
                         format!("dynamodb:{} item {}", self.table, record.id),
                         record,
@@ -379,77 +298,12 @@ impl DynamoKeySource {
     }
 }
 
-/// An item → `Some(record)` if active, `None` if inactive; `Err((label,
-/// reason))` if malformed.
-fn record_from_item(
-    item: &HashMap<String, AttributeValue>,
-) -> Result<Option<EncryptedKeyRecord>, (String, String)> {
-    let label = match item.get("pubkey") {
-        Some(AttributeValue::S(s)) => s.clone(),
-        _ => "(no pubkey)".to_owned(),
-    };
-    let fail = |reason: &str| Err((label.clone(), reason.to_owned()));
-    let pubkey = match item.get("pubkey") {
-        Some(AttributeValue::S(s)) => match BlsPubkey::try_from(s.clone()) {
-            Ok(p) => p,
-            Err(e) => return fail(&e),
-        },
-        Some(_) => return fail("`pubkey` must be a string (S)"),
-        None => return fail("no `pubkey` attribute"),
-    };
-    match item.get("active") {
-        Some(AttributeValue::Bool(true)) => {}
-        Some(AttributeValue::Bool(false)) | None => return Ok(None),
-        Some(_) => return fail("`active` must be a boolean (BOOL)"),
-    }
-    let ciphertext = match item.get("ciphertext") {
-        Some(AttributeValue::B(blob)) if !blob.as_ref().is_empty() => blob.as_ref().to_vec(),
-        Some(AttributeValue::B(_)) => return fail("`ciphertext` is empty"),
-        Some(_) => return fail("`ciphertext` must be binary (B), the raw KMS blob"),
-        None => return fail("no `ciphertext` attribute"),
-    };
-    let kms_key_id = match item.get("kms_key_id") {
-        Some(AttributeValue::S(s)) => Some(s.clone()),
-        Some(_) => return fail("`kms_key_id` must be a string (S)"),
-        None => None,
-    };
-    let mut context = BTreeMap::new();
-    match item.get("encryption_context") {
-        Some(AttributeValue::M(m)) => {
-            for (k, v) in m {
-                match v {
-                    AttributeValue::S(s) => {
-                        context.insert(k.clone(), s.clone());
-                    }
-                    _ => return fail("`encryption_context` values must be strings (S)"),
-                }
-            }
-        }
-        Some(_) => return fail("`encryption_context` must be a map (M)"),
-        None => {}
-    }
-    Ok(Some(to_record(&pubkey, ciphertext, kms_key_id, context)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_dynamodb::primitives::Blob;
+    use crate::secret::Base64Bytes;
 
     const PK: &str = "0xA99A76ED7796F7BE22D5B7E85DEEB7C5677E88E511E0B337618F8C4EB61349B4BF2D153F649F7B53359FE8B94A38E44C";
-
-    #[test]
-    fn pubkeys_are_normalised_and_checked() {
-        let p = BlsPubkey::try_from(PK.to_owned()).unwrap();
-        assert_eq!(p.as_str(), PK.to_ascii_lowercase().replacen("0X", "0x", 1));
-        assert_eq!(
-            BlsPubkey::try_from(PK[2..].to_owned()).unwrap(),
-            p,
-            "0x is optional"
-        );
-        assert!(BlsPubkey::try_from("0x1234".to_owned()).is_err());
-        assert!(BlsPubkey::try_from(format!("{}zz", &PK[..96])).is_err());
-    }
 
     #[test]
     fn directory_listing() {
@@ -505,48 +359,18 @@ mod tests {
     }
 
     #[test]
-    fn dynamodb_items() {
-        let item = |pairs: Vec<(&str, AttributeValue)>| -> HashMap<String, AttributeValue> {
-            pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-        };
-        let good = item(vec![
-            ("pubkey", AttributeValue::S(PK.into())),
-            ("ciphertext", AttributeValue::B(Blob::new(vec![9, 9]))),
-            ("active", AttributeValue::Bool(true)),
-            ("added_at", AttributeValue::S("2025-01-01T00:00:00Z".into())),
-            ("kms_key_id", AttributeValue::S("alias/v".into())),
-            (
-                "encryption_context",
-                AttributeValue::M(HashMap::from([(
-                    "validator".to_owned(),
-                    AttributeValue::S("7".into()),
-                )])),
-            ),
-        ]);
-        let rec = record_from_item(&good).unwrap().unwrap();
-        assert_eq!(rec.ciphertext.0, vec![9, 9]);
-        assert_eq!(rec.kms_key_id.as_deref(), Some("alias/v"));
-        assert_eq!(rec.encryption_context["validator"], "7");
-
-        let mut inactive = good.clone();
-        inactive.insert("active".into(), AttributeValue::Bool(false));
-        assert!(record_from_item(&inactive).unwrap().is_none());
-        let mut no_flag = good.clone();
-        no_flag.remove("active");
-        assert!(record_from_item(&no_flag).unwrap().is_none());
-        let mut text_blob = good.clone();
-        text_blob.insert("ciphertext".into(), AttributeValue::S("AAEC".into()));
-        let (label, reason) = record_from_item(&text_blob).unwrap_err();
-        assert_eq!(label, PK);
-        assert!(reason.contains("binary"), "{reason}");
-    }
-
-    #[test]
     fn fingerprints_change_with_content() {
-        let p = BlsPubkey::try_from(PK.to_owned()).unwrap();
-        let a = to_record(&p, vec![1], None, BTreeMap::new());
-        let b = to_record(&p, vec![2], None, BTreeMap::new());
-        let c = to_record(&p, vec![1], Some("k".into()), BTreeMap::new());
+        let record = |blob: u8, kms_key_id: Option<&str>| {
+            KeyRecord {
+                pubkey: BlsPubkey::try_from(PK.to_owned()).unwrap(),
+                ciphertext: Base64Bytes(vec![blob]),
+                active: true,
+                kms_key_id: kms_key_id.map(str::to_owned),
+                encryption_context: BTreeMap::new(),
+            }
+            .to_control()
+        };
+        let (a, b, c) = (record(1, None), record(2, None), record(1, Some("k")));
         assert_ne!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));
         assert_eq!(fingerprint(&a), fingerprint(&a.clone()));

@@ -51,47 +51,13 @@
 //!
 //! # Key records
 //!
-//! Each record is one validator key: its BLS public key (`0x` + 96 hex
-//! digits, the 48-byte compressed G1 point; case-insensitive, kept lowercase),
-//! the KMS `CiphertextBlob` of its secret, and whether it is active. The
-//! public key is the record's identity: it is the `id` and `pubkey` of the
-//! [`crate::control::EncryptedKeyRecord`] sent to the enclave and what
-//! `RemoveKeys` names. What the plaintext is (a raw 32-byte BLS secret, an
-//! EIP-2335 keystore with its password, …) is the enclave application's
-//! business.
-//!
-//! **Directory** (`--keys-dir DIR`): every regular file `DIR/*.json` (not
-//! starting with `.`; at most 64 KiB) is one record:
-//!
-//! ```json
-//! {
-//!   "pubkey": "0xa99a76ed7796f7be22d5b7e85deeb7c5677e88e511e0b337618f8c4eb61349b4bf2d153f649f7b53359fe8b94a38e44c",
-//!   "ciphertext": "AQICAHh…",
-//!   "active": true,
-//!   "kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/…",
-//!   "encryption_context": {"ensign-pubkey": "0xa99a76ed…"}
-//! }
-//! ```
-//!
-//! `pubkey` and `ciphertext` (standard base64 of the KMS blob) are required;
-//! `active` defaults to `true`; `kms_key_id` (`KeyId` for `Decrypt`) and
-//! `encryption_context` are optional here (the ensign enclave requires the
-//! `ensign-pubkey` context, which `ensign keys encrypt` writes). Unknown
-//! fields are refused. File names do not matter; two files with one public
-//! key: the first by name wins and the other is reported.
-//!
-//! **DynamoDB** (`--keys-table T`): partition key `pubkey` (S); attributes
-//! `ciphertext` (B, the raw KMS blob), `active` (BOOL), `added_at` (S,
-//! informational), optionally `kms_key_id` (S) and `encryption_context` (M of
-//! S). The host runs a consistent `Scan`, follows `LastEvaluatedKey` to the
-//! end, and keeps the items whose `active` is `true` (a missing `active` is
-//! not active).
-//!
-//! A record that cannot be read (bad JSON, bad public key, wrong attribute
-//! type, duplicate) is logged and skipped; the others are used. Removals are
-//! only made from a listing without such problems, so a half-written file or
-//! a malformed item never unloads a key; a listing that fails as a whole
-//! (directory unreadable, DynamoDB unreachable) changes nothing.
+//! One record per validator key, in the format of [`crate::records`] (JSON files under
+//! `--keys-dir`, not starting with `.`, at most 64 KiB; or DynamoDB items under `--keys-table`,
+//! read with a consistent `Scan` to the end). The public key is the record's identity (the `id`
+//! and `pubkey` sent to the enclave, what `RemoveKeys` names); two records with one key: the first
+//! (by file name) wins and the other is reported. A record that cannot be read is logged and
+//! skipped; removals are made only from a listing without such problems, so a half-written file
+//! or a malformed item never unloads a key, and a listing that fails as a whole changes nothing.
 //!
 //! # `--run-command`
 //!

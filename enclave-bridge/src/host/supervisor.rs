@@ -798,11 +798,19 @@ impl Supervisor {
 mod tests {
     use super::*;
     use crate::control::KeyFailure;
-    use crate::host::keys::{to_record, BlsPubkey};
+    use crate::host::keys::{BlsPubkey, KeyRecord};
+    use crate::secret::Base64Bytes;
 
     fn rec(n: u8, blob: u8) -> EncryptedKeyRecord {
         let pk = BlsPubkey::try_from(format!("0x{}", format!("{n:02x}").repeat(48))).unwrap();
-        to_record(&pk, vec![blob], None, Default::default())
+        KeyRecord {
+            pubkey: pk,
+            ciphertext: Base64Bytes(vec![blob]),
+            active: true,
+            kms_key_id: None,
+            encryption_context: Default::default(),
+        }
+        .to_control()
     }
 
     fn listing(records: &[EncryptedKeyRecord]) -> KeyListing {
