@@ -25,13 +25,12 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::VerifyAttestationArgs;
 use crate::enclave::{spki_sha256, ATTESTATION_PATH, MAX_NONCE_LEN};
-use crate::tls::{fingerprint, fingerprint_hex};
+use crate::tls::{fingerprint, fingerprint_hex, provider_signatures};
 
 /// Largest answer read (a document is a few KiB).
 const MAX_ANSWER: usize = 256 * 1024;
@@ -63,37 +62,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    provider_signatures!(0);
 }
 
 /// `https://HOST:PORT[/]` → (host, port).

@@ -434,12 +434,7 @@ impl Handler {
                 }
             }
         }
-        next.sources = vec![SourceReport {
-            id: SOURCE_ID,
-            keys_loaded: next.len(),
-            error_count: failed.len(),
-        }];
-        app.set_keyring(next);
+        publish(&app, next, failed.len());
         Ok(report)
     }
 
@@ -502,6 +497,17 @@ impl Handler {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
         Ok(report)
     }
+}
+
+/// Puts `ring` in place (copy-and-swap: requests in flight keep the keys they looked up), with
+/// the health check's count of records that failed.
+fn publish(app: &AppState, mut ring: KeyRing, failed: usize) {
+    ring.sources = vec![SourceReport {
+        id: SOURCE_ID,
+        keys_loaded: ring.len(),
+        error_count: failed,
+    }];
+    app.set_keyring(ring);
 }
 
 /// Refuses credentials already past their expiry (KMS would answer `ExpiredTokenException`
@@ -576,12 +582,7 @@ impl ControlHandler for Handler {
                 None => report.not_found.push(given),
             }
         }
-        next.sources = vec![SourceReport {
-            id: SOURCE_ID,
-            keys_loaded: next.len(),
-            error_count: failed.len(),
-        }];
-        app.set_keyring(next);
+        publish(&app, next, failed.len());
         Ok(report)
     }
 
