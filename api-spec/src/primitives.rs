@@ -27,11 +27,6 @@ pub fn decode_hex_fixed<const N: usize>(s: &str) -> Result<[u8; N], String> {
     Ok(out)
 }
 
-/// Lowercase `0x` hex.
-pub fn encode_hex(bytes: &[u8]) -> String {
-    format!("0x{}", hex::encode(bytes))
-}
-
 macro_rules! fixed_bytes {
     ($(#[$doc:meta])* $name:ident, $n:expr) => {
         $(#[$doc])*
@@ -45,13 +40,13 @@ macro_rules! fixed_bytes {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&encode_hex(&self.0))
+                f.write_str(&const_hex::encode_prefixed(&self.0))
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&encode_hex(&self.0))
+                f.write_str(&const_hex::encode_prefixed(&self.0))
             }
         }
 
@@ -64,7 +59,7 @@ macro_rules! fixed_bytes {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&encode_hex(&self.0))
+                s.serialize_str(&const_hex::encode_prefixed(&self.0))
             }
         }
 

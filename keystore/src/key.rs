@@ -55,7 +55,7 @@ impl ValidatorKey {
     /// The public key as lowercase hex with a `0x` prefix (Web3Signer's
     /// identifier format).
     pub fn pubkey_hex(&self) -> String {
-        format!("0x{}", hex::encode(self.pubkey))
+        const_hex::encode_prefixed(self.pubkey)
     }
 
     /// The secret key, for signing.

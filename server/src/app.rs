@@ -16,7 +16,7 @@ use slashing::SlashingProtection;
 
 use crate::enclave::{self, EnclaveShared};
 use crate::error::ApiError;
-use crate::keys::{hex0x, parse_identifier, KeyRing};
+use crate::keys::{parse_identifier, KeyRing};
 use crate::state::{now_rfc3339, AppState};
 
 /// Largest request body accepted. The largest legitimate request, a phase0/altair block with
@@ -112,7 +112,13 @@ async fn upcheck() -> impl IntoResponse {
 }
 
 async fn public_keys(State(st): State<Arc<AppState>>) -> Json<Vec<String>> {
-    Json(st.keyring().pubkeys().iter().map(|k| hex0x(k)).collect())
+    Json(
+        st.keyring()
+            .pubkeys()
+            .iter()
+            .map(const_hex::encode_prefixed)
+            .collect(),
+    )
 }
 
 fn status_str(up: bool) -> &'static str {
@@ -337,7 +343,7 @@ async fn sign(
     // One line per sign request (issue 5): type, key, slot/epoch, outcome, duration. The
     // identifier is client input: it is logged only once it parsed as a public key, and then
     // in canonical hex, so a request cannot inject text into the log.
-    let pubkey = info.pubkey.map(|pk| hex0x(&pk));
+    let pubkey = info.pubkey.map(const_hex::encode_prefixed);
     let pubkey = pubkey.as_deref().unwrap_or("(malformed)");
     match &result {
         Ok(_) => tracing::info!(
@@ -459,7 +465,7 @@ async fn sign_inner(
         // Web3Signer counts every permitted request, of any type.
         metrics::counter!("eth2_slashingprotection_permitted_signings_total").increment(1);
     }
-    let signature = hex0x(&signature);
+    let signature = const_hex::encode_prefixed(signature);
     Ok(if wants_json(headers) {
         Json(json!({ "signature": signature })).into_response()
     } else {

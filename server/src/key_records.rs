@@ -187,7 +187,7 @@ pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<St
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{}: {e}", args.keystore.display()))?;
-    let pubkey = crate::keys::hex0x(&key.pubkey());
+    let pubkey = const_hex::encode_prefixed(key.pubkey());
     drop(key);
 
     let config = sdk_config(&args.aws).await?;

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::keys::{hex0x, parse_identifier};
+use crate::keys::parse_identifier;
 use crate::state::AppState;
 
 /// File of the bearer token under `--data-path`.
@@ -126,7 +126,7 @@ async fn list(State(st): State<Arc<AppState>>) -> Json<Value> {
     let data: Vec<Value> = ring
         .pubkeys()
         .iter()
-        .map(|pk| json!({"validating_pubkey": hex0x(pk), "derivation_path": "", "readonly": !ring.is_managed(pk)}))
+        .map(|pk| json!({"validating_pubkey": const_hex::encode_prefixed(pk), "derivation_path": "", "readonly": !ring.is_managed(pk)}))
         .collect();
     Json(json!({ "data": data }))
 }
@@ -214,7 +214,7 @@ async fn import(
     }
     // Their files next: a keystore that cannot be persisted is not imported either.
     chosen.retain(|(i, key, password)| {
-        let stem = hex0x(&key.pubkey());
+        let stem = const_hex::encode_prefixed(key.pubkey());
         let written = write_private(&dir.join(format!("{stem}.txt")), password.as_bytes())
             .and_then(|()| {
                 write_private(&dir.join(format!("{stem}.json")), keystores[*i].as_bytes())
@@ -232,7 +232,10 @@ async fn import(
 
     // The history of exactly those keys, all or nothing, before any of them can sign: a key
     // must never be usable without its history, and no other key's history is touched.
-    let pubkeys: HashSet<String> = chosen.iter().map(|(_, k, _)| hex0x(&k.pubkey())).collect();
+    let pubkeys: HashSet<String> = chosen
+        .iter()
+        .map(|(_, k, _)| const_hex::encode_prefixed(k.pubkey()))
+        .collect();
     let history = history_doc.filter(|_| !pubkeys.is_empty());
     if let (Some(doc), Some(sp)) = (history, st.slashing.clone()) {
         let imported = match filter_interchange(&doc, &pubkeys) {
@@ -248,14 +251,14 @@ async fn import(
         };
         if let Err(e) = imported {
             for (_, key, _) in &chosen {
-                remove_managed_files(&dir, &hex0x(&key.pubkey()));
+                remove_managed_files(&dir, &const_hex::encode_prefixed(key.pubkey()));
             }
             return Err(e);
         }
     }
 
     for (i, key, _) in chosen {
-        let stem = hex0x(&key.pubkey());
+        let stem = const_hex::encode_prefixed(key.pubkey());
         if let Some(sp) = st.slashing.clone() {
             let p = slashing::Pubkey(key.pubkey());
             let enabled =
@@ -305,7 +308,7 @@ async fn export_history(
 
 fn empty_interchange(gvr: [u8; 32]) -> Value {
     json!({"metadata": {"interchange_format_version": "5",
-        "genesis_validators_root": hex0x(&gvr)}, "data": []})
+        "genesis_validators_root": const_hex::encode_prefixed(gvr)}, "data": []})
 }
 
 #[derive(Deserialize)]
@@ -339,7 +342,7 @@ async fn delete(
             statuses.push(json!({"status": "error", "message": "not a public key"}));
             continue;
         };
-        let stem = hex0x(&pk);
+        let stem = const_hex::encode_prefixed(pk);
         if next.get(&pk).is_some() && !next.is_managed(&pk) {
             statuses.push(json!({"status": "error", "message": "read-only key (not imported through this API)"}));
             continue;

@@ -69,7 +69,7 @@ impl KeyRing {
         for key in report.keys {
             let pk = key.pubkey();
             if self.keys.contains_key(&pk) {
-                tracing::warn!(source = id, pubkey = %hex0x(&pk), "duplicate key ignored");
+                tracing::warn!(source = id, pubkey = %const_hex::encode_prefixed(pk), "duplicate key ignored");
                 errors += 1;
                 continue;
             }
@@ -303,11 +303,6 @@ pub fn parse_identifier(identifier: &str) -> Option<[u8; 48]> {
     let mut out = [0u8; 48];
     hex::decode_to_slice(digits, &mut out).ok()?;
     Some(out)
-}
-
-/// Lowercase `0x` hex.
-pub fn hex0x(bytes: &[u8]) -> String {
-    format!("0x{}", hex::encode(bytes))
 }
 
 #[cfg(test)]

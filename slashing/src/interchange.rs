@@ -133,28 +133,24 @@ pub fn parse(json: &str) -> Result<Parsed, Error> {
     })
 }
 
-fn hex0x(b: &[u8]) -> String {
-    format!("0x{}", hex::encode(b))
-}
-
 /// Render a v5 document (pretty-printed JSON).
 pub fn render(parsed: &Parsed) -> Result<String, Error> {
     let doc = Interchange {
         metadata: Metadata {
             interchange_format_version: FORMAT_VERSION.to_owned(),
-            genesis_validators_root: hex0x(&parsed.genesis_validators_root.0),
+            genesis_validators_root: const_hex::encode_prefixed(parsed.genesis_validators_root.0),
         },
         data: parsed
             .validators
             .iter()
             .map(|v| ValidatorData {
-                pubkey: hex0x(&v.pubkey.0),
+                pubkey: const_hex::encode_prefixed(v.pubkey.0),
                 signed_blocks: v
                     .blocks
                     .iter()
                     .map(|(slot, r)| BlockEntry {
                         slot: slot.to_string(),
-                        signing_root: r.map(|r| hex0x(&r.0)),
+                        signing_root: r.map(|r| const_hex::encode_prefixed(r.0)),
                     })
                     .collect(),
                 signed_attestations: v
@@ -163,7 +159,7 @@ pub fn render(parsed: &Parsed) -> Result<String, Error> {
                     .map(|(s, t, r)| AttestationEntry {
                         source_epoch: s.to_string(),
                         target_epoch: t.to_string(),
-                        signing_root: r.map(|r| hex0x(&r.0)),
+                        signing_root: r.map(|r| const_hex::encode_prefixed(r.0)),
                     })
                     .collect(),
             })

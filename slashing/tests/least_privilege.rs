@@ -120,7 +120,10 @@ fn the_signer_role_signs_but_cannot_delete_rewrite_or_change_the_schema() {
     // Everything the store does works with the role's rights: import (with a conflicting root:
     // an UPDATE to NULL), export, enable/disable, the high watermark, pruning.
     let interchange = store.export_interchange().unwrap();
-    let conflicting = interchange.replace(&hex0x(&root(1).0), &hex0x(&root(9).0));
+    let conflicting = interchange.replace(
+        &const_hex::encode_prefixed(root(1).0),
+        &const_hex::encode_prefixed(root(9).0),
+    );
     assert_ne!(interchange, conflicting);
     let summary = store.import_interchange(&conflicting).unwrap();
     assert_eq!(summary.conflicts, 1, "{summary:?}");
@@ -276,8 +279,4 @@ fn the_signer_role_cannot_migrate_and_provisioning_refuses_admin_roles() {
             "{err}"
         );
     }
-}
-
-fn hex0x(b: &[u8]) -> String {
-    format!("0x{}", hex::encode(b))
 }

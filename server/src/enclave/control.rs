@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::config::KmsPin;
 use crate::key_records::RecordPlaintext;
-use crate::keys::{hex0x, parse_identifier, KeyRing, SourceReport};
+use crate::keys::{parse_identifier, KeyRing, SourceReport};
 use crate::state::AppState;
 
 use super::{
@@ -418,7 +418,7 @@ impl Handler {
         for outcome in outcomes {
             match outcome {
                 Ok((id, key)) => {
-                    let pubkey = hex0x(&key.pubkey());
+                    let pubkey = const_hex::encode_prefixed(key.pubkey());
                     if !next.insert(Arc::new(key)) {
                         tracing::info!(key = %pubkey, "key already loaded");
                     } else {
@@ -573,7 +573,7 @@ impl ControlHandler for Handler {
                 Some(pk) => {
                     failed.retain(|id, _| parse_identifier(id) != Some(pk));
                     if next.remove(&pk) {
-                        tracing::info!(key = %hex0x(&pk), "key removed at the host's request");
+                        tracing::info!(key = %const_hex::encode_prefixed(pk), "key removed at the host's request");
                         report.removed.push(given);
                     } else {
                         report.not_found.push(given);
