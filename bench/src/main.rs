@@ -294,6 +294,21 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// ensign on a free port, logging warnings and its own start-up lines (`listening on …`), its
+/// data in `data`: the part every benchmark's command line shares.
+fn ensign_command(bin: &Path, data: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--http-listen-port",
+        "0",
+        "--logging",
+        "WARN,server=info",
+        "--data-path",
+    ])
+    .arg(data);
+    cmd
+}
+
 impl Server {
     fn start(bin: &Path, validators: usize, store: &Store) -> Result<Server> {
         let dir = tempfile::TempDir::new()?;
@@ -312,18 +327,10 @@ impl Server {
             ));
         }
         std::fs::write(keys.join("bench-keys.yaml"), yaml)?;
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--http-listen-port",
-            "0",
-            "--logging",
-            "WARN,server=info",
-            "--key-store-path",
-        ])
-        .arg(&keys)
-        .arg("--data-path")
-        .arg(dir.path().join("data"))
-        .args(["eth2", "--network", "mainnet"]);
+        let mut cmd = ensign_command(bin, &dir.path().join("data"));
+        cmd.arg("--key-store-path")
+            .arg(&keys)
+            .args(["eth2", "--network", "mainnet"]);
         match store {
             Store::Sqlite => {}
             Store::Off => {
@@ -757,16 +764,8 @@ mod startup {
     ) -> Result<(f64, u64, u64)> {
         let pw = work.join("password.txt");
         std::fs::write(&pw, PASSWORD)?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = ensign_command(bin, &work.join("data"));
         cmd.args([
-            "--http-listen-port",
-            "0",
-            "--logging",
-            "WARN,server=info",
-            "--data-path",
-        ])
-        .arg(work.join("data"))
-        .args([
             "eth2",
             "--slashing-protection-enabled=false",
             "--keystores-path",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use enclave_bridge::control::*;
 use enclave_bridge::secret::{Base64Bytes, SecretString};
+use enclave_bridge::test_util::loopback_listener;
 use enclave_bridge::transport::{BoxStream, Endpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -252,12 +253,7 @@ struct Running {
 async fn start(config: ControlServerConfig) -> Running {
     let handler = Arc::new(TestHandler::default());
     let server = ControlServer::with_shared_handler(handler.clone(), config);
-    let listener = "tcp:127.0.0.1:0"
-        .parse::<Endpoint>()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let listener = loopback_listener().await;
     let endpoint = listener.local_endpoint().unwrap();
     let s = server.clone();
     tokio::spawn(async move { s.serve(listener, std::future::pending()).await });

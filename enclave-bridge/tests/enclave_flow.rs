@@ -13,7 +13,7 @@ use enclave_bridge::kms::{
 };
 use enclave_bridge::proxy::{AllowedRemote, Allowlist, OutboundProxy};
 use enclave_bridge::secret::{Base64Bytes, SecretBytes, SecretString};
-use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestAttestor, TestPki};
+use enclave_bridge::test_util::{loopback_listener, FakeKms, FakeKmsConfig, TestAttestor, TestPki};
 use enclave_bridge::transport::Endpoint;
 
 const GOOD_PCR0: [u8; 48] = [0x5a; 48];
@@ -46,13 +46,7 @@ impl ControlHandler for Enclave {
                 .map_err(|e| HandlerError::new(e.to_string()))?;
         let mut report = KeysReport::default();
         for key in &request.keys {
-            let outcome = decryptor
-                .decrypt(DecryptRequest {
-                    ciphertext: &key.ciphertext.0,
-                    key_id: key.kms_key_id.as_deref(),
-                    encryption_context: Some(&key.encryption_context),
-                })
-                .await;
+            let outcome = decryptor.decrypt(DecryptRequest::from(key)).await;
             match outcome {
                 Ok(secret) => {
                     self.loaded.lock().unwrap().push((key.id.clone(), secret));
@@ -86,12 +80,7 @@ async fn run_enclave(pcr0: [u8; 48]) -> (Endpoint, Arc<Enclave>) {
         loaded: Mutex::default(),
     });
     let server = ControlServer::with_shared_handler(enclave.clone(), Default::default());
-    let listener = "tcp:127.0.0.1:0"
-        .parse::<Endpoint>()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let listener = loopback_listener().await;
     let ep = listener.local_endpoint().unwrap();
     tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
     (ep, enclave)

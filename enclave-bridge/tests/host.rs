@@ -367,70 +367,61 @@ fn run_host(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn command_line_errors_are_clear_and_fail() {
-    // No key source.
-    let (code, err) = run_host(&["--region", "eu-west-1", "--run-command", "true"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("--keys-table") && err.contains("--keys-dir"),
-        "{err}"
-    );
-
-    // A bad endpoint.
-    let (code, err) = run_host(&[
-        "--region",
-        "eu-west-1",
-        "--keys-dir",
-        "/k",
-        "--run-command",
-        "true",
-        "--data-endpoint",
-        "udp:10.0.0.1:5000",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--data-endpoint"), "{err}");
-    assert!(
-        err.contains("must start with vsock:, tcp: or unix:"),
-        "{err}"
-    );
-    let (code, err) = run_host(&[
-        "--region",
-        "eu-west-1",
-        "--keys-dir",
-        "/k",
-        "--kms-endpoint",
-        "kms.eu-west-1.amazonaws.com",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("expected HOST:PORT"), "{err}");
-
-    // Data and control on one endpoint.
-    let (code, err) = run_host(&[
-        "--region",
-        "eu-west-1",
-        "--keys-dir",
-        "/k",
-        "--run-command",
-        "true",
-        "--control-port",
-        "5000",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("must never reach the control port"), "{err}");
-
-    // No EIF for nitro-cli.
-    let (code, err) = run_host(&[
-        "--region",
-        "eu-west-1",
-        "--keys-dir",
-        "/k",
-        "--eif",
-        "/nonexistent/ensign.eif",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("/nonexistent/ensign.eif does not exist"),
-        "{err}"
-    );
+    // Each line is refused before anything starts (exit status 2), with every listed phrase in
+    // the message; `--region eu-west-1` is put in front of each.
+    let usage_errors: [(&str, &[&str], &[&str]); 5] = [
+        (
+            "no key source",
+            &["--run-command", "true"],
+            &["--keys-table", "--keys-dir"],
+        ),
+        (
+            "a bad endpoint",
+            &[
+                "--keys-dir",
+                "/k",
+                "--run-command",
+                "true",
+                "--data-endpoint",
+                "udp:10.0.0.1:5000",
+            ],
+            &["--data-endpoint", "must start with vsock:, tcp: or unix:"],
+        ),
+        (
+            "a KMS endpoint without a port",
+            &[
+                "--keys-dir",
+                "/k",
+                "--kms-endpoint",
+                "kms.eu-west-1.amazonaws.com",
+            ],
+            &["expected HOST:PORT"],
+        ),
+        (
+            "data and control on one endpoint",
+            &[
+                "--keys-dir",
+                "/k",
+                "--run-command",
+                "true",
+                "--control-port",
+                "5000",
+            ],
+            &["must never reach the control port"],
+        ),
+        (
+            "no EIF for nitro-cli",
+            &["--keys-dir", "/k", "--eif", "/nonexistent/ensign.eif"],
+            &["/nonexistent/ensign.eif does not exist"],
+        ),
+    ];
+    for (case, args, phrases) in usage_errors {
+        let (code, err) = run_host(&[&["--region", "eu-west-1"], args].concat());
+        assert_eq!(code, 2, "{case}: {err}");
+        for phrase in phrases {
+            assert!(err.contains(phrase), "{case}: {err}");
+        }
+    }
 
     // --listen taken: a start-up failure, exit status 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -9,13 +9,11 @@ use test_support::moto;
 mod harness;
 
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
 use enclave_bridge::control::AwsRegion;
 use enclave_bridge::host::keys::{dynamodb_client, DynamoKeySource};
+use enclave_bridge::test_util::create_keys_table;
 use harness::{holds_exactly, Fixture, Host, TestKey, GOOD_PCR0};
 
 fn region() -> AwsRegion {
@@ -26,30 +24,6 @@ fn client(moto: &moto::Moto) -> aws_sdk_dynamodb::Client {
     let creds =
         SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"));
     dynamodb_client(&region(), creds, Some(&moto.url))
-}
-
-async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) {
-    client
-        .create_table()
-        .table_name(table)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pubkey")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pubkey")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
 }
 
 async fn put(
@@ -81,7 +55,7 @@ async fn scan_follows_every_page_and_keeps_only_active_records() {
         return;
     };
     let client = client(&moto);
-    create_table(&client, "validator-keys").await;
+    create_keys_table(&client, "validator-keys").await;
     for n in 1..=7u8 {
         put(
             &client,
@@ -158,7 +132,7 @@ async fn the_host_reconciles_a_dynamodb_table_with_its_enclave() {
         return;
     };
     let client = client(&moto);
-    create_table(&client, "keys").await;
+    create_keys_table(&client, "keys").await;
     let fx = Fixture::new().await;
     let (k1, k2, k3) = (TestKey::new(11), TestKey::new(12), TestKey::new(13));
     for k in [&k1, &k2] {

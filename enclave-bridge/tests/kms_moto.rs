@@ -61,11 +61,7 @@ async fn plain_encrypt_decrypt_against_moto() {
         .into_inner();
 
     let plain = PlainDecryptor::new(client.clone())
-        .decrypt(DecryptRequest {
-            ciphertext: &blob,
-            key_id: Some(&key_id),
-            encryption_context: Some(&context),
-        })
+        .decrypt(DecryptRequest::with_context(&blob, Some(&key_id), &context))
         .await
         .unwrap();
     assert_eq!(plain.expose(), secret);
@@ -86,11 +82,7 @@ async fn plain_encrypt_decrypt_against_moto() {
         .await
         .unwrap();
     let err = dec
-        .decrypt(DecryptRequest {
-            ciphertext: &blob,
-            key_id: Some(&key_id),
-            encryption_context: Some(&context),
-        })
+        .decrypt(DecryptRequest::with_context(&blob, Some(&key_id), &context))
         .await
         .unwrap_err();
     assert!(matches!(err, KmsError::UnexpectedPlaintext), "{err}");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use enclave_bridge::attestation::{AttestationError, Attestor};
+use enclave_bridge::attestation::{AttestFields, AttestationError, Attestor};
 use enclave_bridge::control::{AwsCredentials, EndpointUrl};
 use enclave_bridge::kms::{
     kms_client, open_enveloped_data, DecryptRequest, KeyDecryptor, KmsClientConfig, KmsError,
@@ -89,11 +89,11 @@ async fn matching_pcr0_decrypts_through_cms_only() {
         let dec = recipient(client, TestAttestor::new(pki(), GOOD_PCR0)).await;
         let context = ctx();
         let plain = dec
-            .decrypt(DecryptRequest {
-                ciphertext: &blob,
-                key_id: Some(kms.key_arn()),
-                encryption_context: Some(&context),
-            })
+            .decrypt(DecryptRequest::with_context(
+                &blob,
+                Some(kms.key_arn()),
+                &context,
+            ))
             .await
             .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
         assert_eq!(plain.expose(), SECRET, "{encoding:?}");
@@ -115,11 +115,7 @@ async fn matching_pcr0_decrypts_through_cms_only() {
         // Works through the trait object the server will hold.
         let shared: Arc<dyn KeyDecryptor> = Arc::new(dec);
         let again = shared
-            .decrypt(DecryptRequest {
-                ciphertext: &blob,
-                key_id: None,
-                encryption_context: Some(&context),
-            })
+            .decrypt(DecryptRequest::with_context(&blob, None, &context))
             .await
             .unwrap();
         assert_eq!(again.expose(), SECRET);
@@ -150,13 +146,8 @@ async fn wrong_pcr0_is_access_denied() {
 struct Tampering<A>(A);
 
 impl<A: Attestor> Attestor for Tampering<A> {
-    fn attest(
-        &self,
-        user_data: Option<&[u8]>,
-        nonce: Option<&[u8]>,
-        public_key: Option<&[u8]>,
-    ) -> Result<Vec<u8>, AttestationError> {
-        let mut doc = self.0.attest(user_data, nonce, public_key)?;
+    fn attest_fields(&self, fields: AttestFields<'_>) -> Result<Vec<u8>, AttestationError> {
+        let mut doc = self.0.attest_fields(fields)?;
         let pcr = doc
             .windows(48)
             .position(|w| w == GOOD_PCR0)
@@ -208,11 +199,7 @@ async fn kms_errors_and_endpoints_that_leak_plaintext_are_reported() {
     let blob = encrypt(&client, &kms, &ctx()).await;
     let context = ctx();
     let plain = PlainDecryptor::new(client.clone())
-        .decrypt(DecryptRequest {
-            ciphertext: &blob,
-            key_id: None,
-            encryption_context: Some(&context),
-        })
+        .decrypt(DecryptRequest::with_context(&blob, None, &context))
         .await
         .unwrap();
     assert_eq!(plain.expose(), SECRET);
@@ -227,11 +214,11 @@ async fn kms_errors_and_endpoints_that_leak_plaintext_are_reported() {
     );
     // ...and an unknown key NotFoundException.
     let err = PlainDecryptor::new(client.clone())
-        .decrypt(DecryptRequest {
-            ciphertext: &blob,
-            key_id: Some("arn:aws:kms:us-east-1:111122223333:key/other"),
-            encryption_context: Some(&context),
-        })
+        .decrypt(DecryptRequest::with_context(
+            &blob,
+            Some("arn:aws:kms:us-east-1:111122223333:key/other"),
+            &context,
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -269,11 +256,7 @@ async fn kms_errors_and_endpoints_that_leak_plaintext_are_reported() {
         Some(EndpointUrl::try_from(format!("http://kms.us-east-1.amazonaws.com:{port}")).unwrap());
     cfg.resolve_to = Some("127.0.0.1".parse().unwrap());
     let plain = PlainDecryptor::new(kms_client(&cfg))
-        .decrypt(DecryptRequest {
-            ciphertext: &blob,
-            key_id: None,
-            encryption_context: Some(&context),
-        })
+        .decrypt(DecryptRequest::with_context(&blob, None, &context))
         .await
         .unwrap();
     assert_eq!(plain.expose(), SECRET);

@@ -1,8 +1,10 @@
 //! Endpoints, the forwarder and the vsock loopback.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use enclave_bridge::forward::{ForwardLimits, Forwarder};
+use enclave_bridge::forward::{ForwardLimits, ForwardStats, Forwarder};
+use enclave_bridge::test_util::loopback_listener;
 use enclave_bridge::transport::{Endpoint, EndpointParseError, VMADDR_CID_ANY, VMADDR_CID_LOCAL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -146,19 +148,22 @@ async fn tcp_and_unix_endpoints_connect_and_accept() {
     roundtrip(&unix, b"still served").await;
 }
 
+/// A forwarder to `target` on a free loopback port, not yet running: its front endpoint and its
+/// counters come with it.
+async fn loopback_forwarder(
+    target: Endpoint,
+    limits: ForwardLimits,
+) -> (Forwarder, Endpoint, Arc<ForwardStats>) {
+    let fwd = Forwarder::new(loopback_listener().await, target, limits);
+    let front = fwd.local_endpoint().unwrap();
+    let stats = fwd.stats();
+    (fwd, front, stats)
+}
+
 #[tokio::test]
 async fn forwarder_pipes_both_ways_and_passes_half_close() {
     let target = echo_server("tcp:127.0.0.1:0").await;
-    let listener = Endpoint::Tcp {
-        host: "127.0.0.1".into(),
-        port: 0,
-    }
-    .bind()
-    .await
-    .unwrap();
-    let fwd = Forwarder::new(listener, target, ForwardLimits::default());
-    let front = fwd.local_endpoint().unwrap();
-    let stats = fwd.stats();
+    let (fwd, front, stats) = loopback_forwarder(target, ForwardLimits::default()).await;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(fwd.run(async {
         let _ = stopped.await;
@@ -187,22 +192,14 @@ async fn forwarder_pipes_both_ways_and_passes_half_close() {
 #[tokio::test]
 async fn forwarder_refuses_connections_over_its_cap() {
     let target = echo_server("tcp:127.0.0.1:0").await;
-    let listener = "tcp:127.0.0.1:0"
-        .parse::<Endpoint>()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let fwd = Forwarder::new(
-        listener,
+    let (fwd, front, stats) = loopback_forwarder(
         target,
         ForwardLimits {
             max_connections: 1,
             connect_timeout: Duration::from_secs(5),
         },
-    );
-    let front = fwd.local_endpoint().unwrap();
-    let stats = fwd.stats();
+    )
+    .await;
     tokio::spawn(fwd.run(std::future::pending()));
 
     // The first connection holds the only slot (proved by an echo).
@@ -249,15 +246,7 @@ async fn forwarder_closes_clients_when_the_target_is_down() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         Endpoint::from(l.local_addr().unwrap())
     };
-    let listener = "tcp:127.0.0.1:0"
-        .parse::<Endpoint>()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let fwd = Forwarder::new(listener, dead, ForwardLimits::default());
-    let front = fwd.local_endpoint().unwrap();
-    let stats = fwd.stats();
+    let (fwd, front, stats) = loopback_forwarder(dead, ForwardLimits::default()).await;
     tokio::spawn(fwd.run(std::future::pending()));
     let mut c = front.connect().await.unwrap();
     let mut rest = Vec::new();

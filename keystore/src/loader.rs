@@ -629,6 +629,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // Directory listing and bounded file reads.
 // ---------------------------------------------------------------------------
 
+/// A failure to list `dir`, reported against the directory itself.
+fn listing_error(dir: &Path, source: std::io::Error) -> LoadError {
+    LoadError {
+        path: dir.to_owned(),
+        error: Error::Io {
+            path: dir.to_owned(),
+            source,
+        },
+    }
+}
+
 /// Non-hidden entries of `dir` whose extension is one of `exts` (ASCII
 /// case-insensitive), directories excluded, sorted by name. Listing errors
 /// go into `report`; `None` if the directory itself is unreadable.
@@ -636,13 +647,7 @@ fn list_dir(dir: &Path, exts: &[&str], report: &mut LoadReport) -> Option<Vec<Pa
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(source) => {
-            report.errors.push(LoadError {
-                path: dir.to_owned(),
-                error: Error::Io {
-                    path: dir.to_owned(),
-                    source,
-                },
-            });
+            report.errors.push(listing_error(dir, source));
             return None;
         }
     };
@@ -651,13 +656,7 @@ fn list_dir(dir: &Path, exts: &[&str], report: &mut LoadReport) -> Option<Vec<Pa
         let entry = match entry {
             Ok(e) => e,
             Err(source) => {
-                report.errors.push(LoadError {
-                    path: dir.to_owned(),
-                    error: Error::Io {
-                        path: dir.to_owned(),
-                        source,
-                    },
-                });
+                report.errors.push(listing_error(dir, source));
                 continue;
             }
         };
@@ -777,6 +776,14 @@ impl<'de> Deserialize<'de> for SecretString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         const MSG: &str = "secret fields (privateKey, secretAccessKey) must be strings";
+        /// Visitor methods that refuse their value with [`MSG`] alone.
+        macro_rules! refuse_without_value {
+            ($($method:ident: $ty:ty),* $(,)?) => {
+                $(fn $method<E: serde::de::Error>(self, _: $ty) -> Result<SecretString, E> {
+                    Err(E::custom(MSG))
+                })*
+            };
+        }
         impl serde::de::Visitor<'_> for V {
             type Value = SecretString;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -790,27 +797,15 @@ impl<'de> Deserialize<'de> for SecretString {
             }
             // The default implementations of these put the value into the
             // error message; replace them with a value-free message.
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
-            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
-            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
-            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretString, E> {
-                Err(E::custom(MSG))
-            }
+            refuse_without_value!(
+                visit_bool: bool,
+                visit_i64: i64,
+                visit_u64: u64,
+                visit_i128: i128,
+                visit_u128: u128,
+                visit_f64: f64,
+                visit_bytes: &[u8],
+            );
         }
         d.deserialize_str(V)
     }

@@ -314,6 +314,12 @@ pub(crate) fn set_enabled<T: Txn + ?Sized>(
     tx.set_enabled(id, enabled)
 }
 
+/// The lowest `recorded` value at or above `threshold`: where a pruning watermark snaps up to.
+/// `max`, the highest recorded value, always qualifies.
+fn lowest_at_or_above(recorded: impl Iterator<Item = u64>, threshold: u64, max: u64) -> u64 {
+    recorded.filter(|v| *v >= threshold).min().unwrap_or(max)
+}
+
 /// Per validator: raise the watermarks so that only the newest
 /// `epochs_to_keep` epochs remain, snapped up onto a recorded message, then
 /// delete everything below them (Web3Signer `DbPruner`). Safe because
@@ -340,12 +346,7 @@ pub(crate) fn prune<T: Txn + ?Sized>(
             let threshold = max.saturating_sub(keep - 1);
             // Snap up onto the lowest recorded slot >= threshold (max itself
             // qualifies, so one always exists).
-            let snapped = blocks
-                .iter()
-                .map(|b| b.slot)
-                .filter(|s| *s >= threshold)
-                .min()
-                .unwrap_or(max);
+            let snapped = lowest_at_or_above(blocks.iter().map(|b| b.slot), threshold, max);
             let new_low = low.slot.map_or(snapped, |l| l.max(snapped));
             low.slot = Some(new_low);
             summary.blocks_deleted += tx.delete_blocks_below(id, to_i64(new_low)?)?;
@@ -353,12 +354,7 @@ pub(crate) fn prune<T: Txn + ?Sized>(
         let atts = tx.all_attestations(id)?;
         if let Some(max) = atts.iter().map(|a| a.target_epoch).max() {
             let threshold = max.saturating_sub(epochs_to_keep - 1);
-            let snapped_t = atts
-                .iter()
-                .map(|a| a.target_epoch)
-                .filter(|t| *t >= threshold)
-                .min()
-                .unwrap_or(max);
+            let snapped_t = lowest_at_or_above(atts.iter().map(|a| a.target_epoch), threshold, max);
             let new_t = low.epochs.map_or(snapped_t, |(_, t)| t.max(snapped_t));
             // The source watermark covers every row at or below the new target
             // watermark, so deleting them cannot hide a surround.

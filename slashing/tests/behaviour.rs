@@ -5,29 +5,12 @@ mod common;
 
 use common::PgStores as _;
 
-use common::{pk, root, GVR};
+use common::{
+    entry, expect_verdicts, interchange, pk, refused, root,
+    Msg::{Att, Block},
+    GVR,
+};
 use slashing::{Error, HighWatermark, Permit, Refusal, Root, SlashingProtection};
-
-fn refused(r: Result<Permit, Error>) -> Refusal {
-    match r {
-        Err(Error::Refused(x)) => x,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-fn interchange(gvr: Root, body: &str) -> String {
-    format!(
-        r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},"data":[{body}]}}"#,
-        hex::encode(gvr.0)
-    )
-}
-
-fn entry(n: u64, blocks: &str, atts: &str) -> String {
-    format!(
-        r#"{{"pubkey":"0x{}","signed_blocks":[{blocks}],"signed_attestations":[{atts}]}}"#,
-        hex::encode(pk(n).0)
-    )
-}
 
 fn gvr_pinning(s: &dyn SlashingProtection) {
     assert_eq!(s.genesis_validators_root().unwrap(), None);
@@ -105,26 +88,17 @@ fn import_is_all_or_nothing(s: &dyn SlashingProtection) {
         ),
         (1, 2, 2)
     );
-    assert_eq!(
-        refused(s.sign_block(GVR, pk(3), 15, root(5))),
-        Refusal::SlotNotAboveLowWatermark
-    );
-    assert_eq!(
-        s.sign_block(GVR, pk(3), 10, root(1)).unwrap(),
-        Permit::SameAsRecorded
-    );
-    assert_eq!(
-        refused(s.sign_block(GVR, pk(3), 20, Root([0; 32]))),
-        Refusal::DoubleBlockProposal
-    );
-    assert_eq!(s.sign_block(GVR, pk(3), 21, root(5)).unwrap(), Permit::New);
-    assert_eq!(
-        refused(s.sign_attestation(GVR, pk(3), 2, 3, root(5))),
-        Refusal::SourceBelowLowWatermark
-    );
-    assert_eq!(
-        s.sign_attestation(GVR, pk(3), 3, 10, root(5)).unwrap(),
-        Permit::New
+    expect_verdicts(
+        s,
+        pk(3),
+        &[
+            (Block(15, root(5)), Err(Refusal::SlotNotAboveLowWatermark)),
+            (Block(10, root(1)), Ok(Permit::SameAsRecorded)),
+            (Block(20, Root([0; 32])), Err(Refusal::DoubleBlockProposal)),
+            (Block(21, root(5)), Ok(Permit::New)),
+            (Att(2, 3, root(5)), Err(Refusal::SourceBelowLowWatermark)),
+            (Att(3, 10, root(5)), Ok(Permit::New)),
+        ],
     );
     // Re-importing the same file changes nothing and conflicts nothing new.
     let again = s
@@ -136,13 +110,13 @@ fn import_is_all_or_nothing(s: &dyn SlashingProtection) {
 fn disabled_validator(s: &dyn SlashingProtection) {
     assert_eq!(s.sign_block(GVR, pk(1), 1, root(1)).unwrap(), Permit::New);
     s.set_validator_enabled(pk(1), false).unwrap();
-    assert_eq!(
-        refused(s.sign_block(GVR, pk(1), 2, root(1))),
-        Refusal::ValidatorDisabled
-    );
-    assert_eq!(
-        refused(s.sign_attestation(GVR, pk(1), 0, 1, root(1))),
-        Refusal::ValidatorDisabled
+    expect_verdicts(
+        s,
+        pk(1),
+        &[
+            (Block(2, root(1)), Err(Refusal::ValidatorDisabled)),
+            (Att(0, 1, root(1)), Err(Refusal::ValidatorDisabled)),
+        ],
     );
     s.set_validator_enabled(pk(1), true).unwrap();
     assert_eq!(s.sign_block(GVR, pk(1), 2, root(1)).unwrap(), Permit::New);
@@ -156,18 +130,15 @@ fn high_watermark(s: &dyn SlashingProtection) {
     };
     s.set_high_watermark(Some(hw)).unwrap();
     assert_eq!(s.high_watermark().unwrap(), Some(hw));
-    assert_eq!(
-        refused(s.sign_block(GVR, pk(1), 100, root(1))),
-        Refusal::AtOrAboveHighWatermark
-    );
-    assert_eq!(s.sign_block(GVR, pk(1), 99, root(1)).unwrap(), Permit::New);
-    assert_eq!(
-        refused(s.sign_attestation(GVR, pk(1), 1, 10, root(1))),
-        Refusal::AtOrAboveHighWatermark
-    );
-    assert_eq!(
-        s.sign_attestation(GVR, pk(1), 1, 9, root(1)).unwrap(),
-        Permit::New
+    expect_verdicts(
+        s,
+        pk(1),
+        &[
+            (Block(100, root(1)), Err(Refusal::AtOrAboveHighWatermark)),
+            (Block(99, root(1)), Ok(Permit::New)),
+            (Att(1, 10, root(1)), Err(Refusal::AtOrAboveHighWatermark)),
+            (Att(1, 9, root(1)), Ok(Permit::New)),
+        ],
     );
     s.set_high_watermark(None).unwrap();
     assert_eq!(s.high_watermark().unwrap(), None);

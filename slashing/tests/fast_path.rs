@@ -8,29 +8,12 @@ mod common;
 
 use common::PgStores as _;
 
-use common::{pk, root, GVR};
+use common::{
+    entry, expect_verdicts, interchange, pk, refused, root,
+    Msg::{Att, Block},
+    GVR,
+};
 use slashing::{Error, HighWatermark, Permit, Refusal, Root, SlashingProtection, SqliteStore};
-
-fn refused(r: Result<Permit, Error>) -> Refusal {
-    match r {
-        Err(Error::Refused(x)) => x,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-fn interchange(body: &str) -> String {
-    format!(
-        r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},"data":[{body}]}}"#,
-        hex::encode(GVR.0)
-    )
-}
-
-fn entry(n: u64, blocks: &str, atts: &str) -> String {
-    format!(
-        r#"{{"pubkey":"0x{}","signed_blocks":[{blocks}],"signed_attestations":[{atts}]}}"#,
-        hex::encode(pk(n).0)
-    )
-}
 
 fn att_json(s: u64, t: u64, r: Option<Root>) -> String {
     match r {
@@ -85,112 +68,88 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
     // Monotone signing: the first request per validator takes the full path,
     // the following ones the fast path.
     for e in 1..=5 {
-        assert_eq!(
-            db.s()
-                .sign_attestation(GVR, pk(1), e - 1, e, root(e))
-                .unwrap(),
-            Permit::New
-        );
-        assert_eq!(
-            db.s().sign_block(GVR, pk(1), e, root(e)).unwrap(),
-            Permit::New
+        expect_verdicts(
+            db.s(),
+            pk(1),
+            &[
+                (Att(e - 1, e, root(e)), Ok(Permit::New)),
+                (Block(e, root(e)), Ok(Permit::New)),
+            ],
         );
     }
-    // Full-path verdicts in between do not disturb the summary.
-    assert_eq!(
-        db.s().sign_attestation(GVR, pk(1), 4, 5, root(5)).unwrap(),
-        Permit::SameAsRecorded
-    );
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 4, 5, root(99))),
-        Refusal::DoubleVote
-    );
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 3, 6, root(6))),
-        Refusal::SurroundingVote
-    );
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 7, 6, root(6))),
-        Refusal::SourceExceedsTarget
-    );
-    assert_eq!(
-        db.s().sign_attestation(GVR, pk(1), 5, 6, root(6)).unwrap(),
-        Permit::New
-    );
-    // Source equal to the recorded maximum, target far ahead: fast path.
-    assert_eq!(
-        db.s().sign_attestation(GVR, pk(1), 5, 9, root(9)).unwrap(),
-        Permit::New
-    );
-    // Now (6, 8) would be surrounded by (5, 9): full path refuses it.
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 6, 8, root(8))),
-        Refusal::SurroundedVote
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            // Full-path verdicts in between do not disturb the summary.
+            (Att(4, 5, root(5)), Ok(Permit::SameAsRecorded)),
+            (Att(4, 5, root(99)), Err(Refusal::DoubleVote)),
+            (Att(3, 6, root(6)), Err(Refusal::SurroundingVote)),
+            (Att(7, 6, root(6)), Err(Refusal::SourceExceedsTarget)),
+            (Att(5, 6, root(6)), Ok(Permit::New)),
+            // Source equal to the recorded maximum, target far ahead: fast path.
+            (Att(5, 9, root(9)), Ok(Permit::New)),
+            // Now (6, 8) would be surrounded by (5, 9): full path refuses it.
+            (Att(6, 8, root(8)), Err(Refusal::SurroundedVote)),
+        ],
     );
 
     // Import raises the watermarks above what the summary knew: a message
     // that the stale summary would have let through must be refused.
-    let doc = interchange(&entry(
-        1,
-        &block_json(100, Some(root(100))),
-        &att_json(20, 30, Some(root(30))),
-    ));
+    let doc = interchange(
+        GVR,
+        &entry(
+            1,
+            &block_json(100, Some(root(100))),
+            &att_json(20, 30, Some(root(30))),
+        ),
+    );
     db.s().import_interchange(&doc).unwrap();
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 9, 10, root(10))),
-        Refusal::SourceBelowLowWatermark
-    );
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 21, 25, root(25))),
-        Refusal::SurroundedVote
-    );
-    assert_eq!(
-        refused(db.s().sign_block(GVR, pk(1), 50, root(50))),
-        Refusal::SlotNotAboveLowWatermark
-    );
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 30, 31, root(31))
-            .unwrap(),
-        Permit::New
-    );
-    assert_eq!(
-        db.s().sign_block(GVR, pk(1), 101, root(101)).unwrap(),
-        Permit::New
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(9, 10, root(10)), Err(Refusal::SourceBelowLowWatermark)),
+            (Att(21, 25, root(25)), Err(Refusal::SurroundedVote)),
+            (Block(50, root(50)), Err(Refusal::SlotNotAboveLowWatermark)),
+            (Att(30, 31, root(31)), Ok(Permit::New)),
+            (Block(101, root(101)), Ok(Permit::New)),
+        ],
     );
     // An import with a NULL root at a future target: the slot/target is
     // then unsignable, although it is above what the summary had seen.
-    let doc = interchange(&entry(1, &block_json(110, None), &att_json(31, 40, None)));
-    db.s().import_interchange(&doc).unwrap();
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 31, 40, root(40))),
-        Refusal::DoubleVote
+    let doc = interchange(
+        GVR,
+        &entry(1, &block_json(110, None), &att_json(31, 40, None)),
     );
-    assert_eq!(
-        refused(db.s().sign_block(GVR, pk(1), 110, root(110))),
-        Refusal::DoubleBlockProposal
+    db.s().import_interchange(&doc).unwrap();
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(31, 40, root(40)), Err(Refusal::DoubleVote)),
+            (Block(110, root(110)), Err(Refusal::DoubleBlockProposal)),
+        ],
     );
 
     // Disable / enable.
     db.s().set_validator_enabled(pk(1), false).unwrap();
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 40, 41, root(41))),
-        Refusal::ValidatorDisabled
-    );
-    assert_eq!(
-        refused(db.s().sign_block(GVR, pk(1), 111, root(111))),
-        Refusal::ValidatorDisabled
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(40, 41, root(41)), Err(Refusal::ValidatorDisabled)),
+            (Block(111, root(111)), Err(Refusal::ValidatorDisabled)),
+        ],
     );
     db.s().set_validator_enabled(pk(1), true).unwrap();
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 40, 41, root(41))
-            .unwrap(),
-        Permit::New
-    );
-    assert_eq!(
-        db.s().sign_block(GVR, pk(1), 111, root(111)).unwrap(),
-        Permit::New
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(40, 41, root(41)), Ok(Permit::New)),
+            (Block(111, root(111)), Ok(Permit::New)),
+        ],
     );
 
     // High watermark set and removed.
@@ -200,76 +159,45 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
             slot: Some(113),
         }))
         .unwrap();
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 41, 43, root(43))),
-        Refusal::AtOrAboveHighWatermark
-    );
-    assert_eq!(
-        refused(db.s().sign_block(GVR, pk(1), 113, root(113))),
-        Refusal::AtOrAboveHighWatermark
-    );
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 41, 42, root(42))
-            .unwrap(),
-        Permit::New
-    );
-    assert_eq!(
-        db.s().sign_block(GVR, pk(1), 112, root(112)).unwrap(),
-        Permit::New
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(41, 43, root(43)), Err(Refusal::AtOrAboveHighWatermark)),
+            (Block(113, root(113)), Err(Refusal::AtOrAboveHighWatermark)),
+            (Att(41, 42, root(42)), Ok(Permit::New)),
+            (Block(112, root(112)), Ok(Permit::New)),
+        ],
     );
     db.s().set_high_watermark(None).unwrap();
 
     // Pruning keeps the newest epochs; verdicts stay the same around it.
     for e in 43..=60 {
-        assert_eq!(
-            db.s()
-                .sign_attestation(GVR, pk(1), e - 1, e, root(e))
-                .unwrap(),
-            Permit::New
-        );
+        expect_verdicts(db.s(), pk(1), &[(Att(e - 1, e, root(e)), Ok(Permit::New))]);
     }
     db.s().prune(3, 4).unwrap();
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 56, 57, root(57))),
-        Refusal::SourceBelowLowWatermark
-    );
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 59, 60, root(60))
-            .unwrap(),
-        Permit::SameAsRecorded
-    );
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 60, 61, root(61))
-            .unwrap(),
-        Permit::New
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(56, 57, root(57)), Err(Refusal::SourceBelowLowWatermark)),
+            (Att(59, 60, root(60)), Ok(Permit::SameAsRecorded)),
+            (Att(60, 61, root(61)), Ok(Permit::New)),
+        ],
     );
 
     // Reopen: the summary is rebuilt from disk; fast and full path again.
     db.reopen();
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 61, 62, root(62))
-            .unwrap(),
-        Permit::New
-    );
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 61, 62, root(0))),
-        Refusal::DoubleVote
-    );
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 60, 63, root(63))),
-        Refusal::SurroundingVote
-    );
-    assert_eq!(
-        db.s().sign_block(GVR, pk(1), 114, root(114)).unwrap(),
-        Permit::New
-    );
-    assert_eq!(
-        refused(db.s().sign_block(GVR, pk(1), 114, root(0))),
-        Refusal::DoubleBlockProposal
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(61, 62, root(62)), Ok(Permit::New)),
+            (Att(61, 62, root(0)), Err(Refusal::DoubleVote)),
+            (Att(60, 63, root(63)), Err(Refusal::SurroundingVote)),
+            (Block(114, root(114)), Ok(Permit::New)),
+            (Block(114, root(0)), Err(Refusal::DoubleBlockProposal)),
+        ],
     );
     // Another chain is refused even for a validator with a warm summary.
     assert_eq!(
@@ -279,26 +207,24 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
         ),
         Refusal::GenesisValidatorsRootMismatch
     );
-    // Values above i64::MAX never reach the fast path's INSERT.
-    assert_eq!(
-        refused(db.s().sign_attestation(GVR, pk(1), 62, u64::MAX, root(1))),
-        Refusal::ValueTooLarge
-    );
-    assert_eq!(
-        refused(db.s().sign_block(GVR, pk(1), u64::MAX, root(1))),
-        Refusal::ValueTooLarge
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            // Values above i64::MAX never reach the fast path's INSERT.
+            (Att(62, u64::MAX, root(1)), Err(Refusal::ValueTooLarge)),
+            (Block(u64::MAX, root(1)), Err(Refusal::ValueTooLarge)),
+        ],
     );
     // Durable: after another reopen, everything Ok'd above is a repeat.
     db.reopen();
-    assert_eq!(
-        db.s()
-            .sign_attestation(GVR, pk(1), 61, 62, root(62))
-            .unwrap(),
-        Permit::SameAsRecorded
-    );
-    assert_eq!(
-        db.s().sign_block(GVR, pk(1), 114, root(114)).unwrap(),
-        Permit::SameAsRecorded
+    expect_verdicts(
+        db.s(),
+        pk(1),
+        &[
+            (Att(61, 62, root(62)), Ok(Permit::SameAsRecorded)),
+            (Block(114, root(114)), Ok(Permit::SameAsRecorded)),
+        ],
     );
 }
 
@@ -396,7 +322,7 @@ fn random_mixes_agree_with_cold_store_and_postgres() {
                 let (rb, ra) = (next(4), next(4));
                 let r = |n: u64, x: u64| (n != 0).then(|| root(x % 3));
                 let body = entry(v, &block_json(slot, r(rb, slot)), &att_json(s, t, r(ra, t)));
-                Op::Import(interchange(&body))
+                Op::Import(interchange(GVR, &body))
             }
             82..=84 => Op::Prune(1 + next(4)),
             85..=90 => Op::Enable(v, next(3) != 0),

@@ -118,8 +118,6 @@ fn run_file(name: &str, t: &Value, store: &dyn SlashingProtection, tally: &mut T
         for b in step["blocks"].as_array().unwrap() {
             let p = Pubkey(h(&b["pubkey"]));
             let (slot, r) = (n(&b["slot"]), Root(h(&b["signing_root"])));
-            let ok = b["should_succeed"].as_bool().unwrap();
-            let complete = b["should_succeed_complete"].as_bool().unwrap();
             let repeat = known_blocks.contains(&(p, slot, r))
                 && !poisoned_blocks.contains(&(p, slot))
                 && known_blocks
@@ -128,15 +126,13 @@ fn run_file(name: &str, t: &Value, store: &dyn SlashingProtection, tally: &mut T
                     .count()
                     == 1;
             let above = low_slot.get(&p).is_none_or(|l| slot > *l);
-            let expect = ok || (complete && (repeat || above));
             let got = store.sign_block(gvr, p, slot, r);
             check(
                 name,
                 i,
                 &format!("block slot {slot}"),
-                ok,
-                complete,
-                expect,
+                b,
+                repeat || above,
                 &got,
                 tally,
             );
@@ -152,21 +148,17 @@ fn run_file(name: &str, t: &Value, store: &dyn SlashingProtection, tally: &mut T
                 n(&a["target_epoch"]),
                 Root(h(&a["signing_root"])),
             );
-            let ok = a["should_succeed"].as_bool().unwrap();
-            let complete = a["should_succeed_complete"].as_bool().unwrap();
             let repeat = known_atts.contains(&(p, s, tg, r))
                 && !poisoned_atts.contains(&(p, tg))
                 && known_atts.iter().filter(|k| k.0 == p && k.2 == tg).count() == 1;
             let above = low_epochs.get(&p).is_none_or(|l| s >= l.0 && tg > l.1);
-            let expect = ok || (complete && (repeat || above));
             let got = store.sign_attestation(gvr, p, s, tg, r);
             check(
                 name,
                 i,
                 &format!("attestation ({s},{tg})"),
-                ok,
-                complete,
-                expect,
+                a,
+                repeat || above,
                 &got,
                 tally,
             );
@@ -179,16 +171,22 @@ fn run_file(name: &str, t: &Value, store: &dyn SlashingProtection, tally: &mut T
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Checks the store's answer `got` to the message `vector` (a block or an attestation of a
+/// step, with its `should_succeed` and `should_succeed_complete`). `repeat_or_above`: the
+/// message repeats one known with its root, or lies above the low watermarks; this store's
+/// policy then permits it wherever the complete answer allows.
 fn check(
     name: &str,
     step: usize,
     what: &str,
-    ok: bool,
-    complete: bool,
-    expect: bool,
+    vector: &Value,
+    repeat_or_above: bool,
     got: &Result<slashing::Permit, Error>,
     tally: &mut Tally,
 ) {
+    let ok = vector["should_succeed"].as_bool().unwrap();
+    let complete = vector["should_succeed_complete"].as_bool().unwrap();
+    let expect = ok || (complete && repeat_or_above);
     tally.attempts += 1;
     match got {
         Ok(_) => tally.permitted += 1,

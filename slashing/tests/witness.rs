@@ -297,10 +297,7 @@ fn import_prune_and_enable_do_not_weaken_memory() {
     let w = over_lying(Permit::New, WitnessLimits::default());
     assert_eq!(blk(&w, 5, ROOTS[0]), Ok(Permit::New));
     assert_eq!(att(&w, 2, 3, ROOTS[0]), Ok(Permit::New));
-    let doc = format!(
-        r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},"data":[]}}"#,
-        hex::encode(common::GVR.0)
-    );
+    let doc = common::interchange(common::GVR, "");
     w.import_interchange(&doc).unwrap();
     w.prune(1, 1).unwrap();
     w.set_validator_enabled(key(), false).unwrap();
@@ -318,12 +315,7 @@ fn other_methods_delegate_to_the_store() {
     let db = common::SqliteDb::new();
     let w = MemoryWitness::new(db.store.clone());
     w.health_check().unwrap();
-    let doc = format!(
-        r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},
-            "data":[{{"pubkey":"{:?}","signed_blocks":[{{"slot":"7"}}],"signed_attestations":[]}}]}}"#,
-        hex::encode(common::GVR.0),
-        key()
-    );
+    let doc = common::interchange(common::GVR, &common::entry(1, r#"{"slot":"7"}"#, ""));
     assert_eq!(w.import_interchange(&doc).unwrap().blocks_inserted, 1);
     assert_eq!(w.genesis_validators_root().unwrap(), Some(common::GVR));
     assert!(w.export_interchange().unwrap().contains("\"7\""));

@@ -79,6 +79,18 @@ pub mod body {
     }
 }
 
+/// A new symmetric KMS key (on a stand-in such as moto); its id.
+pub async fn create_kms_key(kms: &aws_sdk_kms::Client) -> String {
+    kms.create_key()
+        .send()
+        .await
+        .expect("CreateKey")
+        .key_metadata()
+        .expect("key metadata")
+        .key_id()
+        .to_string()
+}
+
 /// A response, reduced to what tests assert on.
 #[derive(Debug, Clone)]
 pub struct Resp {
@@ -88,6 +100,23 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads a whole response (a body that cannot be read counts as empty).
+    pub async fn read(r: reqwest::Response) -> Resp {
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = r.text().await.unwrap_or_default();
+        Resp {
+            status,
+            content_type,
+            body,
+        }
+    }
+
     /// The body as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
@@ -547,22 +576,6 @@ impl TestSigner {
         panic!("signer at {} never answered /upcheck", self.base);
     }
 
-    async fn finish(r: reqwest::Response) -> Resp {
-        let status = r.status().as_u16();
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = r.text().await.unwrap_or_default();
-        Resp {
-            status,
-            content_type,
-            body,
-        }
-    }
-
     /// `host:port` of the signing API (the base URL without its scheme).
     pub fn addr(&self) -> &str {
         self.base
@@ -582,12 +595,12 @@ impl TestSigner {
 
     /// Sends a request built with [`request`](Self::request).
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
-        Self::finish(req.send().await.expect("request")).await
+        Resp::read(req.send().await.expect("request")).await
     }
 
     /// GET `path`.
     pub async fn get(&self, path: &str) -> Resp {
-        Self::finish(
+        Resp::read(
             self.client
                 .get(format!("{}{path}", self.base))
                 .send()
@@ -605,7 +618,7 @@ impl TestSigner {
             .header("host", host)
             .send()
             .await;
-        Self::finish(r.expect("GET")).await
+        Resp::read(r.expect("GET")).await
     }
 
     /// POST raw bytes to the sign endpoint of `identifier`, with an optional Accept header.
@@ -623,7 +636,7 @@ impl TestSigner {
             .header("content-type", "application/json")
             .header("accept", accept)
             .body(body);
-        Self::finish(req.send().await.expect("POST")).await
+        Resp::read(req.send().await.expect("POST")).await
     }
 
     /// POSTs a body of `len` spaces over a raw connection and returns the answer. The server

@@ -32,15 +32,7 @@ async fn kms_and_secrets_manager_keys_sign() {
     let sm = aws_sdk_secretsmanager::Client::new(&config);
 
     let (kms_secret, sm_secret) = (test_secret(b"kms key"), test_secret(b"secrets manager key"));
-    let key_id = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key_id = tests::create_kms_key(&kms).await;
     let blob = kms
         .encrypt()
         .key_id(&key_id)

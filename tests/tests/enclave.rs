@@ -260,17 +260,19 @@ async fn run_ensign(args: Vec<String>, env: &[(&'static str, &'static str)]) -> 
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// `ensign verify-attestation`; (exit code, output).
-async fn verify_attestation(url: &str, pcr0: &[u8], root: &Path) -> (i32, String) {
+/// `ensign verify-attestation`, against `root` or (`None`) the default root, AWS's; (exit code,
+/// output).
+async fn verify_attestation(url: &str, pcr0: &[u8], root: Option<&Path>) -> (i32, String) {
     let mut args = vec![
         "verify-attestation".to_string(),
         "--url".into(),
         url.into(),
         "--expected-pcr0".into(),
         hex::encode(pcr0),
-        "--root-cert".into(),
-        root.display().to_string(),
     ];
+    if let Some(root) = root {
+        args.extend(["--root-cert".into(), root.display().to_string()]);
+    }
     args.extend(client_cert_args());
     run_ensign(args, &[]).await
 }
@@ -356,19 +358,7 @@ fn pinned_client(pem: &str) -> reqwest::Client {
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Resp {
-    let r = client.get(url).send().await.expect("GET");
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    Resp {
-        status,
-        content_type,
-        body: r.text().await.unwrap_or_default(),
-    }
+    Resp::read(client.get(url).send().await.expect("GET")).await
 }
 
 async fn sign(client: &reqwest::Client, base: &str, pubkey: &str, body: &Value) -> Resp {
@@ -379,11 +369,18 @@ async fn sign(client: &reqwest::Client, base: &str, pubkey: &str, body: &Value) 
         .send()
         .await
         .expect("POST");
-    Resp {
-        status: r.status().as_u16(),
-        content_type: String::new(),
-        body: r.text().await.unwrap_or_default(),
-    }
+    Resp::read(r).await
+}
+
+/// `key` signs `request` through the server at `base` (200), and the signature verifies.
+async fn assert_signs(client: &reqwest::Client, base: &str, key: &KeyFiles, request: &Value) {
+    let r = sign(client, base, &key.pubkey, request).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_valid_signature(
+        &key.secret,
+        request,
+        r.json()["signature"].as_str().unwrap(),
+    );
 }
 
 /// The signature answers `request` for `secret`'s key (blst, independent of the server).
@@ -418,6 +415,36 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// [`wait_until`] GET `url` through `client` answers in a way `check` accepts (`Some`); a
+/// request that fails (nothing listening yet) is not an answer.
+async fn wait_for_answer<T>(
+    what: &str,
+    proc: &Proc,
+    client: &reqwest::Client,
+    url: &str,
+    check: impl Fn(Resp) -> Option<T>,
+) -> T {
+    let check = &check;
+    wait_until(
+        what,
+        || proc.tail(),
+        move || async move {
+            let r = client.get(url).send().await.ok()?;
+            check(Resp::read(r).await)
+        },
+    )
+    .await
+}
+
+/// The check `id` of a `/healthcheck` body (Web3Signer's `checks` list), if it has one.
+fn health_check(health: &Value, id: &str) -> Option<Value> {
+    health["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)
+        .cloned()
 }
 
 /// A child process whose stdout and stderr lines are collected (and echoed with
@@ -558,6 +585,15 @@ struct HostRun {
     control: Endpoint,
 }
 
+impl HostRun {
+    /// [`wait_for_answer`] from the host's `/healthcheck` (no certificate check: the enclave's
+    /// certificate is what is being waited for).
+    async fn wait_for_health<T>(&self, what: &str, check: impl Fn(Resp) -> Option<T>) -> T {
+        let url = format!("{}/healthcheck", self.base);
+        wait_for_answer(what, &self.proc, &unverified_client(), &url, check).await
+    }
+}
+
 async fn start_host(
     host_bin: &Path,
     dir: &Path,
@@ -695,17 +731,9 @@ async fn whole_flow_through_ensign_host() {
 
     let mut host = start_host(&host_bin, dir.path(), &kms, &keys_dir, &pki_dir).await;
     let base = host.base.clone();
-    let probe = unverified_client();
-    wait_until(
+    host.wait_for_health(
         "the enclave to be initialised (healthcheck 200 through the host)",
-        || host.proc.tail(),
-        || {
-            let (probe, url) = (probe.clone(), format!("{base}/healthcheck"));
-            async move {
-                let r = probe.get(url).send().await.ok()?;
-                (r.status().as_u16() == 200).then_some(())
-            }
-        },
+        |r| (r.status == 200).then_some(()),
     )
     .await;
     assert!(
@@ -723,7 +751,7 @@ async fn whole_flow_through_ensign_host() {
 
     // The client checks the image and the TLS key before it trusts the certificate.
     let root = pki_dir.join(TEST_ROOT_FILE);
-    let (code, out) = verify_attestation(&base, &pcr0, &root).await;
+    let (code, out) = verify_attestation(&base, &pcr0, Some(&root)).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("attestation verified"), "{out}");
     let pem = certificate(&base).await;
@@ -734,41 +762,20 @@ async fn whole_flow_through_ensign_host() {
     );
     let mut wrong = pcr0;
     wrong[0] ^= 1;
-    let (code, out) = verify_attestation(&base, &wrong, &root).await;
+    let (code, out) = verify_attestation(&base, &wrong, Some(&root)).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("PCR0 is"), "{out}");
     // The default root (AWS's) does not accept a test document.
-    let mut args = vec![
-        "verify-attestation".to_string(),
-        "--url".into(),
-        base.clone(),
-        "--expected-pcr0".into(),
-        hex::encode(pcr0),
-    ];
-    args.extend(client_cert_args());
-    let bin = ensign();
-    let out = tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("trusted root"),
-        "{out:?}"
-    );
+    let (code, out) = verify_attestation(&base, &pcr0, None).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("trusted root"), "{out}");
 
     // A validator-style request through the host, over TLS pinned to the attested certificate.
     let client = pinned_client(&pem);
     let keys = get(&client, &format!("{base}/api/v1/eth2/publicKeys")).await;
     assert_eq!(keys.status, 200, "{keys:?}");
     assert_eq!(keys.json(), json!([k1.pubkey]));
-    let request = attestation(10, 11, 1);
-    let r = sign(&client, &base, &k1.pubkey, &request).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_valid_signature(
-        &k1.secret,
-        &request,
-        r.json()["signature"].as_str().unwrap(),
-    );
+    assert_signs(&client, &base, &k1, &attestation(10, 11, 1)).await;
     // Slashing protection runs inside the enclave as anywhere: a double vote is refused.
     let r = sign(&client, &base, &k1.pubkey, &attestation(10, 11, 2)).await;
     assert_eq!(r.status, 412, "{r:?}");
@@ -784,56 +791,25 @@ async fn whole_flow_through_ensign_host() {
 
     // A record added to the host's directory is delivered (AddKeys) and signs; a record removed
     // is unloaded (RemoveKeys).
-    let k2 = key_files(&dir.path().join("keystores"), b"enclave whole flow 2");
-    let (code, out) = keys_encrypt(
-        &k2,
-        kms.url(),
-        kms.key_arn(),
-        &["--out-dir", &keys_dir.display().to_string()],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
+    let (_, k2) = record_in_dir(dir.path(), &kms, b"enclave whole flow 2").await;
     let mut sorted: Vec<String> = vec![k1.pubkey.clone(), k2.pubkey.clone()];
     sorted.sort();
-    wait_until(
+    wait_for_answer(
         "the added key to be loaded",
-        || host.proc.tail(),
-        || {
-            let (client, url, sorted) = (
-                client.clone(),
-                format!("{base}/api/v1/eth2/publicKeys"),
-                sorted.clone(),
-            );
-            async move {
-                let r = get(&client, &url).await;
-                (r.json() == json!(sorted)).then_some(())
-            }
-        },
+        &host.proc,
+        &client,
+        &format!("{base}/api/v1/eth2/publicKeys"),
+        |r| (r.json() == json!(sorted)).then_some(()),
     )
     .await;
-    let request = attestation(20, 21, 1);
-    let r = sign(&client, &base, &k2.pubkey, &request).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_valid_signature(
-        &k2.secret,
-        &request,
-        r.json()["signature"].as_str().unwrap(),
-    );
+    assert_signs(&client, &base, &k2, &attestation(20, 21, 1)).await;
     std::fs::remove_file(keys_dir.join(format!("{}.json", k1.pubkey))).unwrap();
-    wait_until(
+    wait_for_answer(
         "the removed key to be unloaded",
-        || host.proc.tail(),
-        || {
-            let (client, url, k2) = (
-                client.clone(),
-                format!("{base}/api/v1/eth2/publicKeys"),
-                k2.pubkey.clone(),
-            );
-            async move {
-                let r = get(&client, &url).await;
-                (r.json() == json!([k2])).then_some(())
-            }
-        },
+        &host.proc,
+        &client,
+        &format!("{base}/api/v1/eth2/publicKeys"),
+        |r| (r.json() == json!([k2.pubkey])).then_some(()),
     )
     .await;
     let r = sign(&client, &base, &k1.pubkey, &attestation(30, 31, 1)).await;
@@ -905,33 +881,14 @@ async fn wrong_pcr0_policy_keeps_every_key_out() {
     let mut host = start_host(&host_bin, dir.path(), &kms, &keys_dir, &pki_dir).await;
     let base = host.base.clone();
     let probe = unverified_client();
-    let health = wait_until(
-        "/healthcheck to report the refused Init",
-        || host.proc.tail(),
-        || {
-            let (probe, url) = (probe.clone(), format!("{base}/healthcheck"));
-            async move {
-                // The enclave may not listen yet (the host's forwarder then closes the connection).
-                let r = probe.get(url).send().await.ok()?;
-                let status = r.status().as_u16();
-                let body = r.text().await.ok()?;
-                body.contains("last-init-error").then_some(Resp {
-                    status,
-                    content_type: String::new(),
-                    body,
-                })
-            }
-        },
-    )
-    .await;
+    // The enclave may not listen yet (the host's forwarder then closes the connection).
+    let health = host
+        .wait_for_health("/healthcheck to report the refused Init", |r| {
+            r.body.contains("last-init-error").then_some(r)
+        })
+        .await;
     assert_eq!(health.status, 503, "{health:?}");
-    let entry = health.json()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "enclave")
-        .cloned()
-        .unwrap();
+    let entry = health_check(&health.json(), "enclave").unwrap();
     assert_eq!(entry["status"], "DOWN");
     // Clients of the data port learn that Init failed, not KMS's message (which names the key's
     // ARN and account): that reaches the host, in the control reply (below).
@@ -1075,12 +1032,7 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
     assert_eq!(h.status, 503, "{h:?}");
     assert!(h.body.contains("waiting-for-init"), "{h:?}");
     // The store is reported DOWN before Init (it is opened or trusted only once initialised).
-    let db = h.json()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "slashing-protection-db-health-check")
-        .cloned();
+    let db = health_check(&h.json(), "slashing-protection-db-health-check");
     assert_eq!(
         db.map(|c| c["status"].clone()),
         Some(json!("DOWN")),
@@ -1222,10 +1174,7 @@ async fn enclave_alone_fails_closed_and_refuses_bad_control_input() {
 
     let pem = certificate(&e.base).await;
     let client = pinned_client(&pem);
-    let request = attestation(5, 6, 1);
-    let r = sign(&client, &e.base, &k.pubkey, &request).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_valid_signature(&k.secret, &request, r.json()["signature"].as_str().unwrap());
+    assert_signs(&client, &e.base, &k, &attestation(5, 6, 1)).await;
     let r = client
         .post(format!("{}/reload", e.base))
         .send()
@@ -1348,39 +1297,9 @@ async fn plain_decrypt_path_against_moto() {
     };
     let sdk = moto_sdk_config(&moto.url).await;
     let kms = aws_sdk_kms::Client::new(&sdk);
-    let key_id = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key_id = tests::create_kms_key(&kms).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    ddb.create_table()
-        .table_name("ensign-keys")
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pubkey")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pubkey")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    enclave_bridge::test_util::create_keys_table(&ddb, "ensign-keys").await;
 
     let dir = TempDir::new().unwrap();
     let k = key_files(&dir.path().join("keystores"), b"enclave moto");
@@ -1388,23 +1307,13 @@ async fn plain_decrypt_path_against_moto() {
         keys_encrypt(&k, &moto.url, &key_id, &["--dynamodb-table", "ensign-keys"]).await;
     assert_eq!(code, 0, "{out}");
     let records_dir = dir.path().join("records");
-    let (code, out) = keys_encrypt(
-        &k,
-        &moto.url,
-        &key_id,
-        &["--out-dir", &records_dir.display().to_string()],
-    )
-    .await;
+    let to_records = records_dir.display().to_string();
+    let to_records = ["--out-dir", to_records.as_str()];
+    let (code, out) = keys_encrypt(&k, &moto.url, &key_id, &to_records).await;
     assert_eq!(code, 0, "{out}");
     // A wrong password is found before anything is encrypted.
     std::fs::write(&k.password, "not the password").unwrap();
-    let (code, out) = keys_encrypt(
-        &k,
-        &moto.url,
-        &key_id,
-        &["--out-dir", &records_dir.display().to_string()],
-    )
-    .await;
+    let (code, out) = keys_encrypt(&k, &moto.url, &key_id, &to_records).await;
     assert_ne!(code, 0, "{out}");
 
     // ensign-host's own readers take what `keys encrypt` wrote.
@@ -1474,10 +1383,7 @@ async fn plain_decrypt_path_against_moto() {
         "{report:?}"
     );
     let client = unverified_client();
-    let request = attestation(3, 4, 1);
-    let r = sign(&client, &base, &k.pubkey, &request).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_valid_signature(&k.secret, &request, r.json()["signature"].as_str().unwrap());
+    assert_signs(&client, &base, &k, &attestation(3, 4, 1)).await;
     // No attestor in this mode: no document either.
     assert_eq!(
         get(&client, &format!("{base}/api/v1/attestation"))
@@ -1715,31 +1621,20 @@ async fn database_credentials_from_secrets_manager_reach_the_enclave() {
     let probe = unverified_client();
 
     // 1. A role that does not exist: Init fails, and says it is the database.
-    let reason = wait_until(
-        "Init to fail on the database",
-        || host.proc.tail(),
-        || {
-            let probe = probe.clone();
-            let url = format!("{base}/healthcheck");
-            async move {
-                // The data path answers once the enclave listens; errors before that are normal.
-                let h: Value = probe.get(url).send().await.ok()?.json().await.ok()?;
-                let enclave = h["checks"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["id"] == "enclave")?
-                    .clone();
-                (enclave["data"]["state"] == "failed")
-                    .then(|| {
-                        enclave["data"]["last-init-error"]
-                            .as_str()
-                            .map(String::from)
-                    })
-                    .flatten()
-            }
-        },
-    )
-    .await;
+    // The data path answers once the enclave listens; errors before that are normal.
+    let reason = host
+        .wait_for_health("Init to fail on the database", |r| {
+            let h: Value = serde_json::from_str(&r.body).ok()?;
+            let enclave = health_check(&h, "enclave")?;
+            (enclave["data"]["state"] == "failed")
+                .then(|| {
+                    enclave["data"]["last-init-error"]
+                        .as_str()
+                        .map(String::from)
+                })
+                .flatten()
+        })
+        .await;
     // The data port's clients learn only that Init failed; the host hears the database's reason.
     assert_eq!(reason, server::enclave::INIT_FAILED_PUBLIC);
     let refused = host.proc.line_with("the enclave refused Init").await;
@@ -1762,24 +1657,12 @@ async fn database_credentials_from_secrets_manager_reach_the_enclave() {
     let _ = Command::new("kill")
         .args(["-HUP", &host.proc.child.id().to_string()])
         .status();
-    wait_until(
-        "the enclave to become ready",
-        || host.proc.tail(),
-        || {
-            let probe = probe.clone();
-            let url = format!("{base}/healthcheck");
-            async move {
-                let r = probe.get(url).send().await.ok()?;
-                (r.status().as_u16() == 200).then_some(())
-            }
-        },
-    )
+    host.wait_for_health("the enclave to become ready", |r| {
+        (r.status == 200).then_some(())
+    })
     .await;
     let client = pinned_client(&certificate(&base).await);
-    let request = attestation(20, 21, 1);
-    let r = sign(&client, &base, &k.pubkey, &request).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_valid_signature(&k.secret, &request, r.json()["signature"].as_str().unwrap());
+    assert_signs(&client, &base, &k, &attestation(20, 21, 1)).await;
     let owners = pg_rows(format!(
         "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{}'",
         schema.name

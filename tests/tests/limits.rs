@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use tests::{Runner, SignerBuilder, TestSigner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 /// Far longer than any limit under test: reaching it fails the test.
@@ -94,6 +95,30 @@ async fn await_closed(stream: &mut TcpStream, what: &str) {
     assert!(got.is_ok(), "the server never closed {what}");
 }
 
+/// A new connection to `addr` that has sent `bytes`.
+async fn connect_and_send(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    c
+}
+
+/// Keeps writing `byte` on `stream` every `pace` (a slowloris client) until the server closes
+/// it; the read half, to watch for that, and the writing task come back.
+fn trickle_bytes(
+    stream: TcpStream,
+    byte: &'static [u8],
+    pace: Duration,
+) -> (OwnedReadHalf, tokio::task::JoinHandle<()>) {
+    let (read, mut write) = stream.into_split();
+    let dripping = tokio::spawn(async move {
+        // Pacing, not an assertion: stops when the server has closed the connection.
+        while write.write_all(byte).await.is_ok() {
+            tokio::time::sleep(pace).await;
+        }
+    });
+    (read, dripping)
+}
+
 fn upcheck(extra_headers: &str) -> String {
     format!("GET /upcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}\r\n")
 }
@@ -103,15 +128,13 @@ async fn oversized_request_heads_get_431_and_the_server_keeps_serving() {
     let s = signer(&[]).await;
 
     // One header field past the 16 KiB head limit.
-    let mut c = TcpStream::connect(s.addr()).await.unwrap();
     let big = format!("X-Big: {}\r\n", "a".repeat(20 * 1024));
-    c.write_all(upcheck(&big).as_bytes()).await.unwrap();
+    let mut c = connect_and_send(s.addr(), upcheck(&big).as_bytes()).await;
     assert_eq!(read_response(&mut c).await, 431);
 
     // More than 100 header fields.
-    let mut c = TcpStream::connect(s.addr()).await.unwrap();
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
-    c.write_all(upcheck(&many).as_bytes()).await.unwrap();
+    let mut c = connect_and_send(s.addr(), upcheck(&many).as_bytes()).await;
     assert_eq!(read_response(&mut c).await, 431);
 
     // A head that never ends: refused once the read buffer is full, not buffered forever.
@@ -130,9 +153,8 @@ async fn oversized_request_heads_get_431_and_the_server_keeps_serving() {
     assert!(raw.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
 
     // A large but legitimate head is still served.
-    let mut c = TcpStream::connect(s.addr()).await.unwrap();
     let fine = format!("X-Fine: {}\r\n", "c".repeat(8 * 1024));
-    c.write_all(upcheck(&fine).as_bytes()).await.unwrap();
+    let mut c = connect_and_send(s.addr(), upcheck(&fine).as_bytes()).await;
     assert_eq!(read_response(&mut c).await, 200);
 
     assert_serving(&s).await;
@@ -151,27 +173,18 @@ async fn a_client_that_never_finishes_its_head_is_disconnected() {
     .await;
 
     // Sends half a head and stops.
-    let mut stalled = TcpStream::connect(s.addr()).await.unwrap();
-    stalled
-        .write_all(b"GET /upcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        .await
-        .unwrap();
+    let mut stalled =
+        connect_and_send(s.addr(), b"GET /upcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
     // Connects and sends nothing at all.
     let mut silent = TcpStream::connect(s.addr()).await.unwrap();
     // Keeps sending one byte of a header at a time (slowloris): the timeout runs from the
     // head's first byte, not from the last one.
-    let mut trickle = TcpStream::connect(s.addr()).await.unwrap();
-    trickle
-        .write_all(b"GET /upcheck HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        .await
-        .unwrap();
-    let (mut trickle_read, mut trickle_write) = trickle.into_split();
-    let dripping = tokio::spawn(async move {
-        // Pacing, not an assertion: stops when the server has closed the connection.
-        while trickle_write.write_all(b"z").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let trickle = connect_and_send(
+        s.addr(),
+        b"GET /upcheck HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
+    )
+    .await;
+    let (mut trickle_read, dripping) = trickle_bytes(trickle, b"z", Duration::from_millis(200));
 
     // Everyone else is served meanwhile.
     assert_serving(&s).await;
@@ -208,8 +221,7 @@ async fn idle_kept_alive_connections_are_closed() {
         "600",
     ])
     .await;
-    let mut c = TcpStream::connect(s.addr()).await.unwrap();
-    c.write_all(upcheck("").as_bytes()).await.unwrap();
+    let mut c = connect_and_send(s.addr(), upcheck("").as_bytes()).await;
     assert_eq!(read_response(&mut c).await, 200);
     // Kept alive: a second request on the same connection is answered.
     c.write_all(upcheck("").as_bytes()).await.unwrap();
@@ -233,16 +245,13 @@ async fn past_the_cap_the_connection_waiting_longest_gives_up_its_slot() {
     .await;
 
     // Two kept-alive connections, each proven accepted by an answer; `first` idles longest.
-    let mut first = TcpStream::connect(s.addr()).await.unwrap();
-    first.write_all(upcheck("").as_bytes()).await.unwrap();
+    let mut first = connect_and_send(s.addr(), upcheck("").as_bytes()).await;
     assert_eq!(read_response(&mut first).await, 200);
-    let mut second = TcpStream::connect(s.addr()).await.unwrap();
-    second.write_all(upcheck("").as_bytes()).await.unwrap();
+    let mut second = connect_and_send(s.addr(), upcheck("").as_bytes()).await;
     assert_eq!(read_response(&mut second).await, 200);
 
     // A third is served although both slots are held: the connection idle longest makes room.
-    let mut third = TcpStream::connect(s.addr()).await.unwrap();
-    third.write_all(upcheck("").as_bytes()).await.unwrap();
+    let mut third = connect_and_send(s.addr(), upcheck("").as_bytes()).await;
     let status = tokio::time::timeout(SAFETY, read_response(&mut third))
         .await
         .expect("a connection past the cap was never served");
@@ -327,19 +336,11 @@ async fn stalled_bodies(runner: Runner) {
     let opened = Instant::now();
     let mut stalled = Vec::new();
     for _ in 0..CAP - 1 {
-        let mut c = TcpStream::connect(s.addr()).await.unwrap();
-        c.write_all(head.as_bytes()).await.unwrap();
+        let c = connect_and_send(s.addr(), head.as_bytes()).await;
         stalled.push(c);
     }
-    let mut trickle = TcpStream::connect(s.addr()).await.unwrap();
-    trickle.write_all(head.as_bytes()).await.unwrap();
-    let (mut trickle_read, mut trickle_write) = trickle.into_split();
-    let dripping = tokio::spawn(async move {
-        // Pacing, not an assertion: stops when the server has closed the connection.
-        while trickle_write.write_all(b" ").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
+    let trickle = connect_and_send(s.addr(), head.as_bytes()).await;
+    let (mut trickle_read, dripping) = trickle_bytes(trickle, b" ", Duration::from_millis(500));
 
     // Served meanwhile (these connections queue behind the stalled ones in the backlog).
     let up = tokio::time::timeout(Duration::from_secs(1), s.get("/upcheck"))

@@ -44,6 +44,13 @@ async fn one_winner(signers: &[Arc<TestSigner>], pubkey: &str) {
     assert_eq!(count(&statuses, 412), 199, "blocks: {statuses:?}");
 }
 
+/// Signs each body for `pk` in turn and asserts the HTTP status it gets (`what`: the case).
+async fn expect_statuses(s: &TestSigner, pk: &str, cases: &[(Value, u16, &str)]) {
+    for (body, status, what) in cases {
+        assert_eq!(s.sign(pk, body).await.status, *status, "{what}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_winner_sqlite_release_binary() {
     let key = test_secret(b"one winner sqlite");
@@ -177,7 +184,7 @@ async fn crash_under_load_loses_no_record() {
             .as_str()
             .unwrap()
             .to_string();
-        let root = format!("0x{}", hex::encode(signing_root(body)));
+        let root = const_hex::encode_prefixed(signing_root(body));
         assert_eq!(recorded.get(&(pubkeys[*v].clone(), target)), Some(&root));
     }
     eprintln!(
@@ -228,17 +235,16 @@ async fn export_import_round_trip_through_cli() {
         .data_dir(d2.path())
         .start(Runner::Binary)
         .await;
-    assert_eq!(
-        s.sign(&pk, &attestation(5, 6, 2)).await.status,
-        412,
-        "double vote after import"
-    );
-    assert_eq!(
-        s.sign(&pk, &block_header(300, 2)).await.status,
-        412,
-        "double block after import"
-    );
-    assert_eq!(s.sign(&pk, &attestation(6, 7, 2)).await.status, 200);
+    expect_statuses(
+        &s,
+        &pk,
+        &[
+            (attestation(5, 6, 2), 412, "double vote after import"),
+            (block_header(300, 2), 412, "double block after import"),
+            (attestation(6, 7, 2), 200, "a new message"),
+        ],
+    )
+    .await;
     s.stop().await;
 
     // A file for another chain is refused as a whole, with a clear message and exit code.
@@ -343,18 +349,17 @@ async fn a_used_data_directory_never_starts_a_fresh_history() {
     // Restored from the backup: the history is back.
     std::fs::write(&db, &saved).unwrap();
     let mut s = builder().start(Runner::Binary).await;
-    assert_eq!(
-        s.sign(&pk, &attestation(5, 6, 2)).await.status,
-        412,
-        "double vote"
-    );
-    assert_eq!(
-        s.sign(&pk, &block_header(300, 2)).await.status,
-        412,
-        "double block"
-    );
-    assert_eq!(s.sign(&pk, &attestation(6, 7, 1)).await.status, 200);
-    assert_eq!(s.sign(&pk, &block_header(301, 1)).await.status, 200);
+    expect_statuses(
+        &s,
+        &pk,
+        &[
+            (attestation(5, 6, 2), 412, "double vote"),
+            (block_header(300, 2), 412, "double block"),
+            (attestation(6, 7, 1), 200, "a new message"),
+            (block_header(301, 1), 200, "a new message"),
+        ],
+    )
+    .await;
 
     // kill -9: the newest records are in the write-ahead log. Losing it is refused.
     s.kill9();
@@ -366,16 +371,15 @@ async fn a_used_data_directory_never_starts_a_fresh_history() {
     // With the -wal file copied back, recovery keeps the crashed session's records.
     std::fs::write(&wal, &wal_copy).unwrap();
     let s = builder().start(Runner::Binary).await;
-    assert_eq!(
-        s.sign(&pk, &attestation(6, 7, 2)).await.status,
-        412,
-        "double vote"
-    );
-    assert_eq!(
-        s.sign(&pk, &block_header(301, 2)).await.status,
-        412,
-        "double block"
-    );
+    expect_statuses(
+        &s,
+        &pk,
+        &[
+            (attestation(6, 7, 2), 412, "double vote"),
+            (block_header(301, 2), 412, "double block"),
+        ],
+    )
+    .await;
     s.stop().await;
 
     // Only the explicit option starts a new history, loudly; the directory then uses it.
@@ -614,17 +618,16 @@ async fn postgres_import_while_serving() {
     let (code, err) = run_binary(&args);
     assert_eq!(code, 0, "{err}");
 
-    assert_eq!(
-        s.sign(&pk, &attestation(7, 8, 1)).await.status,
-        412,
-        "imported target 8"
-    );
-    assert_eq!(
-        s.sign(&pk, &block_header(900, 1)).await.status,
-        412,
-        "imported slot 900"
-    );
-    assert_eq!(s.sign(&pk, &attestation(8, 9, 1)).await.status, 200);
+    expect_statuses(
+        &s,
+        &pk,
+        &[
+            (attestation(7, 8, 1), 412, "imported target 8"),
+            (block_header(900, 1), 412, "imported slot 900"),
+            (attestation(8, 9, 1), 200, "a new message"),
+        ],
+    )
+    .await;
     s.stop().await;
 }
 

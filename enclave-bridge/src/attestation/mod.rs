@@ -63,30 +63,67 @@ pub fn aws_nitro_root_g1_der() -> Vec<u8> {
         .expect("the embedded root PEM is valid base64")
 }
 
+/// The optional fields one attestation document binds, each at most
+/// [`MAX_OPTIONAL_FIELD_LEN`] bytes. KMS `Recipient` needs `public_key` = the
+/// DER SubjectPublicKeyInfo of an RSA-2048 key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttestFields<'a> {
+    pub user_data: Option<&'a [u8]>,
+    pub nonce: Option<&'a [u8]>,
+    pub public_key: Option<&'a [u8]>,
+}
+
+impl AttestFields<'_> {
+    /// The NSM's size limit, checked in the order `user_data`, `nonce`,
+    /// `public_key`: every attestor refuses an oversize field the same way,
+    /// before anything is signed.
+    pub fn check_sizes(&self) -> Result<(), AttestationError> {
+        for (field, v) in [
+            ("user_data", self.user_data),
+            ("nonce", self.nonce),
+            ("public_key", self.public_key),
+        ] {
+            if let Some(v) = v.filter(|v| v.len() > MAX_OPTIONAL_FIELD_LEN) {
+                return Err(AttestationError::InputTooLarge {
+                    field,
+                    len: v.len(),
+                    max: MAX_OPTIONAL_FIELD_LEN,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Produces attestation documents (COSE_Sign1 bytes).
 ///
 /// In an enclave this is the Nitro Secure Module ([`NsmAttestor`]); tests use
 /// `test_util::TestAttestor`.
 pub trait Attestor: Send + Sync {
-    /// An attestation document binding the optional fields (each at most
-    /// [`MAX_OPTIONAL_FIELD_LEN`] bytes). KMS `Recipient` needs
-    /// `public_key` = the DER SubjectPublicKeyInfo of an RSA-2048 key.
-    fn attest(
-        &self,
-        user_data: Option<&[u8]>,
-        nonce: Option<&[u8]>,
-        public_key: Option<&[u8]>,
-    ) -> Result<Vec<u8>, AttestationError>;
-}
+    /// An attestation document binding `fields` (refused with
+    /// [`AttestationError::InputTooLarge`] when one is over
+    /// [`MAX_OPTIONAL_FIELD_LEN`]: see [`AttestFields::check_sizes`]).
+    fn attest_fields(&self, fields: AttestFields<'_>) -> Result<Vec<u8>, AttestationError>;
 
-impl<T: Attestor + ?Sized> Attestor for std::sync::Arc<T> {
+    /// [`attest_fields`](Self::attest_fields) with the fields given one by
+    /// one, the form callers use.
     fn attest(
         &self,
         user_data: Option<&[u8]>,
         nonce: Option<&[u8]>,
         public_key: Option<&[u8]>,
     ) -> Result<Vec<u8>, AttestationError> {
-        (**self).attest(user_data, nonce, public_key)
+        self.attest_fields(AttestFields {
+            user_data,
+            nonce,
+            public_key,
+        })
+    }
+}
+
+impl<T: Attestor + ?Sized> Attestor for std::sync::Arc<T> {
+    fn attest_fields(&self, fields: AttestFields<'_>) -> Result<Vec<u8>, AttestationError> {
+        (**self).attest_fields(fields)
     }
 }
 

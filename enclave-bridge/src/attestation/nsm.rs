@@ -5,7 +5,7 @@ use aws_nitro_enclaves_nsm_api::api::{Request, Response};
 use aws_nitro_enclaves_nsm_api::driver::{nsm_exit, nsm_init, nsm_process_request};
 use serde_bytes::ByteBuf;
 
-use super::{AttestationError, Attestor, MAX_OPTIONAL_FIELD_LEN};
+use super::{AttestFields, AttestationError, Attestor};
 
 /// An open `/dev/nsm`. Only exists inside a Nitro Enclave; elsewhere
 /// [`NsmAttestor::open`] returns [`AttestationError::NsmUnavailable`].
@@ -32,29 +32,18 @@ impl Drop for NsmAttestor {
     }
 }
 
-fn checked(name: &'static str, v: Option<&[u8]>) -> Result<Option<ByteBuf>, AttestationError> {
-    match v {
-        Some(b) if b.len() > MAX_OPTIONAL_FIELD_LEN => Err(AttestationError::InputTooLarge {
-            field: name,
-            len: b.len(),
-            max: MAX_OPTIONAL_FIELD_LEN,
-        }),
-        Some(b) => Ok(Some(ByteBuf::from(b.to_vec()))),
-        None => Ok(None),
-    }
+/// The field as the NSM API takes it.
+fn owned(v: Option<&[u8]>) -> Option<ByteBuf> {
+    v.map(|b| ByteBuf::from(b.to_vec()))
 }
 
 impl Attestor for NsmAttestor {
-    fn attest(
-        &self,
-        user_data: Option<&[u8]>,
-        nonce: Option<&[u8]>,
-        public_key: Option<&[u8]>,
-    ) -> Result<Vec<u8>, AttestationError> {
+    fn attest_fields(&self, fields: AttestFields<'_>) -> Result<Vec<u8>, AttestationError> {
+        fields.check_sizes()?;
         let request = Request::Attestation {
-            user_data: checked("user_data", user_data)?,
-            nonce: checked("nonce", nonce)?,
-            public_key: checked("public_key", public_key)?,
+            user_data: owned(fields.user_data),
+            nonce: owned(fields.nonce),
+            public_key: owned(fields.public_key),
         };
         match nsm_process_request(self.fd, request) {
             Response::Attestation { document } => Ok(document),

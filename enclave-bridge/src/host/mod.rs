@@ -103,6 +103,16 @@ pub enum HostError {
     Credentials(#[from] credentials::CredentialsError),
 }
 
+impl HostError {
+    /// What a failure to bind or inspect the listener on `listen` becomes.
+    fn listening_on(listen: &Endpoint) -> impl FnOnce(std::io::Error) -> HostError + '_ {
+        move |source| HostError::Listen {
+            listen: listen.clone(),
+            source,
+        }
+    }
+}
+
 /// How the enclave reaches a listener the host bound at `local`: a vsock
 /// listener on any CID is the parent (CID 3) from inside the enclave; a TCP
 /// listener on an unspecified address is reached on loopback.
@@ -158,17 +168,11 @@ pub async fn run(
         .listen
         .bind()
         .await
-        .map_err(|source| HostError::Listen {
-            listen: config.listen.clone(),
-            source,
-        })?;
+        .map_err(HostError::listening_on(&config.listen))?;
     let forwarder = Forwarder::new(listener, config.data_endpoint.clone(), limits.clone());
     let listen = forwarder
         .local_endpoint()
-        .map_err(|source| HostError::Listen {
-            listen: config.listen.clone(),
-            source,
-        })?;
+        .map_err(HostError::listening_on(&config.listen))?;
     tracing::info!(%listen, target = %config.data_endpoint, "data path listening");
 
     // Outbound proxies, allowlist = exactly the configured destinations.
@@ -186,10 +190,7 @@ pub async fn run(
     .await?;
     let kms_proxy_local = kms_proxy
         .local_endpoint()
-        .map_err(|source| HostError::Listen {
-            listen: config.kms_proxy_listen.clone(),
-            source,
-        })?;
+        .map_err(HostError::listening_on(&config.kms_proxy_listen))?;
     let kms_stats = kms_proxy.stats();
     let db_proxy = match &config.db {
         Some(db) => {
@@ -198,10 +199,10 @@ pub async fn run(
         None => None,
     };
     let db_proxy_local = match (&db_proxy, &config.db) {
-        (Some(p), Some(db)) => Some(p.local_endpoint().map_err(|source| HostError::Listen {
-            listen: db.listen.clone(),
-            source,
-        })?),
+        (Some(p), Some(db)) => Some(
+            p.local_endpoint()
+                .map_err(HostError::listening_on(&db.listen))?,
+        ),
         _ => None,
     };
 

@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 
 pub use self::cms::open_enveloped_data;
 use crate::attestation::{AttestationError, Attestor};
-use crate::control::{AwsCredentials, AwsRegion, EndpointUrl};
+use crate::control::{AwsCredentials, AwsRegion, EncryptedKeyRecord, EndpointUrl};
 use crate::secret::SecretBytes;
 
 /// A boxed, sendable future (keeps [`KeyDecryptor`] object-safe).
@@ -62,6 +62,31 @@ impl<'a> DecryptRequest<'a> {
             key_id: None,
             encryption_context: None,
         }
+    }
+
+    /// A ciphertext made under `encryption_context`, insisting on `key_id` when given.
+    pub fn with_context(
+        ciphertext: &'a [u8],
+        key_id: Option<&'a str>,
+        encryption_context: &'a BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            ciphertext,
+            key_id,
+            encryption_context: Some(encryption_context),
+        }
+    }
+}
+
+/// The `Decrypt` of one validator key as the host sent it: its ciphertext, the KMS key to insist
+/// on and its encryption context (empty when the record has none).
+impl<'a> From<&'a EncryptedKeyRecord> for DecryptRequest<'a> {
+    fn from(key: &'a EncryptedKeyRecord) -> Self {
+        Self::with_context(
+            &key.ciphertext.0,
+            key.kms_key_id.as_deref(),
+            &key.encryption_context,
+        )
     }
 }
 

@@ -24,7 +24,7 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
-use crate::attestation::{AttestationDoc, AttestationError, Attestor, MAX_OPTIONAL_FIELD_LEN};
+use crate::attestation::{AttestFields, AttestationDoc, AttestationError, Attestor};
 
 /// Validity periods of a generated PKI, and extensions added to it.
 #[derive(Clone, Debug)]
@@ -317,27 +317,13 @@ impl TestAttestor {
 }
 
 impl Attestor for TestAttestor {
-    fn attest(
-        &self,
-        user_data: Option<&[u8]>,
-        nonce: Option<&[u8]>,
-        public_key: Option<&[u8]>,
-    ) -> Result<Vec<u8>, AttestationError> {
-        for (field, v) in [
-            ("user_data", user_data),
-            ("nonce", nonce),
-            ("public_key", public_key),
-        ] {
-            if let Some(v) = v {
-                if v.len() > MAX_OPTIONAL_FIELD_LEN {
-                    return Err(AttestationError::InputTooLarge {
-                        field,
-                        len: v.len(),
-                        max: MAX_OPTIONAL_FIELD_LEN,
-                    });
-                }
-            }
-        }
+    fn attest_fields(&self, fields: AttestFields<'_>) -> Result<Vec<u8>, AttestationError> {
+        fields.check_sizes()?;
+        let AttestFields {
+            user_data,
+            nonce,
+            public_key,
+        } = fields;
         Ok(self.pki.sign(&self.document(user_data, nonce, public_key)))
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 pub mod races;
 pub mod sequences;
 
-use slashing::{PostgresStore, Pubkey, Root, SlashingProtection, SqliteStore};
+use slashing::{
+    Error, Permit, PostgresStore, Pubkey, Refusal, Root, SlashingProtection, SqliteStore,
+};
 
 pub const GVR: Root = Root([7; 32]);
 
@@ -69,4 +71,51 @@ pub fn is_ok_new(r: &Result<slashing::Permit, slashing::Error>) -> bool {
 /// Keep `dyn` usable in generic helpers.
 pub fn as_dyn<S: SlashingProtection>(s: &S) -> &dyn SlashingProtection {
     s
+}
+
+/// The refusal in `r`; panics on anything else.
+pub fn refused(r: Result<Permit, Error>) -> Refusal {
+    match r {
+        Err(Error::Refused(x)) => x,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// An EIP-3076 interchange document (format version 5) under `gvr` with `body` as its `data`.
+pub fn interchange(gvr: Root, body: &str) -> String {
+    format!(
+        r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},"data":[{body}]}}"#,
+        hex::encode(gvr.0)
+    )
+}
+
+/// One `data` entry of an interchange document: validator `pk(n)` with these JSON lists.
+pub fn entry(n: u64, blocks: &str, atts: &str) -> String {
+    format!(
+        r#"{{"pubkey":"0x{}","signed_blocks":[{blocks}],"signed_attestations":[{atts}]}}"#,
+        hex::encode(pk(n).0)
+    )
+}
+
+/// A message to sign on chain `GVR`: an attestation `(source, target, root)` or a block
+/// `(slot, root)`.
+#[derive(Debug, Clone, Copy)]
+pub enum Msg {
+    Att(u64, u64, Root),
+    Block(u64, Root),
+}
+
+/// Signs each message for `key` in turn and asserts its verdict.
+pub fn expect_verdicts(
+    s: &dyn SlashingProtection,
+    key: Pubkey,
+    steps: &[(Msg, Result<Permit, Refusal>)],
+) {
+    for (msg, want) in steps {
+        let got = sequences::verdict(match *msg {
+            Msg::Att(source, target, r) => s.sign_attestation(GVR, key, source, target, r),
+            Msg::Block(slot, r) => s.sign_block(GVR, key, slot, r),
+        });
+        assert_eq!(&got, want, "{key:?}: {msg:?}");
+    }
 }

@@ -440,20 +440,10 @@ async function runWorker() {
     }
 
     // --- case emission -----------------------------------------------------------------------
+    // A case signed by a fresh key from the seeded generator; returns its public key.
     emit(name, request, signingRoot) {
       const sk = blst.SecretKey.fromKeygen(this.rng.bytes(32));
-      const pk = sk.toPublicKey();
-      const sig = sk.sign(signingRoot);
-      if (!blst.verify(signingRoot, pk, sig)) fail(`${name}: self-verification failed`);
-      this.cases.push({
-        name,
-        secret_key: bytesToHex(sk.toBytes()),
-        pubkey: bytesToHex(pk.toBytes()),
-        request,
-        signing_root: bytesToHex(signingRoot),
-        signature: bytesToHex(sig.toBytes()),
-      });
-      return pk;
+      return this.emitWithKey(name, sk, request, signingRoot);
     }
 
     withFork(type, F, payloadKey, payloadJson) {
@@ -698,6 +688,7 @@ async function runWorker() {
         signing_root: bytesToHex(signingRoot),
         signature: bytesToHex(sig.toBytes()),
       });
+      return pk;
     }
   }
 

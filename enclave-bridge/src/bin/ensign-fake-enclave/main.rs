@@ -156,13 +156,7 @@ impl Enclave {
                 .map_err(|_| HandlerError::new("key generation aborted"))?
                 .map_err(|e| HandlerError::new(e.to_string()))?;
         for key in keys {
-            let outcome = decryptor
-                .decrypt(DecryptRequest {
-                    ciphertext: &key.ciphertext.0,
-                    key_id: key.kms_key_id.as_deref(),
-                    encryption_context: Some(&key.encryption_context),
-                })
-                .await;
+            let outcome = decryptor.decrypt(DecryptRequest::from(key)).await;
             match outcome {
                 Ok(secret) => {
                     let digest = hex(&Sha256::digest(secret.expose()));
