@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use enclave_bridge::control::*;
 use enclave_bridge::secret::{Base64Bytes, SecretString};
-use enclave_bridge::test_util::loopback_listener;
 use enclave_bridge::transport::{BoxStream, Endpoint};
+use test_support::enclave::loopback_listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(10);

@@ -13,8 +13,10 @@ use enclave_bridge::kms::{
 };
 use enclave_bridge::proxy::{AllowedRemote, Allowlist, OutboundProxy};
 use enclave_bridge::secret::{Base64Bytes, SecretBytes, SecretString};
-use enclave_bridge::test_util::{loopback_listener, FakeKms, FakeKmsConfig, TestAttestor, TestPki};
+use enclave_bridge::test_util::{TestAttestor, TestPki};
 use enclave_bridge::transport::Endpoint;
+use test_support::enclave::loopback_listener;
+use test_support::fake_kms::{FakeKms, FakeKmsConfig};
 
 const GOOD_PCR0: [u8; 48] = [0x5a; 48];
 

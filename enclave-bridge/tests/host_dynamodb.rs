@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
 use enclave_bridge::control::AwsRegion;
 use enclave_bridge::host::keys::{dynamodb_client, DynamoKeySource};
-use enclave_bridge::test_util::create_keys_table;
 use harness::{holds_exactly, Fixture, Host, TestKey, GOOD_PCR0};
+use test_support::enclave::create_keys_table;
 
 fn region() -> AwsRegion {
     AwsRegion::try_from("us-east-1".to_owned()).unwrap()

@@ -12,7 +12,8 @@ use enclave_bridge::kms::{
     PlainDecryptor, RecipientDecryptor,
 };
 use enclave_bridge::secret::SecretString;
-use enclave_bridge::test_util::{CmsEncoding, FakeKms, FakeKmsConfig, TestAttestor, TestPki};
+use enclave_bridge::test_util::{TestAttestor, TestPki};
+use test_support::fake_kms::{CmsEncoding, FakeKms, FakeKmsConfig};
 
 const GOOD_PCR0: [u8; 48] = [0x11; 48];
 const OTHER_PCR0: [u8; 48] = [0x22; 48];

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclave_bridge::forward::{ForwardLimits, ForwardStats, Forwarder};
-use enclave_bridge::test_util::loopback_listener;
 use enclave_bridge::transport::{Endpoint, EndpointParseError, VMADDR_CID_ANY, VMADDR_CID_LOCAL};
+use test_support::enclave::loopback_listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 

@@ -2,7 +2,10 @@
 //!
 //! - [`moto`]: moto's server as a local stand-in for AWS (KMS, Secrets Manager, DynamoDB),
 //!   installed by `scripts/moto-server`;
-//! - [`pg`]: a fresh PostgreSQL schema per test on the machine's server.
+//! - [`pg`]: a fresh PostgreSQL schema per test on the machine's server;
+//! - [`fake_kms`]: a KMS that checks Recipient attestation documents against a PCR0 key policy
+//!   and answers with real CMS (`examples/fake-kms.rs` serves one for `scripts/enclave-demo`);
+//! - [`enclave`]: a free loopback listener and the DynamoDB keys table.
 //!
 //! # Invariants
 //!
@@ -13,5 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod enclave;
+pub mod fake_kms;
 pub mod moto;
 pub mod pg;

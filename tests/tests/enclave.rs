@@ -39,11 +39,12 @@ use enclave_bridge::control::{
     EncryptedKeyRecord, EndpointUrl, ErrorCode, InitRequest, RemoveKeysRequest,
 };
 use enclave_bridge::secret::{Base64Bytes, SecretString};
-use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, Tamper, TestPki, TEST_ROOT_FILE};
+use enclave_bridge::test_util::{TestPki, TEST_ROOT_FILE};
 use enclave_bridge::Endpoint;
 use serde_json::{json, Value};
 use sha2::Digest;
 use tempfile::TempDir;
+use test_support::fake_kms::{FakeKms, FakeKmsConfig, Tamper};
 use tests::body::{attestation, signing_root};
 use tests::Resp;
 
@@ -1299,7 +1300,7 @@ async fn plain_decrypt_path_against_moto() {
     let kms = aws_sdk_kms::Client::new(&sdk);
     let key_id = tests::create_kms_key(&kms).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    enclave_bridge::test_util::create_keys_table(&ddb, "ensign-keys").await;
+    test_support::enclave::create_keys_table(&ddb, "ensign-keys").await;
 
     let dir = TempDir::new().unwrap();
     let k = key_files(&dir.path().join("keystores"), b"enclave moto");

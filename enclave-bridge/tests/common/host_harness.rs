@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestPki};
+use enclave_bridge::test_util::TestPki;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use test_support::fake_kms::{FakeKms, FakeKmsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_ensign-host");

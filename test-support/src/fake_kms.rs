@@ -59,7 +59,7 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use zeroize::Zeroizing;
 
-use crate::attestation::verify_attestation;
+use enclave_bridge::attestation::verify_attestation;
 
 /// How `CiphertextForRecipient` is encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

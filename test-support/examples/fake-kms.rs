@@ -20,10 +20,11 @@
 //! per line) once listening, then serves until interrupted. Ciphertexts are
 //! valid only for this run (the blob key is made at start).
 
-use enclave_bridge::test_util::{FakeKms, FakeKmsConfig, TestPki};
+use enclave_bridge::test_util::TestPki;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use test_support::fake_kms::{FakeKms, FakeKmsConfig};
 
 fn usage() -> ExitCode {
     eprintln!("usage: fake-kms --pki-dir DIR [--policy-pcr0 HEX96]");
