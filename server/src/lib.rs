@@ -237,6 +237,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (Front::Tcp(listener), local)
         }
     };
+    // Enclave mode's state: the routes read it through `EnclaveStatus`; its own two handlers
+    // (gate, attestation) take it whole.
+    let enclave = match &front {
+        Front::Enclave(p) => Some(p.shared.clone()),
+        Front::Tcp(_) => None,
+    };
     let state = Arc::new(state::AppState {
         network: config.network,
         keys: {
@@ -250,18 +256,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         signer: keys::SigningPool::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         key_manager_token: token,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_signing)),
-        enclave: match &front {
-            Front::Enclave(p) => Some(p.shared.clone() as Arc<dyn state::EnclaveStatus>),
-            Front::Tcp(_) => None,
-        },
+        enclave: enclave.clone().map(|e| e as Arc<dyn state::EnclaveStatus>),
     });
-    let router = app::router(
-        state.clone(),
-        match &front {
-            Front::Enclave(p) => Some(p.shared.clone()),
-            Front::Tcp(_) => None,
-        },
-    );
+    let router = app::router(state.clone(), enclave);
     ensure_fd_limit(config.limits.max_connections);
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {

@@ -197,9 +197,9 @@ fn describe(check: Check) -> String {
 }
 
 impl MemoryWitness {
-    /// Wraps `inner` with the default [`WitnessLimits`]. Wrap the outermost store the signer
-    /// keeps for its whole life (in the enclave, the store that is replaced at Init, not each
-    /// store put into it), so that the record survives a reconnection.
+    /// Wraps `inner` with the default [`WitnessLimits`]. Keep one witness for the signer's
+    /// whole life and give it each new store with [`replace_store`](Self::replace_store) (as the
+    /// enclave does at Init), so that the record survives a reconnection.
     pub fn new(inner: Arc<dyn SlashingProtection>) -> Self {
         Self::with_limits(inner, WitnessLimits::default())
     }

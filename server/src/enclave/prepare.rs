@@ -180,22 +180,14 @@ pub async fn prepare(
     );
 
     let resolve_to = (!config.forwards.is_empty()).then_some(IpAddr::from([127, 0, 0, 1]));
-    let control_listener = config
-        .control
-        .bind()
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.control.to_string(),
+    let bind = async |ep: &Endpoint| {
+        ep.bind().await.map_err(|source| StartError::Bind {
+            addr: ep.to_string(),
             source,
-        })?;
-    let data_listener = config
-        .data
-        .bind()
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.data.to_string(),
-            source,
-        })?;
+        })
+    };
+    let control_listener = bind(&config.control).await?;
+    let data_listener = bind(&config.data).await?;
     let bound = |l: &Listener, ep: &Endpoint| {
         l.local_endpoint().map_err(|source| StartError::Bind {
             addr: ep.to_string(),
