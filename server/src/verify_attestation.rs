@@ -65,36 +65,33 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     provider_signatures!(0);
 }
 
-/// `https://HOST:PORT[/]` → (host, port).
-fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("--url {url}: must start with https://"))?;
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('/') || authority.contains('?') {
-        return Err(format!("--url {url}: give only https://HOST:PORT"));
+/// `https://HOST[:PORT][/]` → (host, port), parsed by the `url` crate (WHATWG rules: the host is
+/// percent-decoded and IDNA-normalised, an IPv6 host loses its brackets). Anything beyond the
+/// origin (user, path, query, fragment) is refused: the command checks one signer, not a page.
+fn parse_url(text: &str) -> Result<(String, u16), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("--url {text}: {e}"))?;
+    if url.scheme() != "https" {
+        return Err(format!("--url {text}: must start with https://"));
     }
-    let bad_port = || format!("--url {url}: bad port");
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, rest) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("--url {url}: unclosed ["))?;
-        let port = match rest.strip_prefix(':') {
-            Some(p) => p.parse::<u16>().map_err(|_| bad_port())?,
-            None if rest.is_empty() => 443,
-            None => return Err(bad_port()),
-        };
-        (host, port)
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad_port())?),
-            None => (authority, 443),
-        }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(format!("--url {text}: give only https://HOST:PORT"));
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(format!("--url {text}: no host")),
     };
-    if host.is_empty() {
-        return Err(format!("--url {url}: no host"));
-    }
-    Ok((host.to_string(), port))
+    // `port_or_known_default`: https's 443 when the URL gives none.
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("--url {text}: no port"))?;
+    Ok((host, port))
 }
 
 /// The DER of the first CERTIFICATE block of a PEM text.
@@ -470,5 +467,21 @@ mod tests {
         assert_eq!(parse_url("https://[::1]").unwrap(), ("::1".into(), 443));
         assert!(parse_url("https://h:1/path").is_err());
         assert!(parse_url("https://h:x").is_err());
+        // What the hand-written parser got wrong: percent-encoding and case in the host, the
+        // scheme's default port given explicitly, and parts beyond the origin.
+        assert_eq!(
+            parse_url("https://Sign%65r.Example:443").unwrap(),
+            ("signer.example".into(), 443)
+        );
+        for bad in [
+            "https://user@h:1",
+            "https://h:1?x=1",
+            "https://h:1#f",
+            "https://h:70000",
+            "https://:1",
+            "signer.example:443",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -41,16 +41,28 @@ pub(crate) enum TlsMode {
 
 /// Takes `sslmode` / `sslrootcert` out of a `postgresql://` URL's query: the URL left for
 /// `tokio_postgres::Config` (with `sslmode=require` whenever TLS is wanted) and the mode.
+///
+/// Only the query is taken apart here, not the whole URL: libpq's URIs allow what a WHATWG URL
+/// parser refuses (several `host:port` pairs, a Unix socket directory as the host). Names and
+/// values are percent-decoded as libpq does (RFC 3986: `%XX` only, `+` stays `+`); the pairs kept
+/// are passed on as written, for `tokio_postgres` to decode the same way.
 pub(crate) fn split_tls(url: &str) -> Result<(String, TlsMode), Error> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_string(), TlsMode::Plain));
     };
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| Error::Open("the database URL's query is not UTF-8 once decoded".into()))
+    };
     let mut kept = Vec::new();
     let (mut sslmode, mut root_cert) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", v)) => sslmode = Some(v.to_string()),
-            Some(("sslrootcert", v)) => root_cert = Some(PathBuf::from(v)),
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match decode(name)?.as_str() {
+            "sslmode" => sslmode = Some(decode(value)?),
+            "sslrootcert" => root_cert = Some(PathBuf::from(decode(value)?)),
             _ => kept.push(pair),
         }
     }
@@ -215,8 +227,24 @@ mod tests {
                 }
             )
         );
+        // Percent-encoded names and values (a path with a space, an encoded `=`), as libpq
+        // decodes them; `+` is not a space in a URI.
+        assert_eq!(
+            split_tls(&format!(
+                "{u}?ssl%6dode=verify-full&sslrootcert=/etc/my%20certs/ca+1%3D.pem"
+            ))
+            .unwrap(),
+            (
+                format!("{u}?sslmode=require"),
+                TlsMode::Verified {
+                    root_cert: "/etc/my certs/ca+1=.pem".into()
+                }
+            )
+        );
         for bad in [
             "sslmode=verify-ca&sslrootcert=/ca.pem",
+            "sslmode=verify%2Dca&sslrootcert=/ca.pem",
+            "sslmode=%FF",
             "sslmode=verify-full",
             "sslrootcert=/ca.pem",
             "sslmode=allow",
