@@ -7,9 +7,9 @@
 //! [`control`] (the parent ⇄ enclave protocol: frames, messages, server and client),
 //! [`attestation`] (the `Attestor` trait, the NSM, the document verifier), [`kms`] (`Decrypt`,
 //! attested or plain), [`records`] (the encrypted key record, one definition for writer and
-//! reader), [`secret`] (zeroizing, redacted types); `host` (feature `host`) is `ensign-host`'s
-//! library half; `test_util` (feature `test-util`, never in production builds) holds the test
-//! PKI, attestor and fake KMS.
+//! reader), [`secret`] (zeroizing, redacted types); `test_util` (feature `insecure-test-attestor`,
+//! never in production builds) holds the test PKI and attestor. Both sides use this crate: the
+//! enclave through `server`, the parent instance through the `host` crate (`ensign-host`).
 //!
 //! # Contract
 //!
@@ -27,15 +27,13 @@
 pub mod attestation;
 pub mod control;
 pub mod forward;
-#[cfg(feature = "host")]
-pub mod host;
 pub mod kms;
 pub mod proxy;
 pub mod records;
 pub mod secret;
 pub mod transport;
 
-#[cfg(any(feature = "test-util", feature = "insecure-test-attestor"))]
+#[cfg(feature = "insecure-test-attestor")]
 pub mod test_util;
 
 pub use transport::{BoxStream, Endpoint, Listener};

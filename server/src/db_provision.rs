@@ -63,7 +63,7 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
     .map_err(|e| format!("provisioning aborted: {e}"))?
     .map_err(|e| format!("provisioning the database failed: {e}"))?;
 
-    // The very type ensign-host reads it back as (enclave_bridge::host::db_secret).
+    // The very type ensign-host reads it back as (`host::db_secret` in the host crate).
     let document = serde_json::json!({
         "username": args.role,
         "encrypted_password": enclave_bridge::control::EncryptedBlob {

@@ -1,8 +1,8 @@
 //! A standalone fake KMS for trying enclave mode on one machine
-//! (`scripts/enclave-demo`). Test material only (feature `test-util`).
+//! (`scripts/enclave-demo`). Test material only (crate `test-support`).
 //!
 //! ```text
-//! cargo run -p enclave-bridge --features test-util --example fake-kms -- \
+//! cargo run -p test-support --example fake-kms -- \
 //!     --pki-dir DIR [--policy-pcr0 HEX96]
 //! ```
 //!

@@ -396,10 +396,10 @@ pub fn test_attestation_binary_path() -> PathBuf {
     bin
 }
 
-/// `ensign-host` (crate `enclave-bridge`), the parent-instance binary of enclave mode:
+/// `ensign-host` (crate `host`), the parent-instance binary of enclave mode:
 /// `$ENSIGN_HOST_BIN`, else `release/ensign-host` or `debug/ensign-host` in this test's target
-/// directory, else built once now (`cargo build --release -p enclave-bridge --bin
-/// ensign-host`, in the same target directory). `Err` says why when it can be neither found
+/// directory, else built once now (`cargo build --release -p host --bin ensign-host`, in the
+/// same target directory). `Err` says why when it can be neither found
 /// nor built; callers skip with a "not run" notice then, unless `ENSIGN_REQUIRE_ENSIGN_HOST`
 /// is set (CI), in which case they fail.
 pub fn ensign_host_path() -> Result<PathBuf, String> {
@@ -428,14 +428,7 @@ pub fn ensign_host_path() -> Result<PathBuf, String> {
                 target.display()
             );
             let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "enclave-bridge",
-                    "--bin",
-                    "ensign-host",
-                ])
+                .args(["build", "--release", "-p", "host", "--bin", "ensign-host"])
                 .env("CARGO_TARGET_DIR", &target)
                 .current_dir(&workspace)
                 .stdin(Stdio::null())
@@ -447,7 +440,7 @@ pub fn ensign_host_path() -> Result<PathBuf, String> {
             } else {
                 Err(format!(
                     "ensign-host could not be built ({status}); build it with `cargo build \
-                     --release -p enclave-bridge --bin ensign-host` or set ENSIGN_HOST_BIN"
+                     --release -p host --bin ensign-host` or set ENSIGN_HOST_BIN"
                 ))
             }
         })

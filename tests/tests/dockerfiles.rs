@@ -178,7 +178,7 @@ fn host_image() {
     check_healthcheck(file, &ins, "8443");
     check_locked_build(file, &ins);
     // Static, so the one binary also runs on Amazon Linux 2023 under systemd (the CDK path).
-    assert!(read(file).contains("--target x86_64-unknown-linux-musl --bin ensign-host"));
+    assert!(read(file).contains("--target x86_64-unknown-linux-musl -p host --bin ensign-host"));
 }
 
 /// The enclave image must be reproducible (same source, same PCR0): pinned builder, locked and
@@ -277,6 +277,7 @@ fn test_support_is_never_a_production_dependency() {
         "keystore",
         "slashing",
         "enclave-bridge",
+        "host",
         "server",
         "bench",
     ] {
@@ -369,22 +370,27 @@ fn enclave_image_has_no_test_attestor() {
     // Opt-in still works: the feature is there and brings the attestor.
     let opt_in = features_enabled("server/Cargo.toml", &["insecure-test-attestation"]);
     assert!(opt_in.contains(&"enclave-bridge/insecure-test-attestor".to_string()));
-    // server's own dependency on enclave-bridge asks for no test feature, and enclave-bridge's
-    // defaults (ensign-host's build, docker/Dockerfile.host) have none either.
-    let manifest = read("server/Cargo.toml");
-    let bridge = manifest
-        .lines()
-        .find(|l| l.starts_with("enclave-bridge ="))
-        .expect("server depends on enclave-bridge");
+    // server's and host's own dependencies on enclave-bridge name their features and no test
+    // one, enclave-bridge's defaults have none either, and host's build (`-p host --bin
+    // ensign-host`, docker/Dockerfile.host) enables no feature of its own.
+    for manifest in ["server/Cargo.toml", "host/Cargo.toml"] {
+        let text = read(manifest);
+        let bridge = text
+            .lines()
+            .find(|l| l.starts_with("enclave-bridge ="))
+            .unwrap_or_else(|| panic!("{manifest} depends on enclave-bridge"));
+        assert!(
+            bridge.contains("default-features = false") && !bridge.contains("test"),
+            "{manifest}: {bridge}"
+        );
+    }
+    let bridge = features_enabled("enclave-bridge/Cargo.toml", &["default"]);
     assert!(
-        bridge.contains("default-features = false") && !bridge.contains("test"),
-        "{bridge}"
+        !bridge.iter().any(test_attestor),
+        "enclave-bridge defaults: {bridge:?}"
     );
-    let host = features_enabled("enclave-bridge/Cargo.toml", &["default"]);
-    assert!(
-        !host.iter().any(test_attestor),
-        "enclave-bridge defaults: {host:?}"
-    );
+    let host = features_enabled("host/Cargo.toml", &["default"]);
+    assert_eq!(host, ["default"], "host defaults");
 }
 
 fn yaml(rel: &str) -> Value {

@@ -1318,7 +1318,7 @@ async fn plain_decrypt_path_against_moto() {
     assert_ne!(code, 0, "{out}");
 
     // ensign-host's own readers take what `keys encrypt` wrote.
-    use enclave_bridge::host::keys::{dynamodb_client, DirKeySource, DynamoKeySource};
+    use host::keys::{dynamodb_client, DirKeySource, DynamoKeySource};
     let creds = aws_sdk_kms::config::SharedCredentialsProvider::new(
         aws_sdk_kms::config::Credentials::new("testing", "testing", None, None, "test"),
     );

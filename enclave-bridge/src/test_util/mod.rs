@@ -1,5 +1,5 @@
-//! A throw-away attestation PKI and [`TestAttestor`] (features `insecure-test-attestor` and
-//! `test-util`; never in a production build): what `ensign --enclave-attestation
+//! A throw-away attestation PKI and [`TestAttestor`] (feature `insecure-test-attestor`; never in
+//! a production build): what `ensign --enclave-attestation
 //! insecure-test:<dir>` (the `ensign-insecure-test` build) and the tests attest with. The fake
 //! KMS and other test doubles are in the `test-support` crate (a dev-dependency only).
 

@@ -1,6 +1,8 @@
-//! `ensign-host`: the parent-instance half of enclave mode (cargo feature
-//! `host`, on by default; the enclave side builds without it and so without
-//! the DynamoDB and credential-chain crates of the AWS SDK).
+//! `ensign-host`: the parent-instance half of enclave mode. A crate of its own
+//! so the enclave side (`server`) builds without the supervisor and without the
+//! DynamoDB, Secrets Manager and credential-chain crates of the AWS SDK; what
+//! both sides share (protocol, transport, proxies, attestation, KMS, key
+//! records) is `enclave_bridge`.
 //!
 //! # What it does
 //!
@@ -12,12 +14,12 @@
 //!   PostgreSQL (--db-endpoint) ◄ OutboundProxy ◄── db proxy (vsock any:5432) ◄── enclave's DB client
 //! ```
 //!
-//! - **Data path** ([`crate::forward::Forwarder`]): every TCP connection on
+//! - **Data path** ([`enclave_bridge::forward::Forwarder`]): every TCP connection on
 //!   `--listen` is piped, bytes unseen, to the enclave's data endpoint. Before
 //!   the enclave is initialised that endpoint serves only upcheck, health and
 //!   the attestation endpoint (the enclave's rule); the host never pipes anything to the control endpoint —
 //!   the configuration refuses a data endpoint equal to the control endpoint.
-//! - **Outbound proxies** ([`crate::proxy::OutboundProxy`]): one listener for
+//! - **Outbound proxies** ([`enclave_bridge::proxy::OutboundProxy`]): one listener for
 //!   KMS (`kms.<region>.amazonaws.com:443`, or `--kms-endpoint`) and, with
 //!   `--db-endpoint`, one for PostgreSQL; the allowlist is exactly those
 //!   destinations.
@@ -51,7 +53,7 @@
 //!
 //! # Key records
 //!
-//! One record per validator key, in the format of [`crate::records`] (JSON files under
+//! One record per validator key, in the format of [`enclave_bridge::records`] (JSON files under
 //! `--keys-dir`, not starting with `.`, at most 64 KiB; or DynamoDB items under `--keys-table`,
 //! read with a consistent `Scan` to the end). The public key is the record's identity (the `id`
 //! and `pubkey` sent to the enclave, what `RemoveKeys` names); two records with one key: the first
@@ -84,9 +86,9 @@ use tokio::sync::{watch, Notify};
 
 pub use cli::{ConfigError, HostArgs, HostConfig};
 
-use crate::forward::{ForwardLimits, Forwarder};
-use crate::proxy::{AllowedRemote, Allowlist, OutboundProxy, ProxyError};
-use crate::transport::{Endpoint, PARENT_CID, VMADDR_CID_ANY};
+use enclave_bridge::forward::{ForwardLimits, Forwarder};
+use enclave_bridge::proxy::{AllowedRemote, Allowlist, OutboundProxy, ProxyError};
+use enclave_bridge::transport::{Endpoint, PARENT_CID, VMADDR_CID_ANY};
 
 /// Why the host could not run.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +307,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The HTTPS client of the host's AWS clients (IMDS, DynamoDB): rustls with
-/// ring, as the KMS client in [`crate::kms`] (the SDK's default client would
+/// ring, as the KMS client in [`enclave_bridge::kms`] (the SDK's default client would
 /// pull in aws-lc, a large C build).
 pub(crate) fn https_client() -> aws_sdk_kms::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};

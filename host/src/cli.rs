@@ -10,9 +10,9 @@ use clap::{ArgAction, ArgGroup, Parser, ValueEnum};
 use super::credentials::CredentialsMode;
 use super::keys::KeySourceConfig;
 use super::launcher::{LauncherConfig, NitroConfig};
-use crate::control::{AwsRegion, EndpointUrl};
-use crate::proxy::AllowedRemote;
-use crate::transport::{Endpoint, VMADDR_CID_ANY};
+use enclave_bridge::control::{AwsRegion, EndpointUrl};
+use enclave_bridge::proxy::AllowedRemote;
+use enclave_bridge::transport::{Endpoint, VMADDR_CID_ANY};
 
 /// How the host reaches the enclave when no endpoint is given explicitly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

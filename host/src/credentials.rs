@@ -21,9 +21,9 @@ use std::time::SystemTime;
 use aws_sdk_kms::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
 use clap::ValueEnum;
 
-use crate::control::AwsCredentials;
-use crate::kms::unix_seconds;
-use crate::secret::SecretString;
+use enclave_bridge::control::AwsCredentials;
+use enclave_bridge::kms::unix_seconds;
+use enclave_bridge::secret::SecretString;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CredentialsMode {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use enclave_bridge::control::ControlClient;
-use enclave_bridge::host::credentials::STATIC_TEST_ACCESS_KEY_ID;
 use harness::{holds_exactly, report_keys, Fixture, Host, TestKey, GOOD_PCR0, HOST_BIN};
+use host::credentials::STATIC_TEST_ACCESS_KEY_ID;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

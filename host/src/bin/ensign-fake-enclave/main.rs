@@ -1,6 +1,6 @@
 //! `ensign-fake-enclave`: a stand-in enclave for `ensign-host`'s tests and
-//! for trying the host by hand (features `test-util` + `host`; never part of
-//! a production build). It is shaped like the real one:
+//! for trying the host by hand (this crate's feature `test-util`; never part
+//! of a production build). It is shaped like the real one:
 //!
 //! - a [`ControlServer`] on `--control-listen` whose handler decrypts each
 //!   record with a [`RecipientDecryptor`] over a [`TestAttestor`] (PCR0 from

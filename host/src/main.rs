@@ -1,5 +1,5 @@
 //! `ensign-host`: runs on the parent instance of a Nitro Enclave running
-//! ensign. See `enclave_bridge::host` for what it does and the formats it
+//! ensign. See the `host` crate's docs for what it does and the formats it
 //! reads; `ensign-host --help` for the options.
 //!
 //! Signals: `SIGHUP` reconciles the keys at once; `SIGTERM` / `SIGINT`
@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use enclave_bridge::host::cli::LogFormat;
-use enclave_bridge::host::{self, HostArgs};
+use host::cli::LogFormat;
+use host::HostArgs;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 

@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::config::SharedCredentialsProvider;
 use sha2::{Digest, Sha256};
 
-use crate::control::{AwsRegion, EncryptedKeyRecord};
-pub use crate::records::{BlsPubkey, KeyRecord};
+use enclave_bridge::control::{AwsRegion, EncryptedKeyRecord};
+pub use enclave_bridge::records::{BlsPubkey, KeyRecord};
 
 /// Largest key record file read (a KMS ciphertext is at most 6 KiB).
 pub const MAX_RECORD_FILE_LEN: u64 = 64 * 1024;
@@ -301,7 +301,7 @@ impl DynamoKeySource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Base64Bytes;
+    use enclave_bridge::secret::Base64Bytes;
 
     const PK: &str = "0xA99A76ED7796F7BE22D5B7E85DEEB7C5677E88E511E0B337618F8C4EB61349B4BF2D153F649F7B53359FE8B94A38E44C";
 

@@ -25,8 +25,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::control::{AwsRegion, DatabaseCredentials, DatabasePassword, EncryptedBlob};
-use crate::secret::SecretString;
+use enclave_bridge::control::{AwsRegion, DatabaseCredentials, DatabasePassword, EncryptedBlob};
+use enclave_bridge::secret::SecretString;
 
 /// Why the credentials could not be had. Never carries a value of the secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

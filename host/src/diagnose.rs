@@ -1,7 +1,7 @@
 //! Turning the enclave's failure messages into an operator's next step.
 //!
 //! The enclave reports why `Init` or a key failed as text (KMS error codes
-//! and messages as `aws-sdk-kms` gives them, see [`crate::kms::KmsError`]);
+//! and messages as `aws-sdk-kms` gives them, see [`enclave_bridge::kms::KmsError`]);
 //! the host adds what that usually means on a Nitro deployment. The
 //! original message is always logged too.
 
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn recognises_the_usual_failures() {
-        // As crate::kms::KmsError displays them.
+        // As enclave_bridge::kms::KmsError displays them.
         assert_eq!(
             diagnose("KMS denied access: User is not authorized to perform: kms:Decrypt"),
             Some(Cause::AccessDenied)

@@ -12,8 +12,8 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
 use enclave_bridge::control::AwsRegion;
-use enclave_bridge::host::keys::{dynamodb_client, DynamoKeySource};
 use harness::{holds_exactly, Fixture, Host, TestKey, GOOD_PCR0};
+use host::keys::{dynamodb_client, DynamoKeySource};
 use test_support::enclave::create_keys_table;
 
 fn region() -> AwsRegion {

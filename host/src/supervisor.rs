@@ -25,15 +25,15 @@ use super::db_secret::DbSecretSource;
 use super::diagnose::explain;
 use super::keys::{fingerprint, KeyListing, KeyProblem, KeySource};
 use super::launcher::{Enclave, Launcher};
-use crate::control::{
+use enclave_bridge::control::{
     AddKeysRequest, AwsRegion, ControlClient, ControlClientConfig, ControlError,
     DatabaseCredentials, EnclaveState, EncryptedKeyRecord, EndpointUrl, ErrorCode, InitRequest,
     KeysReport, RemoveKeysRequest, StatusReply,
 };
-use crate::forward::ForwardStats;
-use crate::kms::unix_seconds;
-use crate::proxy::AllowedRemote;
-use crate::transport::Endpoint;
+use enclave_bridge::forward::ForwardStats;
+use enclave_bridge::kms::unix_seconds;
+use enclave_bridge::proxy::AllowedRemote;
+use enclave_bridge::transport::Endpoint;
 
 /// Tunables of a [`Supervisor`]. [`SupervisorConfig::new`] gives the
 /// defaults `ensign-host` uses.
@@ -767,7 +767,7 @@ impl Supervisor {
                         loaded: vec![],
                         failed: keys
                             .iter()
-                            .map(|k| crate::control::KeyFailure {
+                            .map(|k| enclave_bridge::control::KeyFailure {
                                 id: k.id.clone(),
                                 reason: message.clone(),
                             })
@@ -797,9 +797,9 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::KeyFailure;
-    use crate::host::keys::{BlsPubkey, KeyRecord};
-    use crate::secret::Base64Bytes;
+    use crate::keys::{BlsPubkey, KeyRecord};
+    use enclave_bridge::control::KeyFailure;
+    use enclave_bridge::secret::Base64Bytes;
 
     fn rec(n: u8, blob: u8) -> EncryptedKeyRecord {
         let pk = BlsPubkey::try_from(format!("0x{}", format!("{n:02x}").repeat(48))).unwrap();

@@ -9,7 +9,7 @@ use test_support::moto;
 use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_secretsmanager::primitives::Blob;
 use enclave_bridge::control::AwsRegion;
-use enclave_bridge::host::db_secret::{secrets_manager_client, DbSecretError, DbSecretSource};
+use host::db_secret::{secrets_manager_client, DbSecretError, DbSecretSource};
 
 #[tokio::test]
 async fn database_secret_from_moto() {
