@@ -18,7 +18,6 @@
 //! [`SecretString`].
 
 use std::fmt;
-use std::time::Duration;
 
 use aws_sdk_kms::config::SharedCredentialsProvider;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -56,22 +55,7 @@ pub fn secrets_manager_client(
     credentials: SharedCredentialsProvider,
     endpoint_url: Option<&str>,
 ) -> aws_sdk_secretsmanager::Client {
-    use aws_sdk_secretsmanager::config;
-    let timeouts = config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .operation_attempt_timeout(Duration::from_secs(20))
-        .operation_timeout(Duration::from_secs(60))
-        .build();
-    let mut builder = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(config::BehaviorVersion::latest())
-        .region(config::Region::new(region.as_str().to_owned()))
-        .credentials_provider(credentials)
-        .http_client(super::https_client())
-        .timeout_config(timeouts);
-    if let Some(url) = endpoint_url {
-        builder = builder.endpoint_url(url);
-    }
-    aws_sdk_secretsmanager::Client::from_conf(builder.build())
+    super::aws_client!(aws_sdk_secretsmanager, region, credentials, endpoint_url)
 }
 
 impl DbSecretSource {

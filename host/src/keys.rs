@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::config::SharedCredentialsProvider;
@@ -226,23 +225,7 @@ pub fn dynamodb_client(
     credentials: SharedCredentialsProvider,
     endpoint_url: Option<&str>,
 ) -> aws_sdk_dynamodb::Client {
-    let timeouts = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .operation_attempt_timeout(Duration::from_secs(20))
-        .operation_timeout(Duration::from_secs(60))
-        .build();
-    let mut builder = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new(
-            region.as_str().to_owned(),
-        ))
-        .credentials_provider(credentials)
-        .http_client(super::https_client())
-        .timeout_config(timeouts);
-    if let Some(url) = endpoint_url {
-        builder = builder.endpoint_url(url);
-    }
-    aws_sdk_dynamodb::Client::from_conf(builder.build())
+    super::aws_client!(aws_sdk_dynamodb, region, credentials, endpoint_url)
 }
 
 impl DynamoKeySource {

@@ -306,6 +306,32 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A client of one AWS service (`$sdk`: the SDK crate) for the host: the region given, the
+/// host's credentials, [`https_client`], bounded timeouts (a stuck AWS call must not stall the
+/// supervisor's loop), an optional endpoint override (moto in tests). A macro because every SDK
+/// crate has its own `Config` builder type.
+macro_rules! aws_client {
+    ($sdk:ident, $region:expr, $credentials:expr, $endpoint_url:expr) => {{
+        use $sdk::config;
+        let timeouts = config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .operation_attempt_timeout(std::time::Duration::from_secs(20))
+            .operation_timeout(std::time::Duration::from_secs(60))
+            .build();
+        let mut builder = $sdk::Config::builder()
+            .behavior_version(config::BehaviorVersion::latest())
+            .region(config::Region::new($region.as_str().to_owned()))
+            .credentials_provider($credentials)
+            .http_client($crate::https_client())
+            .timeout_config(timeouts);
+        if let Some(url) = $endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        $sdk::Client::from_conf(builder.build())
+    }};
+}
+pub(crate) use aws_client;
+
 /// The HTTPS client of the host's AWS clients (IMDS, DynamoDB): rustls with
 /// ring, as the KMS client in [`enclave_bridge::kms`] (the SDK's default client would
 /// pull in aws-lc, a large C build).
