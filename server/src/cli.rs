@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Arg, ArgAction, Args, Parser, Subcommand};
 use enclave_bridge::Endpoint;
 use zeroize::Zeroizing;
 
@@ -29,6 +29,30 @@ impl std::fmt::Debug for SecretArg {
     }
 }
 
+/// What makes an option of [`GlobalOptions`] global.
+fn global_option(arg: Arg) -> Arg {
+    arg.global(true)
+}
+
+/// Web3Signer's boolean options: `--x`, `--x=true` or `--x=false` with a default, never
+/// `--x false` (so that a flag before the subcommand cannot take its name as the value). A
+/// field gets it as `#[arg(web3signer_bool = DEFAULT)]`, which clap's derive turns into this
+/// method call on the field's `Arg`.
+trait Web3SignerBool {
+    fn web3signer_bool(self, default: bool) -> Self;
+}
+
+impl Web3SignerBool for Arg {
+    fn web3signer_bool(self, default: bool) -> Self {
+        self.default_value(if default { "true" } else { "false" })
+            .action(ArgAction::Set)
+            .num_args(0..=1)
+            .default_missing_value("true")
+            .require_equals(true)
+            .value_name("BOOL")
+    }
+}
+
 /// ensign: a remote signer for Ethereum validators, compatible with Web3Signer's eth2 API.
 #[derive(Debug, Parser)]
 #[command(name = "ensign", version, about, long_about = None, propagate_version = true)]
@@ -39,25 +63,17 @@ pub struct Cli {
     pub mode: Mode,
 }
 
-/// Options shared by every mode.
+/// Options shared by every mode. All of them, with the TLS and enclave groups flattened in, are
+/// global (`global_option`): accepted before or after the subcommand, as Web3Signer's.
 #[derive(Debug, Args)]
+#[command(mut_args = global_option)]
 pub struct GlobalOptions {
     /// Address the HTTP API listens on.
-    #[arg(
-        long,
-        env = "ENSIGN_HTTP_LISTEN_HOST",
-        default_value = "127.0.0.1",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_HTTP_LISTEN_HOST", default_value = "127.0.0.1")]
     pub http_listen_host: String,
 
     /// Port the HTTP API listens on; 0 picks a free port (the chosen port is logged).
-    #[arg(
-        long,
-        env = "ENSIGN_HTTP_LISTEN_PORT",
-        default_value_t = 9000,
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_HTTP_LISTEN_PORT", default_value_t = 9000)]
     pub http_listen_port: u16,
 
     /// Comma-separated host names accepted in the Host header; `*` accepts any.
@@ -65,88 +81,47 @@ pub struct GlobalOptions {
         long,
         env = "ENSIGN_HTTP_HOST_ALLOWLIST",
         default_value = "localhost,127.0.0.1",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     pub http_host_allowlist: Vec<String>,
 
     /// Directory of Web3Signer key configuration files (`*.yaml`: `file-raw`, `file-keystore`).
-    #[arg(
-        long,
-        alias = "key-config-path",
-        env = "ENSIGN_KEY_STORE_PATH",
-        global = true
-    )]
+    #[arg(long, alias = "key-config-path", env = "ENSIGN_KEY_STORE_PATH")]
     pub key_store_path: Option<PathBuf>,
 
     /// Directory for ensign's own data (the default SQLite slashing-protection database).
-    #[arg(
-        long,
-        env = "ENSIGN_DATA_PATH",
-        default_value = "./ensign-data",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_DATA_PATH", default_value = "./ensign-data")]
     pub data_path: PathBuf,
 
     /// Serve Prometheus metrics on their own listener.
-    #[arg(
-        long,
-        env = "ENSIGN_METRICS_ENABLED",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_METRICS_ENABLED", web3signer_bool = false)]
     pub metrics_enabled: bool,
 
     /// Address of the metrics listener.
-    #[arg(
-        long,
-        env = "ENSIGN_METRICS_HOST",
-        default_value = "127.0.0.1",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_METRICS_HOST", default_value = "127.0.0.1")]
     pub metrics_host: String,
 
     /// Port of the metrics listener (0 picks a free one; the chosen port is logged).
-    #[arg(
-        long,
-        env = "ENSIGN_METRICS_PORT",
-        default_value_t = 9001,
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_METRICS_PORT", default_value_t = 9001)]
     pub metrics_port: u16,
 
     /// Log level: OFF, ERROR, WARN, INFO, DEBUG, TRACE (or a tracing filter directive).
-    #[arg(long, env = "ENSIGN_LOGGING", default_value = "INFO", global = true)]
+    #[arg(long, env = "ENSIGN_LOGGING", default_value = "INFO")]
     pub logging: String,
 
     /// Log format: `text` (human-readable) or `json` (one JSON object per line, for collectors).
-    #[arg(long, env = "ENSIGN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    #[arg(long, env = "ENSIGN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
     /// Most sign requests processed at once; more get 503 at once instead of queueing without
     /// bound (each waiting request holds memory and a connection).
-    #[arg(
-        long,
-        env = "ENSIGN_MAX_IN_FLIGHT_SIGNING",
-        default_value_t = 4096,
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_MAX_IN_FLIGHT_SIGNING", default_value_t = 4096)]
     pub max_in_flight_signing: usize,
 
     /// Most client connections open at once. Past it, new connections wait in the kernel's
     /// listen backlog until one closes, so a flood of idle sockets cannot exhaust the process's
     /// file descriptors (the soft open-file limit is raised to fit when the hard limit allows).
-    #[arg(
-        long,
-        env = "ENSIGN_HTTP_MAX_CONNECTIONS",
-        default_value_t = 1024,
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: usize,
 
     /// Seconds a client has to send a request's complete headers, counted from the moment the
@@ -155,8 +130,7 @@ pub struct GlobalOptions {
     #[arg(
         long,
         env = "ENSIGN_HTTP_HEADER_READ_TIMEOUT_SECONDS",
-        default_value_t = 10,
-        global = true
+        default_value_t = 10
     )]
     pub http_header_read_timeout_seconds: u64,
 
@@ -166,8 +140,7 @@ pub struct GlobalOptions {
     #[arg(
         long,
         env = "ENSIGN_HTTP_REQUEST_BODY_TIMEOUT_SECONDS",
-        default_value_t = 5,
-        global = true
+        default_value_t = 5
     )]
     pub http_request_body_timeout_seconds: u64,
 
@@ -178,8 +151,7 @@ pub struct GlobalOptions {
     #[arg(
         long,
         env = "ENSIGN_HTTP_REQUEST_BODY_MIN_BYTES_PER_SECOND",
-        default_value_t = 16384,
-        global = true
+        default_value_t = 16384
     )]
     pub http_request_body_min_bytes_per_second: u64,
 
@@ -188,8 +160,7 @@ pub struct GlobalOptions {
     #[arg(
         long,
         env = "ENSIGN_IDLE_CONNECTION_TIMEOUT_SECONDS",
-        default_value_t = 30,
-        global = true
+        default_value_t = 30
     )]
     pub idle_connection_timeout_seconds: u64,
 
@@ -208,17 +179,7 @@ pub struct EnclaveOptions {
     /// endpoint and are decrypted for this attested image only), the API served over TLS with a
     /// key made at start, on the data endpoint; until initialised only /upcheck, /healthcheck
     /// and /api/v1/attestation answer.
-    #[arg(
-        long,
-        env = "ENSIGN_ENCLAVE_MODE",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_ENCLAVE_MODE", web3signer_bool = false)]
     pub enclave_mode: bool,
 
     /// Where the control protocol listens (ensign-host's Init, AddKeys, ...): `vsock:any:PORT`,
@@ -226,8 +187,7 @@ pub struct EnclaveOptions {
     #[arg(
         long,
         env = "ENSIGN_ENCLAVE_CONTROL_ENDPOINT",
-        default_value = "vsock:any:5001",
-        global = true
+        default_value = "vsock:any:5001"
     )]
     pub enclave_control_endpoint: enclave_bridge::Endpoint,
 
@@ -235,8 +195,7 @@ pub struct EnclaveOptions {
     #[arg(
         long,
         env = "ENSIGN_ENCLAVE_DATA_ENDPOINT",
-        default_value = "vsock:any:5000",
-        global = true
+        default_value = "vsock:any:5000"
     )]
     pub enclave_data_endpoint: enclave_bridge::Endpoint,
 
@@ -248,8 +207,7 @@ pub struct EnclaveOptions {
         long = "enclave-forward",
         env = "ENSIGN_ENCLAVE_FORWARD",
         value_delimiter = ',',
-        value_name = "LOCAL=REMOTE",
-        global = true
+        value_name = "LOCAL=REMOTE"
     )]
     pub enclave_forwards: Vec<Forward>,
 
@@ -257,12 +215,7 @@ pub struct EnclaveOptions {
     /// `insecure-test:<dir>` (a throw-away test PKI kept in <dir>, its root written to
     /// <dir>/test-root.pem; off-enclave tests and demos only: INSECURE; only in the
     /// `ensign-insecure-test` build, cargo feature `insecure-test-attestation`).
-    #[arg(
-        long,
-        env = "ENSIGN_ENCLAVE_ATTESTATION",
-        default_value = "nsm",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_ENCLAVE_ATTESTATION", default_value = "nsm")]
     pub enclave_attestation: AttestationMode,
 
     /// Names and addresses in the enclave's TLS certificate (comma-separated), e.g. the load
@@ -271,8 +224,7 @@ pub struct EnclaveOptions {
         long,
         env = "ENSIGN_ENCLAVE_TLS_SUBJECT_ALT_NAMES",
         default_value = "localhost,127.0.0.1",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     pub enclave_tls_subject_alt_names: Vec<String>,
 
@@ -280,23 +232,23 @@ pub struct EnclaveOptions {
     /// fixed by the measured image: every `Decrypt` names it, a record naming another key is
     /// refused, and the KMS endpoint's region is the ARN's. Enclave mode needs it or
     /// --enclave-kms-region.
-    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_KEY_ARN", global = true)]
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_KEY_ARN")]
     pub enclave_kms_key_arn: Option<String>,
 
     /// The region of the KMS endpoint (`https://kms.<region>.amazonaws.com`), if
     /// --enclave-kms-key-arn does not give it. The host's `Init` must name the same region.
-    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_REGION", global = true)]
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_REGION")]
     pub enclave_kms_region: Option<String>,
 
     /// Another https:// KMS endpoint (e.g. a VPC endpoint's DNS name), fixed by the image. The
     /// enclave speaks TLS to it through the host's proxy and checks its certificate against
     /// the image's roots; `Init` cannot choose an endpoint.
-    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_ENDPOINT", global = true)]
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_ENDPOINT")]
     pub enclave_kms_endpoint: Option<String>,
 
     /// PEM roots that KMS's certificate must chain to instead of the image's CA bundle
     /// (/etc/ssl/certs): a private CA in front of KMS, or a test KMS.
-    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_CA_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_ENCLAVE_KMS_CA_FILE")]
     pub enclave_kms_ca_file: Option<PathBuf>,
 
     /// Sign voluntary exits in enclave mode. Off by default: an exit is irreversible, and
@@ -304,30 +256,14 @@ pub struct EnclaveOptions {
     #[arg(
         long,
         env = "ENSIGN_ENCLAVE_ALLOW_VOLUNTARY_EXITS",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL",
-        global = true
+        web3signer_bool = false
     )]
     pub enclave_allow_voluntary_exits: bool,
 
     /// DEVELOPMENT ONLY: let an enclave serve clients without certificates
     /// (--tls-allow-any-client=true) and open a slashing database it cannot authenticate.
     /// Without it, enclave mode refuses both.
-    #[arg(
-        long,
-        env = "ENSIGN_ENCLAVE_DEVELOPMENT_MODE",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_ENCLAVE_DEVELOPMENT_MODE", web3signer_bool = false)]
     pub enclave_development_mode: bool,
 }
 
@@ -336,67 +272,46 @@ pub struct EnclaveOptions {
 #[derive(Debug, Args, Clone)]
 pub struct TlsOptions {
     /// PKCS#12 keystore holding the server's private key and certificate chain; turns TLS on.
-    #[arg(long, env = "ENSIGN_TLS_KEYSTORE_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_TLS_KEYSTORE_FILE")]
     pub tls_keystore_file: Option<PathBuf>,
 
     /// File whose first line is the password of --tls-keystore-file.
-    #[arg(long, env = "ENSIGN_TLS_KEYSTORE_PASSWORD_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_TLS_KEYSTORE_PASSWORD_FILE")]
     pub tls_keystore_password_file: Option<PathBuf>,
 
     /// PEM certificate chain of the server, leaf first (ensign's alternative to the keystore,
     /// with --tls-key-file); turns TLS on.
-    #[arg(long, env = "ENSIGN_TLS_CERT_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
 
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert-file.
-    #[arg(long, env = "ENSIGN_TLS_KEY_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
 
     /// Accept clients without a certificate. Without it, TLS requires a client certificate
     /// accepted by --tls-known-clients-file or --tls-allow-ca-clients.
-    #[arg(
-        long,
-        env = "ENSIGN_TLS_ALLOW_ANY_CLIENT",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_TLS_ALLOW_ANY_CLIENT", web3signer_bool = false)]
     pub tls_allow_any_client: bool,
 
     /// Accepted client certificates: lines `<name> <SHA-256 fingerprint of the certificate's
     /// DER, colon-separated hex>`; `#` comments and blank lines are ignored.
-    #[arg(long, env = "ENSIGN_TLS_KNOWN_CLIENTS_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_TLS_KNOWN_CLIENTS_FILE")]
     pub tls_known_clients_file: Option<PathBuf>,
 
     /// Accept client certificates issued by a CA in --tls-ca-clients-file.
-    #[arg(
-        long,
-        env = "ENSIGN_TLS_ALLOW_CA_CLIENTS",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL",
-        global = true
-    )]
+    #[arg(long, env = "ENSIGN_TLS_ALLOW_CA_CLIENTS", web3signer_bool = false)]
     pub tls_allow_ca_clients: bool,
 
     /// PEM bundle of the CAs trusted for client certificates with --tls-allow-ca-clients
     /// (ensign's option: Web3Signer uses the JVM's trust store).
-    #[arg(long, env = "ENSIGN_TLS_CA_CLIENTS_FILE", global = true)]
+    #[arg(long, env = "ENSIGN_TLS_CA_CLIENTS_FILE")]
     pub tls_ca_clients_file: Option<PathBuf>,
 
     /// Seconds a client has to complete the TLS handshake.
     #[arg(
         long,
         env = "ENSIGN_TLS_HANDSHAKE_TIMEOUT_SECONDS",
-        default_value_t = 10,
-        global = true
+        default_value_t = 10
     )]
     pub tls_handshake_timeout_seconds: u64,
 }
@@ -553,10 +468,8 @@ pub struct DatabaseProvisionArgs {
 }
 
 /// A schema or role name ([`slashing::check_pg_identifier`]).
-fn parse_pg_identifier(s: &str) -> Result<String, String> {
-    slashing::check_pg_identifier("the name", s)
-        .map(|()| s.to_string())
-        .map_err(|e| e.to_string())
+fn parse_pg_identifier(s: &str) -> Result<String, slashing::Error> {
+    slashing::check_pg_identifier("the name", s).map(|()| s.to_string())
 }
 
 /// `ensign verify-attestation`.
@@ -693,12 +606,7 @@ pub struct Eth2Options {
     #[arg(
         long,
         env = "ENSIGN_ETH2_SLASHING_PROTECTION_ENABLED",
-        default_value_t = true,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL"
+        web3signer_bool = true
     )]
     pub slashing_protection_enabled: bool,
 
@@ -709,12 +617,7 @@ pub struct Eth2Options {
     #[arg(
         long,
         env = "ENSIGN_ETH2_INIT_SLASHING_PROTECTION",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL"
+        web3signer_bool = false
     )]
     pub init_slashing_protection: bool,
 
@@ -766,12 +669,7 @@ pub struct Eth2Options {
     #[arg(
         long,
         env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_ENABLED",
-        default_value_t = true,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL"
+        web3signer_bool = true
     )]
     pub slashing_protection_pruning_enabled: bool,
 
@@ -799,12 +697,7 @@ pub struct Eth2Options {
     #[arg(
         long,
         env = "ENSIGN_ETH2_SLASHING_PROTECTION_PRUNING_AT_BOOT_ENABLED",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL"
+        web3signer_bool = false
     )]
     pub slashing_protection_pruning_at_boot_enabled: bool,
 
@@ -813,12 +706,7 @@ pub struct Eth2Options {
     #[arg(
         long,
         env = "ENSIGN_ETH2_KEY_MANAGER_API_ENABLED",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL"
+        web3signer_bool = false
     )]
     pub key_manager_api_enabled: bool,
 
@@ -839,16 +727,7 @@ pub struct Eth2Options {
 #[derive(Debug, Args, Clone)]
 pub struct AwsSecretsOptions {
     /// Load keys from AWS Secrets Manager.
-    #[arg(
-        long,
-        env = "ENSIGN_ETH2_AWS_SECRETS_ENABLED",
-        default_value_t = false,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        require_equals = true,
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "ENSIGN_ETH2_AWS_SECRETS_ENABLED", web3signer_bool = false)]
     pub aws_secrets_enabled: bool,
 
     /// SPECIFIED (the access key below) or ENVIRONMENT (the standard AWS credential chain).

@@ -2,7 +2,7 @@
 //!
 //! `cli` is a leaf (clap's shapes only) and this is the only module that reads it: every
 //! cross-option check, file read and default that turns options into a working setup is here,
-//! and its failures are `StartError::Config` (exit 2) before anything starts. A one-shot
+//! and its failures are [`ConfigError`]s (`StartError::Config`, exit 2) before anything starts. A one-shot
 //! command's options (`keys encrypt`, `verify-attestation`, `database provision`) need no
 //! resolving: they are re-exported as they are, as are the value types `cli` parses
 //! (`Forward`, `AttestationMode`).
@@ -22,8 +22,86 @@ pub use crate::cli::{
     VerifyAttestationArgs, NO_TEST_ATTESTOR,
 };
 use crate::cli::{EnclaveOptions, Eth2Options, GlobalOptions, TlsOptions};
-use crate::tls::TlsSettings;
-use crate::{conn, tls, StartError, SQLITE_FILE};
+use crate::tls::{TlsError, TlsSettings};
+use crate::{conn, tls, SQLITE_FILE};
+
+/// Why the command line does not make a working setup. Each names the options (or the file) to
+/// change; none holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Network(#[from] api_spec::Error),
+    /// Options that contradict each other, or one that needs another.
+    #[error("{0}")]
+    Options(&'static str),
+    #[error("{0} must be positive")]
+    NotPositive(&'static str),
+    #[error("--aws-secrets-auth-mode must be SPECIFIED or ENVIRONMENT, not {0:?}")]
+    AwsSecretsAuthMode(String),
+    #[error("cannot read key cache secret {}: {source}", path.display())]
+    ReadCacheSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key cache secret {} is empty", .0.display())]
+    EmptyCacheSecret(PathBuf),
+    #[error("cannot create data path {}: {source}", path.display())]
+    CreateDataPath {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A key source or a server certificate in enclave mode (its keys come from the host, its
+    /// TLS key is made inside).
+    #[error(
+        "{0} cannot be used with --enclave-mode=true: in enclave mode keys arrive encrypted \
+         from ensign-host and the TLS key is made inside the enclave"
+    )]
+    RefusedInEnclave(&'static str),
+    #[error(transparent)]
+    Kms(#[from] KmsPinError),
+}
+
+/// Why the KMS settings an enclave image pins (`--enclave-kms-*`) are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsPinError {
+    #[error("--enclave-kms-key-arn: `{0}` is not an ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")]
+    NotAnArn(String),
+    #[error("--enclave-kms-key-arn: `{arn}`: unknown partition `{partition}`")]
+    UnknownPartition { arn: String, partition: String },
+    #[error(
+        "--enclave-kms-key-arn: `{0}` is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; \
+         an alias can be re-pointed by whoever may update it, so the image pins the key itself)"
+    )]
+    NotAKeyArn(String),
+    #[error(
+        "--enclave-kms-region {given} differs from the region of --enclave-kms-key-arn \
+         ({arn_region})"
+    )]
+    RegionMismatch { given: String, arn_region: String },
+    #[error(
+        "enclave mode needs --enclave-kms-key-arn (recommended) or --enclave-kms-region: the KMS \
+         endpoint is fixed by the enclave image, never chosen by the parent instance"
+    )]
+    NoRegion,
+    #[error("KMS region: {0}")]
+    Region(String),
+    #[error(
+        "--enclave-kms-endpoint {0}: must be https:// (TLS to KMS ends inside the enclave; over \
+         http:// the parent instance would read and answer KMS's traffic)"
+    )]
+    NotHttps(String),
+    #[error("--enclave-kms-endpoint: {0}")]
+    Endpoint(String),
+    #[error("--enclave-kms-ca-file {}: {source}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--enclave-kms-ca-file {}: no PEM certificate in it", .0.display())]
+    NoCaCertificate(PathBuf),
+}
 
 /// Validated configuration of the eth2 signer.
 #[derive(Debug, Clone)]
@@ -63,9 +141,8 @@ pub struct Pruning {
 
 impl Config {
     /// Resolves command-line options into a configuration.
-    pub fn from_cli(global: &GlobalOptions, eth2: &Eth2Options) -> Result<Config, StartError> {
-        let network =
-            Network::from_arg(&eth2.network).map_err(|e| StartError::Config(e.to_string()))?;
+    pub fn from_cli(global: &GlobalOptions, eth2: &Eth2Options) -> Result<Config, ConfigError> {
+        let network = Network::from_arg(&eth2.network)?;
         let keystores = match &eth2.keystores_path {
             None => None,
             Some(dir) => {
@@ -76,10 +153,9 @@ impl Config {
                     ) {
                         (Some(d), None) => PasswordSource::Dir(d.clone()),
                         (None, Some(f)) => PasswordSource::File(f.clone()),
-                        _ => return Err(StartError::Config(
+                        _ => return Err(ConfigError::Options(
                             "--keystores-path needs exactly one of --keystores-passwords-path or \
-                             --keystores-password-file"
-                                .into(),
+                             --keystores-password-file",
                         )),
                     };
                 Some((dir.clone(), passwords))
@@ -95,8 +171,7 @@ impl Config {
         let tls = if enclave.is_some() {
             None
         } else {
-            tls::server_config(&tls_settings(&global.tls))
-                .map_err(|e| StartError::Config(e.to_string()))?
+            tls::server_config(&tls_settings(&global.tls))?
         };
         Ok(Config {
             enclave,
@@ -113,22 +188,20 @@ impl Config {
                     let a = &eth2.aws;
                     let mode = a.aws_secrets_auth_mode.to_ascii_uppercase();
                     if a.aws_secrets_enabled && mode != "SPECIFIED" && mode != "ENVIRONMENT" {
-                        return Err(StartError::Config(format!(
-                            "--aws-secrets-auth-mode must be SPECIFIED or ENVIRONMENT, not {:?}",
-                            a.aws_secrets_auth_mode
-                        )));
+                        return Err(ConfigError::AwsSecretsAuthMode(a.aws_secrets_auth_mode.clone()));
                     }
                     a.aws_secrets_enabled.then(|| a.clone())
                 },
                 cache: match &eth2.key_cache_secret_file {
                     None => None,
                     Some(f) => {
-                        let secret = std::fs::read(f).map_err(|e| {
-                            StartError::Config(format!("cannot read key cache secret {}: {e}", f.display()))
+                        let secret = std::fs::read(f).map_err(|source| ConfigError::ReadCacheSecret {
+                            path: f.clone(),
+                            source,
                         })?;
                         let trimmed = secret.trim_ascii_end().to_vec();
                         if trimmed.is_empty() {
-                            return Err(StartError::Config(format!("key cache secret {} is empty", f.display())));
+                            return Err(ConfigError::EmptyCacheSecret(f.clone()));
                         }
                         Some((global.data_path.clone(), CacheSecret(zeroize::Zeroizing::new(trimmed))))
                     }
@@ -145,10 +218,10 @@ impl Config {
                 None
             },
             pruning: (eth2.slashing_protection_enabled && eth2.slashing_protection_pruning_enabled)
-                .then(|| -> Result<Pruning, StartError> {
+                .then(|| -> Result<Pruning, ConfigError> {
                     if eth2.slashing_protection_pruning_epochs_to_keep == 0 || eth2.slashing_protection_pruning_interval == 0 {
-                        return Err(StartError::Config(
-                            "--slashing-protection-pruning-epochs-to-keep and --slashing-protection-pruning-interval must be positive".into(),
+                        return Err(ConfigError::NotPositive(
+                            "--slashing-protection-pruning-epochs-to-keep and --slashing-protection-pruning-interval",
                         ));
                     }
                     Ok(Pruning {
@@ -168,7 +241,7 @@ impl Config {
 
 /// `--http-max-connections` and the connection timeouts, checked (the metrics listener shares
 /// the timeouts, under a cap of its own).
-fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError> {
+fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, ConfigError> {
     use std::time::Duration;
     for (value, flag) in [
         (global.http_max_connections as u64, "--http-max-connections"),
@@ -186,7 +259,7 @@ fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError>
         ),
     ] {
         if value == 0 {
-            return Err(StartError::Config(format!("{flag} must be positive")));
+            return Err(ConfigError::NotPositive(flag));
         }
     }
     Ok(conn::Limits {
@@ -204,7 +277,7 @@ fn connection_limits(global: &GlobalOptions) -> Result<conn::Limits, StartError>
 pub fn store_config(
     data_path: &std::path::Path,
     eth2: &Eth2Options,
-) -> Result<StoreConfig, StartError> {
+) -> Result<StoreConfig, ConfigError> {
     match &eth2.slashing_protection_db_url {
         Some(url) => Ok(StoreConfig::Postgres {
             url: url.clone(),
@@ -217,11 +290,9 @@ pub fn store_config(
             schema: eth2.slashing_protection_db_schema.clone(),
         }),
         None => {
-            std::fs::create_dir_all(data_path).map_err(|e| {
-                StartError::Config(format!(
-                    "cannot create data path {}: {e}",
-                    data_path.display()
-                ))
+            std::fs::create_dir_all(data_path).map_err(|source| ConfigError::CreateDataPath {
+                path: data_path.to_path_buf(),
+                source,
             })?;
             Ok(StoreConfig::Sqlite {
                 path: data_path.join(SQLITE_FILE),
@@ -307,17 +378,20 @@ pub struct KmsPin {
 
 /// The region of a KMS key ARN (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`) and its partition's
 /// DNS suffix.
-fn kms_arn_region(arn: &str) -> Result<(String, &'static str), String> {
+fn kms_arn_region(arn: &str) -> Result<(String, &'static str), KmsPinError> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let [arn_, partition, service, region, account, resource] = parts[..] else {
-        return Err(format!(
-            "`{arn}` is not an ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
-        ));
+        return Err(KmsPinError::NotAnArn(arn.to_string()));
     };
     let suffix = match partition {
         "aws" | "aws-us-gov" => "amazonaws.com",
         "aws-cn" => "amazonaws.com.cn",
-        _ => return Err(format!("`{arn}`: unknown partition `{partition}`")),
+        _ => {
+            return Err(KmsPinError::UnknownPartition {
+                arn: arn.to_string(),
+                partition: partition.to_string(),
+            })
+        }
     };
     let ok = arn_ == "arn"
         && service == "kms"
@@ -328,65 +402,50 @@ fn kms_arn_region(arn: &str) -> Result<(String, &'static str), String> {
             .strip_prefix("key/")
             .is_some_and(|id| !id.is_empty());
     if !ok {
-        return Err(format!(
-            "`{arn}` is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; an alias can be \
-             re-pointed by whoever may update it, so the image pins the key itself)"
-        ));
+        return Err(KmsPinError::NotAKeyArn(arn.to_string()));
     }
     Ok((region.to_string(), suffix))
 }
 
 impl KmsPin {
-    fn from_cli(e: &EnclaveOptions) -> Result<KmsPin, String> {
+    fn from_cli(e: &EnclaveOptions) -> Result<KmsPin, KmsPinError> {
         let from_arn = e
             .enclave_kms_key_arn
             .as_deref()
             .map(kms_arn_region)
-            .transpose()
-            .map_err(|m| format!("--enclave-kms-key-arn: {m}"))?;
+            .transpose()?;
         let (region, suffix) = match (&e.enclave_kms_region, from_arn) {
             (Some(r), Some((arn_region, _))) if *r != arn_region => {
-                return Err(format!(
-                    "--enclave-kms-region {r} differs from the region of --enclave-kms-key-arn \
-                     ({arn_region})"
-                ))
+                return Err(KmsPinError::RegionMismatch {
+                    given: r.clone(),
+                    arn_region,
+                })
             }
             (_, Some((r, suffix))) => (r, suffix),
             (Some(r), None) => (r.clone(), "amazonaws.com"),
-            (None, None) => {
-                return Err("enclave mode needs --enclave-kms-key-arn (recommended) or \
-                     --enclave-kms-region: the KMS endpoint is fixed by the enclave image, \
-                     never chosen by the parent instance"
-                    .into())
-            }
+            (None, None) => return Err(KmsPinError::NoRegion),
         };
-        let region = AwsRegion::try_from(region).map_err(|m| format!("KMS region: {m}"))?;
+        let region = AwsRegion::try_from(region).map_err(KmsPinError::Region)?;
         let endpoint = e
             .enclave_kms_endpoint
             .clone()
             .unwrap_or_else(|| format!("https://kms.{}.{suffix}", region.as_str()));
         if !endpoint.starts_with("https://") {
-            return Err(format!(
-                "--enclave-kms-endpoint {endpoint}: must be https:// (TLS to KMS ends inside \
-                 the enclave; over http:// the parent instance would read and answer KMS's \
-                 traffic)"
-            ));
+            return Err(KmsPinError::NotHttps(endpoint));
         }
-        let endpoint =
-            EndpointUrl::try_from(endpoint).map_err(|m| format!("--enclave-kms-endpoint: {m}"))?;
+        let endpoint = EndpointUrl::try_from(endpoint).map_err(KmsPinError::Endpoint)?;
         let roots_pem = match &e.enclave_kms_ca_file {
             None => None,
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|err| format!("--enclave-kms-ca-file {}: {err}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|source| KmsPinError::ReadCa {
+                    path: path.clone(),
+                    source,
+                })?;
                 if !pem
                     .windows(b"-----BEGIN CERTIFICATE-----".len())
                     .any(|w| w == b"-----BEGIN CERTIFICATE-----")
                 {
-                    return Err(format!(
-                        "--enclave-kms-ca-file {}: no PEM certificate in it",
-                        path.display()
-                    ));
+                    return Err(KmsPinError::NoCaCertificate(path.clone()));
                 }
                 Some(pem)
             }
@@ -406,7 +465,7 @@ impl EnclaveConfig {
     pub fn from_cli(
         global: &GlobalOptions,
         eth2: &Eth2Options,
-    ) -> Result<EnclaveConfig, StartError> {
+    ) -> Result<EnclaveConfig, ConfigError> {
         let e = &global.enclave;
         let refused = [
             (global.key_store_path.is_some(), "--key-store-path"),
@@ -426,19 +485,15 @@ impl EnclaveConfig {
         ];
         for (given, flag) in refused {
             if given {
-                return Err(StartError::Config(format!(
-                    "{flag} cannot be used with --enclave-mode=true: in enclave mode keys arrive \
-                     encrypted from ensign-host and the TLS key is made inside the enclave"
-                )));
+                return Err(ConfigError::RefusedInEnclave(flag));
             }
         }
         // (Two TCP port-0 endpoints are two different ports once bound.)
         let port_zero = matches!(&e.enclave_data_endpoint, Endpoint::Tcp { port: 0, .. });
         if e.enclave_control_endpoint == e.enclave_data_endpoint && !port_zero {
-            return Err(StartError::Config(
+            return Err(ConfigError::Options(
                 "--enclave-control-endpoint and --enclave-data-endpoint must differ: the data \
-                 path must never reach the control protocol"
-                    .into(),
+                 path must never reach the control protocol",
             ));
         }
         // Client authentication (issue 15): the parent instance can always connect to the data
@@ -446,30 +501,28 @@ impl EnclaveConfig {
         let t = &global.tls;
         let authenticates = t.tls_known_clients_file.is_some() || t.tls_allow_ca_clients;
         if !authenticates && !e.enclave_development_mode {
-            return Err(StartError::Config(
+            return Err(ConfigError::Options(
                 "enclave mode requires client certificates: give --tls-known-clients-file or \
                  --tls-allow-ca-clients=true with --tls-ca-clients-file (files in the enclave \
                  image, so its measurement covers them); the parent instance can reach the \
                  data port, and would otherwise be a client like any other \
                  (--enclave-development-mode=true with --tls-allow-any-client=true lifts this \
-                 for development)"
-                    .into(),
+                 for development)",
             ));
         }
         if t.tls_allow_any_client && !e.enclave_development_mode {
-            return Err(StartError::Config(
+            return Err(ConfigError::Options(
                 "--tls-allow-any-client=true is refused in enclave mode outside \
-                 --enclave-development-mode=true: the parent instance could sign"
-                    .into(),
+                 --enclave-development-mode=true: the parent instance could sign",
             ));
         }
-        let kms = KmsPin::from_cli(e).map_err(StartError::Config)?;
+        let kms = KmsPin::from_cli(e)?;
         if e.enclave_tls_subject_alt_names
             .iter()
             .all(|n| n.trim().is_empty())
         {
-            return Err(StartError::Config(
-                "--enclave-tls-subject-alt-names must name at least one host".into(),
+            return Err(ConfigError::Options(
+                "--enclave-tls-subject-alt-names must name at least one host",
             ));
         }
         Ok(EnclaveConfig {
@@ -517,5 +570,71 @@ mod tests {
         ] {
             assert!(kms_arn_region(bad).is_err(), "{bad}");
         }
+        assert!(matches!(
+            kms_arn_region("alias/validators"),
+            Err(KmsPinError::NotAnArn(_))
+        ));
+        assert!(matches!(
+            kms_arn_region("arn:other:kms:eu-west-1:111122223333:key/x"),
+            Err(KmsPinError::UnknownPartition { partition, .. }) if partition == "other"
+        ));
+    }
+
+    /// `ensign` with `args` (global options, then `eth2`'s), resolved.
+    fn from_args(args: &[&str]) -> Result<Config, ConfigError> {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        let crate::cli::Mode::Eth2(eth2) = &cli.mode else {
+            panic!("eth2 mode")
+        };
+        Config::from_cli(&cli.global, eth2)
+    }
+
+    #[test]
+    fn each_configuration_error_says_what_kind_it_is() {
+        let refused = from_args(&[
+            "ensign",
+            "--enclave-mode=true",
+            "--key-store-path=/k",
+            "eth2",
+        ]);
+        assert!(
+            matches!(
+                refused,
+                Err(ConfigError::RefusedInEnclave("--key-store-path"))
+            ),
+            "{refused:?}"
+        );
+        let zero = from_args(&["ensign", "--http-max-connections=0", "eth2"]);
+        assert!(
+            matches!(
+                zero,
+                Err(ConfigError::NotPositive("--http-max-connections"))
+            ),
+            "{zero:?}"
+        );
+        let dir = std::env::temp_dir().join(format!("ensign-config-{}", std::process::id()));
+        let missing = dir.join("missing");
+        let unreadable = from_args(&[
+            "ensign",
+            "eth2",
+            "--slashing-protection-enabled=false",
+            "--key-cache-secret-file",
+            missing.to_str().unwrap(),
+        ]);
+        assert!(
+            matches!(&unreadable, Err(ConfigError::ReadCacheSecret { path, .. }) if *path == missing),
+            "{unreadable:?}"
+        );
+        let no_kms = from_args(&[
+            "ensign",
+            "--enclave-mode=true",
+            "--tls-allow-ca-clients=true",
+            "eth2",
+        ]);
+        assert!(
+            matches!(no_kms, Err(ConfigError::Kms(KmsPinError::NoRegion))),
+            "{no_kms:?}"
+        );
     }
 }

@@ -17,11 +17,12 @@
 //! Running the command again rotates the password (ensign-host forwards the changed secret).
 
 use crate::config::DatabaseProvisionArgs;
+use crate::key_records::ToolError;
 
 /// Runs the command; returns what was done.
 #[cfg(feature = "aws")]
-pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, String> {
-    use crate::key_records::{CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
+pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, ToolError> {
+    use crate::key_records::{aws_failed, CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
     use std::collections::BTreeMap;
     use zeroize::Zeroizing;
 
@@ -39,7 +40,7 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
     let (ciphertext, key_id) =
         crate::key_records::kms_encrypt(&config, &args.kms_key_id, password.as_bytes(), &context)
             .await
-            .map_err(|e| format!("{e} (the database was not changed)"))?;
+            .map_err(|e| ToolError::DatabaseUnchanged(Box::new(e)))?;
 
     let (url, schema, role) = (
         args.admin_db_url.clone(),
@@ -60,8 +61,11 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
         )
     })
     .await
-    .map_err(|e| format!("provisioning aborted: {e}"))?
-    .map_err(|e| format!("provisioning the database failed: {e}"))?;
+    .map_err(|source| ToolError::Aborted {
+        step: "provisioning aborted",
+        source,
+    })?
+    .map_err(ToolError::Provision)?;
 
     // The very type ensign-host reads it back as (`host::db_secret` in the host crate).
     let document = serde_json::json!({
@@ -78,15 +82,13 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
     );
     // From here on the role's password is only in the document: if it cannot be written, the
     // signer cannot log in until the command is run again.
-    let lost = |what: String| {
-        format!("{what}; the role's new password is lost: run the command again (it rotates it)")
-    };
+    let lost = |e: ToolError| ToolError::PasswordLost(Box::new(e));
     match (&args.out, &args.secret_id) {
         (Some(path), _) => {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, format!("{document:#}\n"))
                 .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|e| lost(format!("cannot write {}: {e}", path.display())))?;
+                .map_err(|e| lost(crate::FileError::write(path)(e).into()))?;
             Ok(format!("{done}; wrote {}", path.display()))
         }
         (None, Some(secret)) => {
@@ -97,19 +99,19 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, S
                 .send()
                 .await
                 .map_err(|e| {
-                    lost(format!(
-                        "Secrets Manager PutSecretValue into {secret} failed: {}",
-                        aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                    lost(aws_failed(
+                        format!("Secrets Manager PutSecretValue into {secret}"),
+                        &e,
                     ))
                 })?;
             Ok(format!("{done}; stored in secret {secret}"))
         }
-        (None, None) => Err("give --out or --secret-id".into()),
+        (None, None) => Err(ToolError::NoDestination("--out or --secret-id")),
     }
 }
 
 /// Without the `aws` feature there is no KMS client.
 #[cfg(not(feature = "aws"))]
-pub async fn provision_command(_: &DatabaseProvisionArgs) -> Result<String, String> {
-    Err("`ensign database provision` needs a build with the `aws` feature".into())
+pub async fn provision_command(_: &DatabaseProvisionArgs) -> Result<String, ToolError> {
+    Err(ToolError::NoAws("database provision"))
 }

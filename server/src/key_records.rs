@@ -27,6 +27,8 @@
 //! decrypt), so a record cannot be relabelled with another public key without failing, and
 //! CloudTrail logs which validator each `Decrypt` was for.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -56,6 +58,74 @@ pub enum RecordError {
     Keystore(#[from] keystore::Error),
     #[error("the record is labelled {labelled} but holds the key of {actual}")]
     PubkeyMismatch { labelled: String, actual: String },
+}
+
+/// Why `ensign keys encrypt` or `ensign database provision` (the one-shot AWS commands) did not
+/// complete. Messages name files and AWS calls, never a password or a plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error(transparent)]
+    File(#[from] crate::FileError),
+    #[error("{} is not a JSON object: {reason}", path.display())]
+    NotJsonObject { path: PathBuf, reason: String },
+    #[error("{}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: more than {max} bytes", path.display())]
+    PasswordTooLong { path: PathBuf, max: u64 },
+    #[error("{}: not UTF-8", .0.display())]
+    PasswordNotUtf8(PathBuf),
+    #[error(
+        "the record would be {0} bytes; KMS encrypts at most {MAX_PLAINTEXT_LEN} (use a compact \
+         keystore)"
+    )]
+    RecordTooLarge(usize),
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The keystore does not open with the password (or is not a keystore).
+    #[error("{}: {source}", path.display())]
+    Keystore { path: PathBuf, source: RecordError },
+    #[error("{0}")]
+    Pubkey(String),
+    #[error("{0}")]
+    AwsConfig(keystore::Error),
+    /// An AWS call answered with an error (or none at all).
+    #[error("{call} failed: {detail}")]
+    Aws { call: String, detail: String },
+    #[error("KMS answered without a CiphertextBlob")]
+    NoCiphertext,
+    /// A step run on its own thread panicked.
+    #[error("{step}: {source}")]
+    Aborted {
+        step: &'static str,
+        source: tokio::task::JoinError,
+    },
+    #[error("provisioning the database failed: {0}")]
+    Provision(slashing::Error),
+    /// `database provision` failed before it changed the database (KMS comes first).
+    #[error("{0} (the database was not changed)")]
+    DatabaseUnchanged(Box<ToolError>),
+    /// `database provision` changed the role's password but could not deliver it.
+    #[error("{0}; the role's new password is lost: run the command again (it rotates it)")]
+    PasswordLost(Box<ToolError>),
+    #[error("give {0}")]
+    NoDestination(&'static str),
+    #[error("`ensign {0}` needs a build with the `aws` feature")]
+    NoAws(&'static str),
+}
+
+/// The error of an AWS SDK call named `call` (`"KMS Encrypt with key …"`), with the SDK's
+/// whole chain of causes (its own `Display` says only "service error").
+#[cfg(feature = "aws")]
+pub(crate) fn aws_failed(call: String, e: &(impl std::error::Error + 'static)) -> ToolError {
+    ToolError::Aws {
+        call,
+        detail: aws_sdk_kms::error::DisplayErrorContext(e).to_string(),
+    }
 }
 
 /// A decrypted record (see the module docs). The password is zeroized on drop; the keystore is
@@ -121,39 +191,42 @@ pub fn describe_json_error(e: &serde_json::Error) -> String {
 pub fn encode_plaintext(
     keystore: &serde_json::Map<String, serde_json::Value>,
     password: &str,
-) -> Result<Zeroizing<Vec<u8>>, String> {
+) -> Result<Zeroizing<Vec<u8>>, ToolError> {
     #[derive(serde::Serialize)]
     struct Out<'a> {
         keystore: &'a serde_json::Map<String, serde_json::Value>,
         password: &'a str,
     }
     let keystore_len = serde_json::to_vec(keystore)
-        .map_err(|e| e.to_string())?
+        .map_err(ToolError::Encode)?
         .len();
     // A JSON string escape is at most 6 bytes per input byte (`\u00XX`).
     let mut buf = Zeroizing::new(Vec::with_capacity(keystore_len + 6 * password.len() + 64));
-    serde_json::to_writer(&mut *buf, &Out { keystore, password }).map_err(|e| e.to_string())?;
+    serde_json::to_writer(&mut *buf, &Out { keystore, password }).map_err(ToolError::Encode)?;
     if buf.len() > MAX_PLAINTEXT_LEN {
-        return Err(format!(
-            "the record would be {} bytes; KMS encrypts at most {MAX_PLAINTEXT_LEN} \
-             (use a compact keystore)",
-            buf.len()
-        ));
+        return Err(ToolError::RecordTooLarge(buf.len()));
     }
     Ok(buf)
 }
 
 /// Reads a password file as the keystore loader does: bounded, UTF-8, one trailing newline
 /// (LF or CRLF) removed.
-pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
+pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, ToolError> {
     const MAX: u64 = 4096;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let unreadable = |source| ToolError::PasswordFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.len() > MAX {
-        return Err(format!("{}: more than {MAX} bytes", path.display()));
+        return Err(ToolError::PasswordTooLong {
+            path: path.to_path_buf(),
+            max: MAX,
+        });
     }
-    let bytes =
-        Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
-    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| ToolError::PasswordNotUtf8(path.to_path_buf()))?;
     let text = match text.strip_suffix('\n') {
         Some(t) => t.strip_suffix('\r').unwrap_or(t),
         None => text,
@@ -164,29 +237,32 @@ pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, S
 /// `ensign keys encrypt`: checks the keystore and password (by decrypting once), encrypts the
 /// record with KMS, and writes it to `--out-dir` or `--dynamodb-table`. Returns what was done.
 #[cfg(feature = "aws")]
-pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<String, String> {
+pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<String, ToolError> {
+    use crate::FileError;
     use std::collections::BTreeMap;
 
-    let text = std::fs::read(&args.keystore)
-        .map_err(|e| format!("cannot read {}: {e}", args.keystore.display()))?;
+    let text = std::fs::read(&args.keystore).map_err(FileError::read(&args.keystore))?;
     let keystore: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
-        .map_err(|e| {
-            format!(
-                "{} is not a JSON object: {}",
-                args.keystore.display(),
-                describe_json_error(&e)
-            )
+        .map_err(|e| ToolError::NotJsonObject {
+            path: args.keystore.clone(),
+            reason: describe_json_error(&e),
         })?;
     let password = read_password_file(&args.password_file)?;
     let plaintext = encode_plaintext(&keystore, &password)?;
     // Decrypt once here, so that a wrong password or a broken keystore is found now, not in
     // the enclave; and the public key comes from the secret itself, not the keystore's label.
-    let record = RecordPlaintext::parse(&plaintext).map_err(|e| e.to_string())?;
-    let parsed = record.keystore().map_err(|e| e.to_string())?;
+    let record = RecordPlaintext::parse(&plaintext)?;
+    let parsed = record.keystore()?;
     let key = tokio::task::spawn_blocking(move || record.decrypt(&parsed))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{}: {e}", args.keystore.display()))?;
+        .map_err(|source| ToolError::Aborted {
+            step: "decrypting the keystore",
+            source,
+        })?
+        .map_err(|source| ToolError::Keystore {
+            path: args.keystore.clone(),
+            source,
+        })?;
     let pubkey = const_hex::encode_prefixed(key.pubkey());
     drop(key);
 
@@ -195,7 +271,8 @@ pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<St
     let (ciphertext, key_id) = kms_encrypt(&config, &args.kms_key_id, &plaintext, &context).await?;
 
     let record = enclave_bridge::records::KeyRecord {
-        pubkey: enclave_bridge::records::BlsPubkey::try_from(pubkey.clone())?,
+        pubkey: enclave_bridge::records::BlsPubkey::try_from(pubkey.clone())
+            .map_err(ToolError::Pubkey)?,
         ciphertext: enclave_bridge::secret::Base64Bytes(ciphertext),
         active: true,
         kms_key_id: Some(key_id),
@@ -203,16 +280,15 @@ pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<St
     };
     match (&args.out_dir, &args.dynamodb_table) {
         (Some(dir), _) => {
-            let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let text = serde_json::to_string_pretty(&record).map_err(ToolError::Encode)?;
+            std::fs::create_dir_all(dir).map_err(FileError::create(dir))?;
             let path = dir.join(format!("{pubkey}.json"));
             // Written beside it under a dot name (which ensign-host skips), then renamed: the
             // host never reads half a record.
             let tmp = dir.join(format!(".{pubkey}.json.tmp"));
             std::fs::write(&tmp, format!("{text}\n"))
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(FileError::write(&path))?;
             Ok(format!("wrote {} (pubkey {pubkey})", path.display()))
         }
         (None, Some(table)) => {
@@ -222,17 +298,12 @@ pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<St
                 .set_item(Some(record.to_item(&crate::state::now_rfc3339())))
                 .send()
                 .await
-                .map_err(|e| {
-                    format!(
-                        "DynamoDB PutItem into {table} failed: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                    )
-                })?;
+                .map_err(|e| aws_failed(format!("DynamoDB PutItem into {table}"), &e))?;
             Ok(format!(
                 "put the record of {pubkey} into DynamoDB table {table}"
             ))
         }
-        (None, None) => Err("give --out-dir or --dynamodb-table".into()),
+        (None, None) => Err(ToolError::NoDestination("--out-dir or --dynamodb-table")),
     }
 }
 
@@ -241,14 +312,14 @@ pub async fn encrypt_command(args: &crate::config::KeysEncryptArgs) -> Result<St
 #[cfg(feature = "aws")]
 pub async fn sdk_config(
     target: &crate::config::AwsTarget,
-) -> Result<keystore::aws::SdkConfig, String> {
+) -> Result<keystore::aws::SdkConfig, ToolError> {
     keystore::aws::sdk_config(
         &keystore::AwsAuth::Environment,
         target.region.as_deref(),
         target.endpoint_url.as_deref(),
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(ToolError::AwsConfig)
 }
 
 /// KMS `Encrypt` of `plaintext` under `key_id` with `context`: the ciphertext, and the key's ARN
@@ -259,7 +330,7 @@ pub async fn kms_encrypt(
     key_id: &str,
     plaintext: &[u8],
     context: &std::collections::BTreeMap<String, String>,
-) -> Result<(Vec<u8>, String), String> {
+) -> Result<(Vec<u8>, String), ToolError> {
     let out = aws_sdk_kms::Client::new(config)
         .encrypt()
         .key_id(key_id)
@@ -267,15 +338,10 @@ pub async fn kms_encrypt(
         .set_encryption_context(Some(context.clone().into_iter().collect()))
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "KMS Encrypt with key {key_id} failed: {}",
-                aws_sdk_kms::error::DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| aws_failed(format!("KMS Encrypt with key {key_id}"), &e))?;
     let ciphertext = out
         .ciphertext_blob()
-        .ok_or("KMS answered without a CiphertextBlob")?
+        .ok_or(ToolError::NoCiphertext)?
         .as_ref()
         .to_vec();
     Ok((ciphertext, out.key_id().unwrap_or(key_id).to_string()))
@@ -283,8 +349,8 @@ pub async fn kms_encrypt(
 
 /// Without the `aws` feature there is no KMS client.
 #[cfg(not(feature = "aws"))]
-pub async fn encrypt_command(_: &crate::config::KeysEncryptArgs) -> Result<String, String> {
-    Err("`ensign keys encrypt` needs a build with the `aws` feature".into())
+pub async fn encrypt_command(_: &crate::config::KeysEncryptArgs) -> Result<String, ToolError> {
+    Err(ToolError::NoAws("keys encrypt"))
 }
 
 #[cfg(test)]
@@ -329,6 +395,10 @@ mod tests {
     fn oversized_records_are_refused_before_kms() {
         let (ks, _) = sample_keystore();
         let e = encode_plaintext(&ks, &"p".repeat(5000)).unwrap_err();
-        assert!(e.contains("4096"), "{e}");
+        assert!(
+            matches!(e, ToolError::RecordTooLarge(n) if n > MAX_PLAINTEXT_LEN),
+            "{e}"
+        );
+        assert!(e.to_string().contains("4096"), "{e}");
     }
 }

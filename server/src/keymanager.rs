@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::keys::parse_identifier;
 use crate::state::AppState;
+use crate::FileError;
 
 /// File of the bearer token under `--data-path`.
 pub const TOKEN_FILE: &str = "api-token.txt";
@@ -86,7 +87,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads `<data-path>/api-token.txt`, creating it (0600, 32 random bytes in hex) if absent.
-pub fn load_or_create_token(data_path: &Path) -> Result<String, String> {
+pub fn load_or_create_token(data_path: &Path) -> Result<String, FileError> {
     let path = data_path.join(TOKEN_FILE);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
@@ -95,8 +96,7 @@ pub fn load_or_create_token(data_path: &Path) -> Result<String, String> {
         }
     }
     let token = format!("api-token-0x{}", hex::encode(rand::random::<[u8; 32]>()));
-    write_private(&path, token.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    write_private(&path, token.as_bytes()).map_err(FileError::write(&path))?;
     tracing::info!(path = %path.display(), "key manager API token created");
     Ok(token)
 }
@@ -142,27 +142,33 @@ fn bad_request(msg: &str) -> ApiError {
     ApiError::Request(api_spec::Error::Malformed(msg.into()))
 }
 
-/// Keeps only the interchange entries of `pubkeys` (lowercase 0x hex).
-fn filter_interchange(doc: &Value, pubkeys: &HashSet<String>) -> Result<Value, String> {
+/// A request body of the API as `T`; what does not parse is the client's fault (400).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid request body: {e}")))
+}
+
+/// An interchange document without a `data` list: from a client (400) or from the store
+/// (500), as the caller knows.
+const NO_DATA_ARRAY: &str = "slashing_protection has no data array";
+
+/// Keeps only the interchange entries of `pubkeys` (lowercase 0x hex); `None` for a document
+/// without a `data` list ([`NO_DATA_ARRAY`]).
+fn filter_interchange(doc: &Value, pubkeys: &HashSet<String>) -> Option<Value> {
     let mut v = doc.clone();
-    let data = v
-        .get_mut("data")
-        .and_then(Value::as_array_mut)
-        .ok_or("slashing_protection has no data array")?;
+    let data = v.get_mut("data").and_then(Value::as_array_mut)?;
     data.retain(|d| {
         d["pubkey"]
             .as_str()
             .is_some_and(|p| pubkeys.contains(&p.to_ascii_lowercase()))
     });
-    Ok(v)
+    Some(v)
 }
 
 async fn import(
     State(st): State<Arc<AppState>>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let body: ImportBody = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(&format!("invalid request body: {e}")))?;
+    let body: ImportBody = parse_body(&body)?;
     if body.keystores.len() != body.passwords.len() {
         return Err(bad_request("keystores and passwords differ in length"));
     }
@@ -239,8 +245,8 @@ async fn import(
     let history = history_doc.filter(|_| !pubkeys.is_empty());
     if let (Some(doc), Some(sp)) = (history, st.slashing.clone()) {
         let imported = match filter_interchange(&doc, &pubkeys) {
-            Err(e) => Err(bad_request(&e)),
-            Ok(filtered) => {
+            None => Err(bad_request(NO_DATA_ARRAY)),
+            Some(filtered) => {
                 let filtered = filtered.to_string();
                 tokio::task::spawn_blocking(move || sp.import_interchange(&filtered))
                     .await
@@ -320,8 +326,7 @@ async fn delete(
     State(st): State<Arc<AppState>>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let body: DeleteBody = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(&format!("invalid request body: {e}")))?;
+    let body: DeleteBody = parse_body(&body)?;
     let _guard = OPERATIONS.lock().await;
     let dir = managed_dir(&st)?;
     let mut next = (*st.keyring()).clone();
@@ -334,7 +339,7 @@ async fn delete(
     let has_history = |pk: &str| {
         history.as_ref().is_some_and(|h| {
             filter_interchange(h, &HashSet::from([pk.to_string()]))
-                .is_ok_and(|v| v["data"].as_array().is_some_and(|d| !d.is_empty()))
+                .is_some_and(|v| v["data"].as_array().is_some_and(|d| !d.is_empty()))
         })
     };
     for raw in &body.pubkeys {
@@ -374,7 +379,7 @@ async fn delete(
     // The export is taken after the keys were disabled, so it holds their final history.
     let doc = match st.slashing.clone() {
         Some(sp) => filter_interchange(&export_history(&st, sp).await?, &exported)
-            .map_err(ApiError::Internal)?,
+            .ok_or_else(|| ApiError::Internal(NO_DATA_ARRAY.into()))?,
         None => empty_interchange(st.network.genesis_validators_root.unwrap_or([0u8; 32])),
     };
     Ok(Json(json!({"data": statuses, "slashing_protection": doc.to_string()})).into_response())

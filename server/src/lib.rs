@@ -49,11 +49,30 @@ const API_LISTENER: &str = "signing API (--http-max-connections)";
 /// File name of the embedded slashing-protection database under `--data-path`.
 pub const SQLITE_FILE: &str = "slashing-protection.sqlite";
 
-/// Failures before the server serves: each is a clear message and a non-zero exit.
+/// Failures before the server serves: each is a clear message and a non-zero exit
+/// ([`StartError::exit_code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
-    Config(String),
+    /// The command line does not make a working setup (`Config::from_cli`, `store_config`).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Enclave mode cannot start here (attestor, TLS key, an unsafe slashing store).
+    #[error(transparent)]
+    Enclave(#[from] enclave::PrepareError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A start-up step run on its own thread (opening the store, loading keys) panicked.
+    #[error("{step}: {source}")]
+    Aborted {
+        step: &'static str,
+        source: tokio::task::JoinError,
+    },
+    /// The async runtime could not be made, or the server ended with an I/O error.
+    #[error("{what}: {source}")]
+    Runtime {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("slashing protection database: {0}")]
     Slashing(#[from] slashing::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -61,6 +80,68 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+}
+
+/// A file or directory that could not be created, read or written, by path.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl FileError {
+    /// For `map_err`: `std::fs::create_dir_all(dir).map_err(FileError::create(dir))`.
+    pub fn create(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Create {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn read(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn write(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl StartError {
+    /// The process's exit status: 3 when the slashing history is at risk (an operator must
+    /// decide: restore the database, or start anew on purpose), 1 for a store that fails
+    /// otherwise or an address that cannot be bound, 2 for everything else (what the operator
+    /// configured cannot work).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Slashing(slashing::Error::HistoryAtRisk(_)) => 3,
+            StartError::Slashing(_) | StartError::Bind { .. } => 1,
+            StartError::Config(_)
+            | StartError::Enclave(_)
+            | StartError::File(_)
+            | StartError::Aborted { .. }
+            | StartError::Runtime { .. } => 2,
+        }
+    }
 }
 
 /// Raises the soft open-file limit so that `max_connections` connections fit next to the
@@ -160,7 +241,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(store) => {
             let opened = tokio::task::spawn_blocking(move || slashing::open(&store))
                 .await
-                .map_err(|e| StartError::Config(format!("opening slashing protection: {e}")))??;
+                .map_err(|source| StartError::Aborted {
+                    step: "opening slashing protection",
+                    source,
+                })??;
             Some(if config.enclave.is_some() {
                 Arc::new(slashing::MemoryWitness::new(opened))
             } else {
@@ -183,11 +267,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .into_iter()
     .flatten()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(FileError::create(dir))?;
     }
     let token = if config.keys.key_manager_dir.is_some() {
-        Some(keymanager::load_or_create_token(&config.data_path).map_err(StartError::Config)?)
+        Some(keymanager::load_or_create_token(&config.data_path)?)
     } else {
         None
     };
@@ -210,7 +293,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let sources = config.keys.clone();
     let keys = tokio::task::spawn_blocking(move || KeyRing::load(&sources))
         .await
-        .map_err(|e| StartError::Config(format!("loading keys: {e}")))?;
+        .map_err(|source| StartError::Aborted {
+            step: "loading keys",
+            source,
+        })?;
     tracing::info!(keys = keys.len(), network = %config.network.name, "ready to sign");
 
     // What serves the signing API: the enclave's data endpoint, or a TCP listener bound here.
@@ -342,15 +428,13 @@ fn enclave_socket_addr(ep: &enclave_bridge::Endpoint) -> SocketAddr {
 pub fn export(store: &StoreConfig, to: &PathBuf) -> Result<usize, StartError> {
     let sp = slashing::open(store)?;
     let json = sp.export_interchange()?;
-    std::fs::write(to, &json)
-        .map_err(|e| StartError::Config(format!("cannot write {}: {e}", to.display())))?;
+    std::fs::write(to, &json).map_err(FileError::write(to))?;
     Ok(json.len())
 }
 
 /// `ensign eth2 import --from FILE`.
 pub fn import(store: &StoreConfig, from: &PathBuf) -> Result<slashing::ImportSummary, StartError> {
-    let json = std::fs::read_to_string(from)
-        .map_err(|e| StartError::Config(format!("cannot read {}: {e}", from.display())))?;
+    let json = std::fs::read_to_string(from).map_err(FileError::read(from))?;
     let sp = slashing::open(store)?;
     Ok(sp.import_interchange(&json)?)
 }
@@ -373,5 +457,24 @@ async fn prune_periodically(sp: Arc<dyn SlashingProtection>, p: Pruning) {
         }
         first = false;
         tokio::time::sleep(p.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_tell_configuration_from_history_at_risk() {
+        let configuration = StartError::from(config::ConfigError::NotPositive("--x"));
+        assert_eq!(configuration.exit_code(), 2);
+        let create = StartError::from(FileError::create(std::path::Path::new("/x"))(
+            std::io::ErrorKind::PermissionDenied.into(),
+        ));
+        assert_eq!(create.exit_code(), 2);
+        let at_risk = StartError::from(slashing::Error::HistoryAtRisk("gone".into()));
+        assert_eq!(at_risk.exit_code(), 3);
+        let store = StartError::from(slashing::Error::Open("locked".into()));
+        assert_eq!(store.exit_code(), 1);
     }
 }

@@ -52,6 +52,7 @@ pub(crate) fn main() -> ExitCode {
     };
     let result = match &eth2.command {
         Some(Eth2Command::Export { to }) => server::store_config(&cli.global.data_path, eth2)
+            .map_err(StartError::from)
             .and_then(|store| server::export(&store, to))
             .map(|bytes| {
                 eprintln!(
@@ -60,6 +61,7 @@ pub(crate) fn main() -> ExitCode {
                 )
             }),
         Some(Eth2Command::Import { from }) => server::store_config(&cli.global.data_path, eth2)
+            .map_err(StartError::from)
             .and_then(|store| server::import(&store, from))
             .map(|summary| eprintln!("imported {}: {summary:?}", from.display())),
         None => serve(&cli),
@@ -69,19 +71,16 @@ pub(crate) fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("ensign: {e}");
-            ExitCode::from(match e {
-                StartError::Config(_) => 2,
-                // An operator must decide (restore the database, or start anew on purpose).
-                StartError::Slashing(slashing::Error::HistoryAtRisk(_)) => 3,
-                _ => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Runs a one-shot command (`verify-attestation`, `keys encrypt`): its report on stdout and
-/// exit 0, or its error on stderr and exit 1.
-fn run_tool(command: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+/// Runs a one-shot command (`verify-attestation`, `keys encrypt`, `database provision`): its
+/// report on stdout and exit 0, or its error on stderr and exit 1.
+fn run_tool<E: std::fmt::Display>(
+    command: impl std::future::Future<Output = Result<String, E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -112,15 +111,18 @@ fn serve(cli: &Cli) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| StartError::Config(format!("cannot start the runtime: {e}")))?;
+        .map_err(|source| StartError::Runtime {
+            what: "cannot start the runtime",
+            source,
+        })?;
     runtime.block_on(async move {
         let running = server::start(config).await?;
         shutdown_signal().await;
         // Graceful: stop accepting, let in-flight requests (and their records) finish.
-        running
-            .stop()
-            .await
-            .map_err(|e| StartError::Config(format!("server failed: {e}")))
+        running.stop().await.map_err(|source| StartError::Runtime {
+            what: "server failed",
+            source,
+        })
     })
 }
 

@@ -31,30 +31,25 @@ use zeroize::Zeroizing;
 /// algorithms, so a peer must hold the private key of the certificate it presents.
 macro_rules! provider_signatures {
     ($provider:tt) => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &self.$provider.signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &self.$provider.signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-        }
+        // The trait's methods and rustls's checks share their names (TLS 1.2 and 1.3).
+        $crate::tls::provider_signatures!(@verify $provider, verify_tls12_signature);
+        $crate::tls::provider_signatures!(@verify $provider, verify_tls13_signature);
 
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.$provider
                 .signature_verification_algorithms
                 .supported_schemes()
+        }
+    };
+    (@verify $provider:tt, $check:ident) => {
+        fn $check(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.$provider.signature_verification_algorithms;
+            rustls::crypto::$check(message, cert, dss, algorithms)
         }
     };
 }
@@ -87,14 +82,28 @@ pub enum TlsError {
     KnownClients {
         path: PathBuf,
         line: usize,
-        reason: String,
+        reason: KnownClientError,
     },
     #[error("TLS known clients file {0} lists no client")]
     NoKnownClients(PathBuf),
     #[error("TLS client CA file {path}: {reason}")]
     ClientCa { path: PathBuf, reason: String },
     #[error("TLS server certificate and key: {0}")]
-    ServerCert(String),
+    ServerCert(#[from] rustls::Error),
+}
+
+/// Why a line of a known-clients file is not `<name> <SHA-256 fingerprint>`.
+#[derive(Debug, thiserror::Error)]
+pub enum KnownClientError {
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    #[error("expected `<name> <SHA-256 fingerprint>`, found {0} field(s)")]
+    Fields(usize),
+    #[error(
+        "fingerprint {0:?} is not 32 colon-separated hex bytes (the SHA-256 of the \
+         certificate's DER, e.g. from `openssl x509 -noout -fingerprint -sha256`)"
+    )]
+    Fingerprint(String),
 }
 
 /// The TLS options of the signing API (`--tls-*`, resolved by `config`), as files and switches.
@@ -178,8 +187,7 @@ pub fn server_config_with_key(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::ServerCert(e.to_string()))?;
+        .with_safe_default_protocol_versions()?;
     let client_options = opts.tls_known_clients_file.is_some()
         || opts.tls_allow_ca_clients
         || opts.tls_ca_clients_file.is_some();
@@ -198,7 +206,7 @@ pub fn server_config_with_key(
                 let text = String::from_utf8(text).map_err(|_| TlsError::KnownClients {
                     path: path.clone(),
                     line: 0,
-                    reason: "not UTF-8 text".into(),
+                    reason: KnownClientError::NotUtf8,
                 })?;
                 let known = parse_known_clients(&text).map_err(|(line, reason)| {
                     TlsError::KnownClients {
@@ -241,9 +249,7 @@ pub fn server_config_with_key(
             provider,
         }))
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::ServerCert(e.to_string()))?;
+    let mut config = builder.with_single_cert(chain, key)?;
     // HTTP/1.1 only (see `conn`): say so, so that a client offering h2 settles on HTTP/1.1.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -376,7 +382,9 @@ fn client_ca_verifier(
 /// Parses Web3Signer's known-clients format: one `<name> <fingerprint>` per line, the
 /// fingerprint the SHA-256 of the certificate's DER as 32 colon-separated hex bytes (any case);
 /// `#` starts a comment line; blank lines are ignored. Errors carry the 1-based line number.
-pub fn parse_known_clients(text: &str) -> Result<BTreeMap<Fingerprint, String>, (usize, String)> {
+pub fn parse_known_clients(
+    text: &str,
+) -> Result<BTreeMap<Fingerprint, String>, (usize, KnownClientError)> {
     let mut known = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -386,13 +394,7 @@ pub fn parse_known_clients(text: &str) -> Result<BTreeMap<Fingerprint, String>, 
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [name, fp] = fields[..] else {
-            return Err((
-                n,
-                format!(
-                    "expected `<name> <SHA-256 fingerprint>`, found {} field(s)",
-                    fields.len()
-                ),
-            ));
+            return Err((n, KnownClientError::Fields(fields.len())));
         };
         let fingerprint = parse_fingerprint(fp).map_err(|reason| (n, reason))?;
         known.insert(fingerprint, name.to_string());
@@ -400,13 +402,8 @@ pub fn parse_known_clients(text: &str) -> Result<BTreeMap<Fingerprint, String>, 
     Ok(known)
 }
 
-fn parse_fingerprint(s: &str) -> Result<Fingerprint, String> {
-    let bad = || {
-        format!(
-            "fingerprint {s:?} is not 32 colon-separated hex bytes (the SHA-256 of the \
-             certificate's DER, e.g. from `openssl x509 -noout -fingerprint -sha256`)"
-        )
-    };
+fn parse_fingerprint(s: &str) -> Result<Fingerprint, KnownClientError> {
+    let bad = || KnownClientError::Fingerprint(s.to_string());
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 32 {
         return Err(bad());

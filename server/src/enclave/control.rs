@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::config::KmsPin;
-use crate::key_records::RecordPlaintext;
+use crate::key_records::{RecordPlaintext, CONTEXT_PUBKEY};
 use crate::keys::{parse_identifier, KeyRing, SourceReport};
 use crate::state::AppState;
 
@@ -40,6 +40,35 @@ pub(super) enum Decrypt {
 
 /// One record's outcome.
 type Loaded = Result<(String, ValidatorKey), KeyFailure>;
+
+/// Why a ciphertext from the host is refused before anything is sent to KMS. The text goes to
+/// the host: it carries only what the host sent.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// The image pins a KMS key (issue 15) and the ciphertext (`what`) names another.
+    #[error(
+        "{what} names KMS key {named}; this enclave decrypts only with {pinned} \
+         (--enclave-kms-key-arn)"
+    )]
+    OtherKey {
+        what: &'static str,
+        named: String,
+        pinned: String,
+    },
+    #[error(
+        "the record has no `{}` encryption context (records made by `ensign keys encrypt` have \
+         it; it is checked against the decrypted key)",
+        CONTEXT_PUBKEY
+    )]
+    NoPubkeyContext,
+    #[error(
+        "the record's `{}` encryption context is not a public key",
+        CONTEXT_PUBKEY
+    )]
+    ContextNotPubkey,
+    #[error("the record is labelled {labelled} but its encryption context names {context}")]
+    Relabelled { labelled: String, context: String },
+}
 
 /// The control protocol's handler: turns key records into keys in the ring.
 pub(super) struct Handler {
@@ -184,7 +213,7 @@ impl Handler {
     ) -> Result<Zeroizing<String>, HandlerError> {
         use crate::key_records::{CONTEXT_DB_USER, CONTEXT_PURPOSE, PURPOSE_DB_PASSWORD};
         self.check_key_id("the database password", blob.kms_key_id.as_deref())
-            .map_err(HandlerError::new)?;
+            .map_err(|e| HandlerError::new(e.to_string()))?;
         let context = &blob.encryption_context;
         if context.get(CONTEXT_PURPOSE).map(String::as_str) != Some(PURPOSE_DB_PASSWORD)
             || context.get(CONTEXT_DB_USER).map(String::as_str) != Some(user)
@@ -247,12 +276,13 @@ impl Handler {
 
     /// The KMS key a ciphertext (`what`) names, if any, must be the one the image pins, if it
     /// pins one (issue 15).
-    fn check_key_id(&self, what: &str, named: Option<&str>) -> Result<(), String> {
+    fn check_key_id(&self, what: &'static str, named: Option<&str>) -> Result<(), Refused> {
         match (&self.kms.key_arn, named) {
-            (Some(pinned), Some(named)) if named != pinned => Err(format!(
-                "{what} names KMS key {named}; this enclave decrypts only with {pinned} \
-                 (--enclave-kms-key-arn)"
-            )),
+            (Some(pinned), Some(named)) if named != pinned => Err(Refused::OtherKey {
+                what,
+                named: named.to_string(),
+                pinned: pinned.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -260,29 +290,19 @@ impl Handler {
     /// Checks a record before anything is sent to KMS: the key it names (if the image pins
     /// one) and its encryption context's public key (required: it is checked against the
     /// decrypted key). These reasons carry only what the host sent.
-    fn precheck(&self, record: &EncryptedKeyRecord) -> Result<[u8; 48], String> {
+    fn precheck(&self, record: &EncryptedKeyRecord) -> Result<[u8; 48], Refused> {
         self.check_key_id("the record", record.kms_key_id.as_deref())?;
         let context = record
             .encryption_context
-            .get(crate::key_records::CONTEXT_PUBKEY)
-            .ok_or_else(|| {
-                format!(
-                    "the record has no `{}` encryption context (records made by `ensign keys \
-                     encrypt` have it; it is checked against the decrypted key)",
-                    crate::key_records::CONTEXT_PUBKEY
-                )
-            })?;
-        let pubkey = parse_identifier(context).ok_or_else(|| {
-            format!(
-                "the record's `{}` encryption context is not a public key",
-                crate::key_records::CONTEXT_PUBKEY
-            )
-        })?;
+            .get(CONTEXT_PUBKEY)
+            .ok_or(Refused::NoPubkeyContext)?;
+        let pubkey = parse_identifier(context).ok_or(Refused::ContextNotPubkey)?;
         if let Some(labelled) = &record.pubkey {
             if parse_identifier(labelled) != Some(pubkey) {
-                return Err(format!(
-                    "the record is labelled {labelled} but its encryption context names {context}"
-                ));
+                return Err(Refused::Relabelled {
+                    labelled: labelled.clone(),
+                    context: context.clone(),
+                });
             }
         }
         Ok(pubkey)
@@ -332,7 +352,7 @@ impl Handler {
                 };
                 let expected = match expected {
                     Ok(pk) => pk,
-                    Err(reason) => return (i, Err(fail(reason))),
+                    Err(refused) => return (i, Err(fail(refused.to_string()))),
                 };
                 // Held until the plaintext is parsed, so that a batch stops within
                 // KMS_CONCURRENCY records of an unusable one.
@@ -618,38 +638,24 @@ mod tests {
 
     #[test]
     fn init_credentials_replace_the_configured_ones() {
-        let url = "postgresql://postgres@127.0.0.1:5432/ensign?options=-c%20search_path%3Dx";
+        // The same database throughout: only the user and password may differ.
+        let postgres = |user: &str, password: &str| StoreConfig::Postgres {
+            url: "postgresql://postgres@127.0.0.1:5432/ensign?options=-c%20search_path%3Dx".into(),
+            username: Some(user.into()),
+            password: Some(password.into()),
+            timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
+            schema: Some("ensign".into()),
+        };
         let db = Database {
-            configured: StoreConfig::Postgres {
-                url: url.into(),
-                username: Some("from_cli".into()),
-                password: Some("cli-password".into()),
-                timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
-                schema: Some("ensign".into()),
-            },
+            configured: postgres("from_cli", "cli-password"),
             development: false,
             store: Arc::new(slashing::MemoryWitness::unopened(Default::default())),
         };
-        assert_eq!(
-            db.config(None),
-            StoreConfig::Postgres {
-                url: url.into(),
-                username: Some("from_cli".into()),
-                password: Some("cli-password".into()),
-                timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
-                schema: Some("ensign".into()),
-            }
-        );
+        assert_eq!(db.config(None), postgres("from_cli", "cli-password"));
         // Set as connection parameters, not spliced into the URL: no encoding to get wrong.
         assert_eq!(
             db.config(Some(("from_host", "p@ss:w/rd%?#&="))),
-            StoreConfig::Postgres {
-                url: url.into(),
-                username: Some("from_host".into()),
-                password: Some("p@ss:w/rd%?#&=".into()),
-                timeout: slashing::DEFAULT_POSTGRES_TIMEOUT,
-                schema: Some("ensign".into()),
-            }
+            postgres("from_host", "p@ss:w/rd%?#&=")
         );
     }
 }

@@ -3,6 +3,21 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+/// Why the enclave's TLS key or certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot make the TLS key: {0}")]
+    Key(rcgen::Error),
+    /// A name rcgen cannot put in a certificate.
+    #[error("--enclave-tls-subject-alt-names: {0}")]
+    Names(rcgen::Error),
+    #[error("cannot make the TLS certificate: {0}")]
+    Certificate(rcgen::Error),
+    /// The certificate just made does not parse back (a bug, not a configuration problem).
+    #[error("{0}")]
+    PublicKey(String),
+}
+
 /// The TLS identity made at start: the certificate (public) and the hash the attestation
 /// binds. The private key is only inside the rustls configuration.
 #[derive(Debug, Clone)]
@@ -31,11 +46,10 @@ pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
 /// certificate for `names`.
 pub(super) fn generate_tls(
     names: &[String],
-) -> Result<(TlsIdentity, CertificateDer<'static>, PrivateKeyDer<'static>), String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("cannot make the TLS key: {e}"))?;
-    let mut params = rcgen::CertificateParams::new(names.to_vec())
-        .map_err(|e| format!("--enclave-tls-subject-alt-names: {e}"))?;
+) -> Result<(TlsIdentity, CertificateDer<'static>, PrivateKeyDer<'static>), IdentityError> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(IdentityError::Key)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(IdentityError::Names)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -43,11 +57,11 @@ pub(super) fn generate_tls(
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params
         .self_signed(&key)
-        .map_err(|e| format!("cannot make the TLS certificate: {e}"))?;
+        .map_err(IdentityError::Certificate)?;
     let cert_der = cert.der().to_vec();
     let pkcs8 = Zeroizing::new(key.serialize_der());
     let identity = TlsIdentity {
-        spki_sha256: spki_sha256(&cert_der)?,
+        spki_sha256: spki_sha256(&cert_der).map_err(IdentityError::PublicKey)?,
         cert_pem: cert.pem(),
         cert_der: cert_der.clone(),
     };

@@ -75,8 +75,8 @@ mod identity;
 mod prepare;
 
 pub use http::{attestation, gate, EnclaveShared};
-pub use identity::{spki_sha256, TlsIdentity};
-pub use prepare::{prepare, ControlParts, Prepared};
+pub use identity::{spki_sha256, IdentityError, TlsIdentity};
+pub use prepare::{prepare, ControlParts, PrepareError, Prepared};
 
 /// Where the attestation document is served.
 pub const ATTESTATION_PATH: &str = "/api/v1/attestation";

@@ -13,10 +13,47 @@ use tokio::task::JoinHandle;
 use super::control::{Database, Decrypt, Handler};
 use super::http::EnclaveShared;
 use super::identity::generate_tls;
+use super::identity::IdentityError;
 use super::ATTEST_CONCURRENCY;
 use crate::config::{AttestationMode, EnclaveConfig};
 use crate::state::AppState;
+use crate::tls::TlsError;
 use crate::StartError;
+
+/// Why enclave mode cannot start with this configuration on this machine (exit 2, as any
+/// configuration error).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// No Nitro Secure Module: not inside an enclave.
+    #[error(
+        "--enclave-attestation nsm: {0}; off-enclave, use insecure-test:<dir> (tests and demos only)"
+    )]
+    Nsm(enclave_bridge::attestation::AttestationError),
+    #[error("insecure-test attestation PKI in {}: {source}", dir.display())]
+    TestPki {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot measure the executable for PCR0: {0}")]
+    FindExecutable(std::io::Error),
+    #[error("cannot measure the executable for PCR0: {}: {source}", path.display())]
+    MeasureExecutable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", crate::config::NO_TEST_ATTESTOR)]
+    NoTestAttestor,
+    /// A slashing store whose history the enclave cannot trust, outside development mode.
+    #[error(
+        "{0}; enclave mode refuses it (see docs/deploy-aws.md; \
+         --enclave-development-mode=true allows it for development)"
+    )]
+    UnsafeStore(&'static str),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// The parts of enclave mode made before the HTTP server starts.
 pub struct Prepared {
@@ -56,38 +93,35 @@ impl ControlParts {
 /// SHA-384 of the running executable: the insecure-test attestor's PCR0, the nearest
 /// off-enclave analogue of an image measurement.
 #[cfg(feature = "insecure-test-attestation")]
-fn executable_sha384() -> Result<[u8; 48], String> {
+fn executable_sha384() -> Result<[u8; 48], PrepareError> {
     use sha2::Digest;
-    let path = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = std::env::current_exe().map_err(PrepareError::FindExecutable)?;
     let mut h = sha2::Sha384::new();
-    std::io::copy(&mut file, &mut h).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::File::open(&path)
+        .and_then(|mut file| std::io::copy(&mut file, &mut h))
+        .map_err(|source| PrepareError::MeasureExecutable {
+            path: path.clone(),
+            source,
+        })?;
     Ok(h.finalize().into())
 }
 
-fn attestor(mode: &AttestationMode) -> Result<Decrypt, StartError> {
+fn attestor(mode: &AttestationMode) -> Result<Decrypt, PrepareError> {
     match mode {
         AttestationMode::Nsm => {
-            let nsm = enclave_bridge::attestation::NsmAttestor::open().map_err(|e| {
-                StartError::Config(format!(
-                    "--enclave-attestation nsm: {e}; off-enclave, use insecure-test:<dir> (tests and demos only)"
-                ))
-            })?;
+            let nsm =
+                enclave_bridge::attestation::NsmAttestor::open().map_err(PrepareError::Nsm)?;
             tracing::info!("attestation by the Nitro Secure Module");
             Ok(Decrypt::Attested(Arc::new(nsm)))
         }
         #[cfg(feature = "insecure-test-attestation")]
         AttestationMode::InsecureTest(dir) => {
             use enclave_bridge::test_util::{TestAttestor, TestPki};
-            let pki = TestPki::load_or_generate(dir).map_err(|e| {
-                StartError::Config(format!(
-                    "insecure-test attestation PKI in {}: {e}",
-                    dir.display()
-                ))
+            let pki = TestPki::load_or_generate(dir).map_err(|source| PrepareError::TestPki {
+                dir: dir.clone(),
+                source,
             })?;
-            let pcr0 = executable_sha384().map_err(|e| {
-                StartError::Config(format!("cannot measure the executable for PCR0: {e}"))
-            })?;
+            let pcr0 = executable_sha384()?;
             for line in [
                 "INSECURE: --enclave-attestation insecure-test: attestation documents are signed by a THROW-AWAY TEST PKI, not the Nitro Secure Module",
                 "INSECURE: they prove nothing about this process; real KMS refuses them; NEVER use this outside tests and demos",
@@ -102,9 +136,7 @@ fn attestor(mode: &AttestationMode) -> Result<Decrypt, StartError> {
             ))))
         }
         #[cfg(not(feature = "insecure-test-attestation"))]
-        AttestationMode::InsecureTest(_) => {
-            Err(StartError::Config(crate::config::NO_TEST_ATTESTOR.into()))
-        }
+        AttestationMode::InsecureTest(_) => Err(PrepareError::NoTestAttestor),
         AttestationMode::UnattestedPlainDecryptForTests => {
             for _ in 0..3 {
                 tracing::warn!("INSECURE: enclave mode WITHOUT attestation, plain KMS Decrypt (the plaintext crosses the host): test builds only");
@@ -139,10 +171,7 @@ pub async fn prepare(
     };
     if let Some(why) = unsafe_store {
         if !config.development {
-            return Err(StartError::Config(format!(
-                "{why}; enclave mode refuses it (see docs/deploy-aws.md; \
-                 --enclave-development-mode=true allows it for development)"
-            )));
+            return Err(PrepareError::UnsafeStore(why).into());
         }
         tracing::warn!("INSECURE (development mode): {why}");
     }
@@ -168,11 +197,11 @@ pub async fn prepare(
         Decrypt::Plain => None,
     };
 
-    let (identity, cert, key) = generate_tls(&config.tls_names).map_err(StartError::Config)?;
+    let (identity, cert, key) = generate_tls(&config.tls_names).map_err(PrepareError::from)?;
     // No default to "any client" here: `from_cli` made sure clients are authenticated (or
     // development mode allows --tls-allow-any-client=true).
     let tls = crate::tls::server_config_with_key(&config.tls, vec![cert], key)
-        .map_err(|e| StartError::Config(e.to_string()))?;
+        .map_err(PrepareError::from)?;
     tracing::info!(
         fingerprint = %crate::tls::fingerprint_hex(&crate::tls::fingerprint(&identity.cert_der)),
         names = ?config.tls_names,
