@@ -10,6 +10,10 @@
 //!
 //! A record holds a public key and a ciphertext: nothing secret, so parse errors may name
 //! fields and positions. What the ciphertext opens to is `server`'s `key_records`.
+//!
+//! Also here: [`EncryptedDbSecret`], the Secrets Manager secret `ensign database provision`
+//! writes and ensign-host (`host::db_secret`, `--db-secret-arn`) reads, the database password as
+//! a KMS ciphertext only the enclave can open.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -191,6 +195,17 @@ mod dynamodb {
             }))
         }
     }
+}
+
+/// The slashing database's login as `ensign database provision` stores it in Secrets Manager:
+/// `{"username", "encrypted_password": {"ciphertext", "encryption_context", "kms_key_id"}}`.
+/// ensign-host's reader also takes the plaintext form RDS generates (`"password"` instead), and
+/// ignores other members, so it is lenient where this writer is exact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptedDbSecret {
+    pub username: String,
+    pub encrypted_password: crate::control::EncryptedBlob,
 }
 
 #[cfg(test)]

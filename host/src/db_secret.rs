@@ -274,6 +274,26 @@ mod tests {
         assert!(e.contains("encrypted_password"), "{e}");
     }
 
+    /// What `ensign database provision` writes (the one writer type) is what this reads.
+    #[test]
+    fn the_provision_commands_record_reads_back() {
+        use enclave_bridge::records::EncryptedDbSecret;
+        let written = EncryptedDbSecret {
+            username: "ensign_signer".into(),
+            encrypted_password: EncryptedBlob {
+                ciphertext: enclave_bridge::secret::Base64Bytes(vec![7, 8, 9]),
+                encryption_context: [("ensign-purpose".to_owned(), "p".to_owned())].into(),
+                kms_key_id: Some("arn:aws:kms:eu-west-1:1:key/k".into()),
+            },
+        };
+        let c = parse(ARN, &serde_json::to_string(&written).unwrap()).unwrap();
+        assert_eq!(c.username, written.username);
+        let DatabasePassword::Encrypted(blob) = c.password else {
+            panic!("not encrypted")
+        };
+        assert_eq!(*blob, written.encrypted_password);
+    }
+
     #[test]
     fn other_shapes_are_refused_naming_the_arn_never_a_value() {
         let cases = [

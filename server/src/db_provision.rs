@@ -67,15 +67,18 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, T
     })?
     .map_err(ToolError::Provision)?;
 
-    // The very type ensign-host reads it back as (`host::db_secret` in the host crate).
-    let document = serde_json::json!({
-        "username": args.role,
-        "encrypted_password": enclave_bridge::control::EncryptedBlob {
+    // The record's one definition, which ensign-host's reader (`host::db_secret`) is tested
+    // against.
+    let document = enclave_bridge::records::EncryptedDbSecret {
+        username: args.role.clone(),
+        encrypted_password: enclave_bridge::control::EncryptedBlob {
             ciphertext: enclave_bridge::secret::Base64Bytes(ciphertext),
             encryption_context: context,
             kms_key_id: Some(key_id.clone()),
         },
-    });
+    };
+    let pretty = serde_json::to_string_pretty(&document).expect("plain data serialises");
+    let compact = serde_json::to_string(&document).expect("plain data serialises");
     let done = format!(
         "schema {} migrated; role {} has a new password, encrypted with KMS key {key_id}",
         args.schema, args.role
@@ -86,7 +89,7 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, T
     match (&args.out, &args.secret_id) {
         (Some(path), _) => {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{document:#}\n"))
+            std::fs::write(&tmp, format!("{pretty}\n"))
                 .and_then(|()| std::fs::rename(&tmp, path))
                 .map_err(|e| lost(crate::FileError::write(path)(e).into()))?;
             Ok(format!("{done}; wrote {}", path.display()))
@@ -95,7 +98,7 @@ pub async fn provision_command(args: &DatabaseProvisionArgs) -> Result<String, T
             let sm = aws_sdk_secretsmanager::Client::new(&config);
             sm.put_secret_value()
                 .secret_id(secret)
-                .secret_string(document.to_string())
+                .secret_string(compact)
                 .send()
                 .await
                 .map_err(|e| {
