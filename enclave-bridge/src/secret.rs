@@ -3,6 +3,12 @@
 //! Control messages carry AWS credentials; decrypted KMS plaintexts are key
 //! material. Both live in these types so that they are wiped when dropped and
 //! can never be printed by a `{:?}` in a log line or an error.
+//!
+//! Why not `secrecy`'s `SecretString` / `SecretBox`: these values must also be
+//! *serialised* (they travel parent → enclave in control messages), which
+//! `secrecy` deliberately refuses for strings and byte boxes, and tests compare
+//! them (`PartialEq`, which it omits). Wrapping `secrecy` would add a layer
+//! around the same `zeroize` these types use directly, for the same guarantees.
 
 use std::fmt;
 
