@@ -35,18 +35,34 @@ pub struct AttestationData {
     pub target: Checkpoint,
 }
 
-/// `BeaconBlockHeader` (phase0).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TreeHash)]
-pub struct BeaconBlockHeader {
-    pub slot: Quoted,
-    #[serde(alias = "proposerIndex")]
-    pub proposer_index: Quoted,
-    #[serde(alias = "parentRoot")]
-    pub parent_root: Root,
-    #[serde(alias = "stateRoot")]
-    pub state_root: Root,
-    #[serde(alias = "bodyRoot")]
-    pub body_root: Root,
+/// A block-shaped struct: `slot`, `proposer_index`, `parent_root`, `state_root`, then the
+/// body (`BeaconBlock`) or its root (`BeaconBlockHeader`). A header's root equals its block's
+/// only while the four leading fields agree in order and type, so they are written once.
+macro_rules! block_shaped {
+    ($(#[$doc:meta])* $name:ident $(<$g:ident: $bound:path>)? {
+        $(#[$last_attr:meta])* $last:ident: $ty:ty $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TreeHash)]
+        pub struct $name $(<$g: $bound>)? {
+            pub slot: Quoted,
+            #[serde(alias = "proposerIndex")]
+            pub proposer_index: Quoted,
+            #[serde(alias = "parentRoot")]
+            pub parent_root: Root,
+            #[serde(alias = "stateRoot")]
+            pub state_root: Root,
+            $(#[$last_attr])* pub $last: $ty,
+        }
+    };
+}
+
+block_shaped! {
+    /// `BeaconBlockHeader` (phase0).
+    BeaconBlockHeader {
+        #[serde(alias = "bodyRoot")]
+        body_root: Root,
+    }
 }
 
 /// `SignedBeaconBlockHeader` (phase0).
@@ -156,55 +172,50 @@ pub struct SyncAggregate {
     pub sync_committee_signature: SignatureBytes,
 }
 
-/// `BeaconBlockBody` (phase0), with the mainnet-preset operation limits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TreeHash)]
-pub struct Phase0BeaconBlockBody {
-    #[serde(alias = "randaoReveal")]
-    pub randao_reveal: SignatureBytes,
-    #[serde(alias = "eth1Data")]
-    pub eth1_data: Eth1Data,
-    pub graffiti: Root,
-    #[serde(alias = "proposerSlashings")]
-    pub proposer_slashings: VariableList<ProposerSlashing, U16>,
-    #[serde(alias = "attesterSlashings")]
-    pub attester_slashings: VariableList<AttesterSlashing, U2>,
-    pub attestations: VariableList<Attestation, U128>,
-    pub deposits: VariableList<Deposit, U16>,
-    #[serde(alias = "voluntaryExits")]
-    pub voluntary_exits: VariableList<SignedVoluntaryExit, U16>,
+/// A `BeaconBlockBody` struct: the fields every fork's body starts with, in the order
+/// `hash_tree_root` depends on, then the fields its fork appends. Written once so that one
+/// fork's copy cannot drift from another's in order, alias or list limit.
+macro_rules! beacon_block_body {
+    ($(#[$doc:meta])* $name:ident { $($(#[$extra_attr:meta])* $extra:ident: $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TreeHash)]
+        pub struct $name {
+            #[serde(alias = "randaoReveal")]
+            pub randao_reveal: SignatureBytes,
+            #[serde(alias = "eth1Data")]
+            pub eth1_data: Eth1Data,
+            pub graffiti: Root,
+            #[serde(alias = "proposerSlashings")]
+            pub proposer_slashings: VariableList<ProposerSlashing, U16>,
+            #[serde(alias = "attesterSlashings")]
+            pub attester_slashings: VariableList<AttesterSlashing, U2>,
+            pub attestations: VariableList<Attestation, U128>,
+            pub deposits: VariableList<Deposit, U16>,
+            #[serde(alias = "voluntaryExits")]
+            pub voluntary_exits: VariableList<SignedVoluntaryExit, U16>,
+            $($(#[$extra_attr])* pub $extra: $ty,)*
+        }
+    };
 }
 
-/// `BeaconBlockBody` (Altair): phase0's body plus `sync_aggregate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TreeHash)]
-pub struct AltairBeaconBlockBody {
-    #[serde(alias = "randaoReveal")]
-    pub randao_reveal: SignatureBytes,
-    #[serde(alias = "eth1Data")]
-    pub eth1_data: Eth1Data,
-    pub graffiti: Root,
-    #[serde(alias = "proposerSlashings")]
-    pub proposer_slashings: VariableList<ProposerSlashing, U16>,
-    #[serde(alias = "attesterSlashings")]
-    pub attester_slashings: VariableList<AttesterSlashing, U2>,
-    pub attestations: VariableList<Attestation, U128>,
-    pub deposits: VariableList<Deposit, U16>,
-    #[serde(alias = "voluntaryExits")]
-    pub voluntary_exits: VariableList<SignedVoluntaryExit, U16>,
-    #[serde(alias = "syncAggregate")]
-    pub sync_aggregate: SyncAggregate,
+beacon_block_body! {
+    /// `BeaconBlockBody` (phase0), with the mainnet-preset operation limits.
+    Phase0BeaconBlockBody {}
 }
 
-/// `BeaconBlock` generic over the body of its fork.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TreeHash)]
-pub struct BeaconBlock<Body: tree_hash::TreeHash> {
-    pub slot: Quoted,
-    #[serde(alias = "proposerIndex")]
-    pub proposer_index: Quoted,
-    #[serde(alias = "parentRoot")]
-    pub parent_root: Root,
-    #[serde(alias = "stateRoot")]
-    pub state_root: Root,
-    pub body: Body,
+beacon_block_body! {
+    /// `BeaconBlockBody` (Altair): phase0's body plus `sync_aggregate`.
+    AltairBeaconBlockBody {
+        #[serde(alias = "syncAggregate")]
+        sync_aggregate: SyncAggregate,
+    }
+}
+
+block_shaped! {
+    /// `BeaconBlock` generic over the body of its fork.
+    BeaconBlock<Body: tree_hash::TreeHash> {
+        body: Body,
+    }
 }
 
 /// `AggregateAndProof`, generic over the attestation of its fork.

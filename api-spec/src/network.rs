@@ -233,24 +233,24 @@ impl Network {
     /// Parses a consensus-specs style `config.yaml` (`GENESIS_FORK_VERSION`,
     /// `<FORK>_FORK_VERSION`, `<FORK>_FORK_EPOCH`, `PRESET_BASE`).
     pub fn from_config_yaml(name: &str, text: &str) -> Result<Network, Error> {
-        let map: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text)
+        let map: BTreeMap<String, serde_yaml_ng::Value> = serde_yaml_ng::from_str(text)
             .map_err(|e| Error::Config(format!("{name}: not a config YAML: {e}")))?;
         let get_str = |key: &str| -> Option<String> {
             map.get(key).map(|v| match v {
-                serde_yaml::Value::String(s) => s.clone(),
-                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml_ng::Value::String(s) => s.clone(),
+                serde_yaml_ng::Value::Number(n) => n.to_string(),
                 other => format!("{other:?}"),
             })
         };
         let version = |key: &str| -> Result<Version, Error> {
             match map.get(key) {
                 // YAML reads an unquoted `0x01000000` as the integer it spells.
-                Some(serde_yaml::Value::Number(n)) => n
+                Some(serde_yaml_ng::Value::Number(n)) => n
                     .as_u64()
                     .and_then(|n| u32::try_from(n).ok())
                     .map(|n| Version(n.to_be_bytes()))
                     .ok_or_else(|| Error::Config(format!("{name}: {key} is not a 4-byte version"))),
-                Some(serde_yaml::Value::String(s)) => decode_hex_fixed::<4>(s)
+                Some(serde_yaml_ng::Value::String(s)) => decode_hex_fixed::<4>(s)
                     .map(Version)
                     .map_err(|e| Error::Config(format!("{name}: {key}: {e}"))),
                 Some(_) => Err(Error::Config(format!(

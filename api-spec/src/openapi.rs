@@ -15,7 +15,7 @@ mod tests {
 
     #[test]
     fn document_is_yaml_of_openapi_3_1() {
-        let doc: serde_yaml::Value = serde_yaml::from_str(OPENAPI_YAML).expect("valid YAML");
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(OPENAPI_YAML).expect("valid YAML");
         let version = doc["openapi"].as_str().expect("openapi field");
         assert!(version.starts_with("3.1."), "{version}");
     }

@@ -93,7 +93,7 @@ use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
 use crate::key::{ValidatorKey, SECRET_LEN};
-use crate::report::{LoadError, LoadReport};
+use crate::report::LoadReport;
 use crate::Error;
 
 /// Most requests in flight at once during one load.
@@ -210,26 +210,7 @@ pub fn load_aws_secrets_bulk(bulk: &AwsSecretsBulk) -> LoadReport {
         |e| vec![(PathBuf::from("aws-secretsmanager:*"), Err(e))],
     );
     let mut report = LoadReport::default();
-    let mut seen = std::collections::HashMap::new();
-    for (path, result) in results {
-        match result {
-            Ok(key) => {
-                if let Some(first) = seen.get(&key.pubkey()) {
-                    report.errors.push(LoadError {
-                        path,
-                        error: Error::DuplicatePubkey {
-                            pubkey: hex::encode(key.pubkey()),
-                            first: PathBuf::clone(first),
-                        },
-                    });
-                } else {
-                    seen.insert(key.pubkey(), path);
-                    report.keys.push(key);
-                }
-            }
-            Err(error) => report.errors.push(LoadError { path, error }),
-        }
-    }
+    report.add_outcomes(results);
     report
 }
 

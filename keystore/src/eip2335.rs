@@ -262,25 +262,14 @@ impl Keystore {
         let kdf_module = raw.crypto.kdf;
         let kdf = match kdf_module.function.as_str() {
             "scrypt" => {
-                let p: RawScryptParams =
-                    serde_json::from_value(kdf_module.params).map_err(Error::InvalidJson)?;
-                KdfParams::scrypt(
-                    p.dklen,
-                    p.n,
-                    p.r,
-                    p.p,
-                    decode_hex("kdf.params.salt", &p.salt)?,
-                )?
+                let p: RawScryptParams = module_params(kdf_module.params)?;
+                let salt = decode_hex("kdf.params.salt", &p.salt)?;
+                KdfParams::scrypt(p.dklen, p.n, p.r, p.p, salt)?
             }
             "pbkdf2" => {
-                let p: RawPbkdf2Params =
-                    serde_json::from_value(kdf_module.params).map_err(Error::InvalidJson)?;
-                KdfParams::pbkdf2(
-                    p.dklen,
-                    p.c,
-                    &p.prf,
-                    decode_hex("kdf.params.salt", &p.salt)?,
-                )?
+                let p: RawPbkdf2Params = module_params(kdf_module.params)?;
+                let salt = decode_hex("kdf.params.salt", &p.salt)?;
+                KdfParams::pbkdf2(p.dklen, p.c, &p.prf, salt)?
             }
             other => {
                 return Err(Error::UnsupportedFunction {
@@ -308,8 +297,7 @@ impl Keystore {
                 name: cipher_module.function,
             });
         }
-        let cipher_params: RawCipherParams =
-            serde_json::from_value(cipher_module.params).map_err(Error::InvalidJson)?;
+        let cipher_params: RawCipherParams = module_params(cipher_module.params)?;
         let iv = decode_fixed::<IV_LEN>("cipher.params.iv", &cipher_params.iv)?;
         // The plaintext of a validator keystore is a 32-byte BLS secret
         // (EIP-2335 "secret"), and CTR mode keeps the length.
@@ -484,6 +472,12 @@ fn eq_no_early_exit(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A module's `params` object as the parameters of its function: a shape error is the
+/// keystore's JSON being invalid, as for the rest of the document.
+fn module_params<P: serde::de::DeserializeOwned>(params: serde_json::Value) -> Result<P, Error> {
+    serde_json::from_value(params).map_err(Error::InvalidJson)
+}
+
 fn decode_hex(field: &'static str, s: &str) -> Result<Vec<u8>, Error> {
     // Writers differ on a `0x` prefix; the EIP examples have none.
     let s = s.strip_prefix("0x").unwrap_or(s);
@@ -648,30 +642,20 @@ mod tests {
         assert!(matches!(parse(&v), Err(Error::UnsupportedVersion(3))));
         v["version"] = serde_json::json!(4);
 
-        let mut w = v.clone();
-        w["crypto"]["kdf"]["function"] = serde_json::json!("argon2id");
-        assert!(matches!(
-            parse(&w),
-            Err(Error::UnsupportedFunction { module: "kdf", .. })
-        ));
-        let mut w = v.clone();
-        w["crypto"]["cipher"]["function"] = serde_json::json!("aes-256-gcm");
-        assert!(matches!(
-            parse(&w),
-            Err(Error::UnsupportedFunction {
-                module: "cipher",
-                ..
-            })
-        ));
-        let mut w = v.clone();
-        w["crypto"]["checksum"]["function"] = serde_json::json!("sha512");
-        assert!(matches!(
-            parse(&w),
-            Err(Error::UnsupportedFunction {
-                module: "checksum",
-                ..
-            })
-        ));
+        for (module, function) in [
+            ("kdf", "argon2id"),
+            ("cipher", "aes-256-gcm"),
+            ("checksum", "sha512"),
+        ] {
+            let mut w = v.clone();
+            w["crypto"][module]["function"] = serde_json::json!(function);
+            match parse(&w) {
+                Err(Error::UnsupportedFunction { module: m, name }) => {
+                    assert_eq!((m, name.as_str()), (module, function));
+                }
+                other => panic!("{module} {function}: {other:?}"),
+            }
+        }
         let mut w = v.clone();
         w["crypto"]["cipher"]["params"]["iv"] = serde_json::json!("00ff");
         assert!(matches!(

@@ -20,7 +20,6 @@
 //! the KDF entirely; the others are decrypted and added, and entries for
 //! keystores not seen in this load are dropped before the cache is saved.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::Read;
@@ -33,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::cache::{CacheId, KeyCache};
 use crate::eip2335::Keystore;
-use crate::key::{ValidatorKey, PUBKEY_LEN, SECRET_LEN};
+use crate::key::{ValidatorKey, SECRET_LEN};
 use crate::Error;
 
 /// Largest YAML key configuration file accepted. A config holding thousands
@@ -360,26 +359,7 @@ fn resolve_pending(pending: Vec<Pending>) -> Vec<Job> {
 fn finish(jobs: Vec<Job>, mut report: LoadReport, options: &LoadOptions<'_>) -> LoadReport {
     let (results, stats, seen) = run_parallel(jobs, options);
     report.stats = stats;
-    let mut seen_pubkeys: HashMap<[u8; PUBKEY_LEN], PathBuf> = HashMap::new();
-    for (path, result) in results {
-        match result {
-            Ok(key) => {
-                if let Some(first) = seen_pubkeys.get(&key.pubkey()) {
-                    report.errors.push(LoadError {
-                        path,
-                        error: Error::DuplicatePubkey {
-                            pubkey: hex::encode(key.pubkey()),
-                            first: first.clone(),
-                        },
-                    });
-                } else {
-                    seen_pubkeys.insert(key.pubkey(), path);
-                    report.keys.push(key);
-                }
-            }
-            Err(error) => report.errors.push(LoadError { path, error }),
-        }
-    }
+    report.add_outcomes(results);
     if let Some(cache) = options.cache {
         let mut cache = lock(cache);
         // Entries of keystores that were removed, changed or failed this
@@ -763,7 +743,9 @@ struct RawKeyConfig {
 }
 
 /// A string holding secret material: zeroed on drop, redacted in `Debug`,
-/// and deserialised without ever echoing its value in an error.
+/// and deserialised without ever echoing its value in an error. (Not
+/// `secrecy::SecretString`: its `Deserialize` is `String`'s, whose error for a
+/// non-string quotes the value, e.g. "invalid type: integer `123`".)
 struct SecretString(Zeroizing<String>);
 
 impl fmt::Debug for SecretString {
@@ -834,14 +816,14 @@ fn parse_config_file(path: &Path, jobs: &mut Vec<Pending>) {
     };
     let base = path.parent().unwrap_or(Path::new("."));
 
-    // Pass 1: find where the YAML stops being well-formed. serde_yaml's
+    // Pass 1: find where the YAML stops being well-formed. serde_yaml_ng's
     // document iterator keeps yielding the same syntax error forever once
     // the parser has failed, so the second pass must stop before it.
     // `IgnoredAny` fails only on syntax (never on shape), so documents
     // before the first error are still loaded.
     let mut well_formed = 0;
     let mut syntax_error = None;
-    for doc in serde_yaml::Deserializer::from_str(text) {
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
         if well_formed >= MAX_DOCUMENTS_PER_FILE {
             syntax_error = Some(format!("more than {MAX_DOCUMENTS_PER_FILE} documents"));
             break;
@@ -857,7 +839,7 @@ fn parse_config_file(path: &Path, jobs: &mut Vec<Pending>) {
     }
 
     // Pass 2: shape and meaning of each well-formed document.
-    let docs = serde_yaml::Deserializer::from_str(text).take(well_formed);
+    let docs = serde_yaml_ng::Deserializer::from_str(text).take(well_formed);
     for (document, doc) in docs.enumerate() {
         // `Option` so that empty documents (a stray `---`) are skipped.
         let raw = match Option::<RawKeyConfig>::deserialize(doc) {
@@ -1160,7 +1142,7 @@ mod tests {
     fn aws_types_need_the_feature() {
         for kind in ["aws-secret", "aws-kms-encrypted"] {
             let doc = format!("type: {kind}\nsecretName: x\n");
-            let raw: RawKeyConfig = serde_yaml::from_str(&doc).unwrap();
+            let raw: RawKeyConfig = serde_yaml_ng::from_str(&doc).unwrap();
             let err = config_to_job(raw, 0, Path::new(".")).err().unwrap();
             assert!(matches!(err, Error::FeatureDisabled { .. }), "{err}");
         }
@@ -1182,7 +1164,7 @@ mod tests {
             "type: file-raw\nprivateKey: true\n",
         ] {
             let mut jobs = Vec::new();
-            for (i, d) in serde_yaml::Deserializer::from_str(doc).enumerate() {
+            for (i, d) in serde_yaml_ng::Deserializer::from_str(doc).enumerate() {
                 let r = Option::<RawKeyConfig>::deserialize(d)
                     .map_err(|e| e.to_string())
                     .and_then(|raw| {

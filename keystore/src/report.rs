@@ -2,9 +2,11 @@
 //! module, so that every key source (`loader`'s files, `aws`'s secrets) reports the same way
 //! without importing each other.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::key::PUBKEY_LEN;
 use crate::{Error, ValidatorKey};
 
 /// A file that failed to yield a key, and why.
@@ -33,6 +35,37 @@ pub struct LoadReport {
     pub errors: Vec<LoadError>,
     /// What the load cost; see [`LoadStats`].
     pub stats: LoadStats,
+}
+
+impl LoadReport {
+    /// Adds one outcome per source, in order: its key, or its error. A key whose pubkey an
+    /// earlier source already gave is an error naming that first source, so that every key
+    /// source refuses duplicates the same way and the first one wins.
+    pub(crate) fn add_outcomes(
+        &mut self,
+        outcomes: impl IntoIterator<Item = (PathBuf, Result<ValidatorKey, Error>)>,
+    ) {
+        let mut seen: HashMap<[u8; PUBKEY_LEN], PathBuf> = HashMap::new();
+        for (path, result) in outcomes {
+            match result {
+                Ok(key) => {
+                    if let Some(first) = seen.get(&key.pubkey()) {
+                        self.errors.push(LoadError {
+                            path,
+                            error: Error::DuplicatePubkey {
+                                pubkey: hex::encode(key.pubkey()),
+                                first: first.clone(),
+                            },
+                        });
+                    } else {
+                        seen.insert(key.pubkey(), path);
+                        self.keys.push(key);
+                    }
+                }
+                Err(error) => self.errors.push(LoadError { path, error }),
+            }
+        }
+    }
 }
 
 /// Counters of one load, for logs and benchmarks.

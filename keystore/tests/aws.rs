@@ -138,6 +138,12 @@ fn expected(seeds: &[u8]) -> Vec<[u8; 48]> {
     v
 }
 
+/// The report holds the keys of exactly `seeds`, in any order, and `errors` errors.
+fn assert_loaded(report: &LoadReport, seeds: &[u8], errors: usize) {
+    assert_eq!(pubkeys(report), expected(seeds), "{:?}", report.errors);
+    assert_eq!(report.errors.len(), errors, "{:?}", report.errors);
+}
+
 /// The error reported for `file`, as text.
 fn error_for(report: &LoadReport, file: &str) -> String {
     let errs: Vec<_> = report
@@ -290,13 +296,7 @@ fn kms_encrypted_keys_and_failures() {
     );
 
     let report = load_key_configs(d);
-    assert_eq!(
-        pubkeys(&report),
-        expected(&[1, 2, 3]),
-        "{:?}",
-        report.errors
-    );
-    assert_eq!(report.errors.len(), 8, "{:?}", report.errors);
+    assert_loaded(&report, &[1, 2, 3], 8);
 
     // moto reads random bytes as naming an unknown key (AccessDenied); AWS
     // says InvalidCiphertext. Either way the message says what it means.
@@ -406,13 +406,7 @@ fn aws_secret_configs() {
     );
 
     let report = load_key_configs(d);
-    assert_eq!(
-        pubkeys(&report),
-        expected(&[10, 11, 12]),
-        "{:?}",
-        report.errors
-    );
-    assert_eq!(report.errors.len(), 5, "{:?}", report.errors);
+    assert_loaded(&report, &[10, 11, 12], 5);
     let e = error_for(&report, "missing.yaml");
     assert!(e.contains("secret `validators/absent` not found"), "{e}");
     let e = error_for(&report, "junk.yaml");
@@ -471,8 +465,7 @@ fn bulk_secrets_with_filters() {
 
     // Prefix filter: ensign/* only; the garbage one fails alone.
     let r = load_aws_secrets_bulk(&bulk(&["ensign/"], &[], &[]));
-    assert_eq!(pubkeys(&r), expected(&[20, 21, 22]), "{:?}", r.errors);
-    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_loaded(&r, &[20, 21, 22], 1);
     assert_eq!(
         r.errors[0].path.to_str().unwrap(),
         "aws-secretsmanager:ensign/bad"

@@ -3,12 +3,12 @@
 //! whole budget must still load (alone), and progress must be reported.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use keystore::{
     encrypt, load_key_configs_with, load_keystores_dir, load_keystores_dir_with, Kdf, Keystore,
-    LoadOptions, PasswordSource, Progress, ValidatorKey,
+    LoadOptions, LoadReport, PasswordSource, Progress, ValidatorKey,
 };
 
 fn key(seed: u8) -> ValidatorKey {
@@ -31,6 +31,31 @@ fn fixture(dir: &Path, seeds: &[u8], kdf: impl Fn(u8) -> Kdf) -> u64 {
     need
 }
 
+/// A temporary `keys/` directory of keystores ([`fixture`]) and, beside it, `pw.txt`, the
+/// password they share.
+struct KeysDir {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    pw: PathBuf,
+}
+
+impl KeysDir {
+    /// The directory, and the scrypt memory need of its last keystore.
+    fn new(seeds: &[u8], kdf: impl Fn(u8) -> Kdf) -> (KeysDir, u64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let need = fixture(&dir, seeds, kdf);
+        let pw = tmp.path().join("pw.txt");
+        fs::write(&pw, "pw").unwrap();
+        let keys = KeysDir { _tmp: tmp, dir, pw };
+        (keys, need)
+    }
+
+    fn load(&self, options: &LoadOptions<'_>) -> LoadReport {
+        load_keystores_dir_with(&self.dir, &PasswordSource::File(self.pw.clone()), options)
+    }
+}
+
 fn options(max_kdf_memory: u64, threads: usize) -> LoadOptions<'static> {
     LoadOptions {
         max_kdf_memory,
@@ -42,16 +67,14 @@ fn options(max_kdf_memory: u64, threads: usize) -> LoadOptions<'static> {
 
 #[test]
 fn budget_for_one_scrypt_serialises_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("keys");
     let seeds: Vec<u8> = (1..=8).collect();
     // n = 2^10, r = 8: about 1 MiB and a few milliseconds each.
-    let need = fixture(&dir, &seeds, |_| Kdf::Scrypt { n: 1 << 10 });
+    let (keys, need) = KeysDir::new(&seeds, |_| Kdf::Scrypt { n: 1 << 10 });
     assert_eq!(need, 128 * 8 * (1024 + 2));
-    let pw = tmp.path().join("pw.txt");
-    fs::write(&pw, "pw\n").unwrap();
+    // The line's end is not part of the password.
+    fs::write(&keys.pw, "pw\n").unwrap();
 
-    let report = load_keystores_dir_with(&dir, &PasswordSource::File(pw), &options(need, 4));
+    let report = keys.load(&options(need, 4));
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.keys.len(), 8);
     let mut got: Vec<_> = report.keys.iter().map(|k| k.pubkey()).collect();
@@ -67,14 +90,10 @@ fn budget_for_one_scrypt_serialises_them() {
 
 #[test]
 fn budget_for_two_never_exceeded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("keys");
     let seeds: Vec<u8> = (1..=8).collect();
-    let need = fixture(&dir, &seeds, |_| Kdf::Scrypt { n: 1 << 10 });
-    let pw = tmp.path().join("pw.txt");
-    fs::write(&pw, "pw").unwrap();
+    let (keys, need) = KeysDir::new(&seeds, |_| Kdf::Scrypt { n: 1 << 10 });
 
-    let report = load_keystores_dir_with(&dir, &PasswordSource::File(pw), &options(2 * need, 4));
+    let report = keys.load(&options(2 * need, 4));
     assert_eq!(report.keys.len(), 8);
     assert!(report.errors.is_empty());
     assert!(
@@ -87,11 +106,9 @@ fn budget_for_two_never_exceeded() {
 
 #[test]
 fn oversized_keystore_runs_alone_instead_of_deadlocking() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("keys");
     let seeds: Vec<u8> = (1..=6).collect();
     // Odd seeds scrypt (18 KiB each), even seeds PBKDF2 (no budget).
-    fixture(&dir, &seeds, |s| {
+    let (keys, _) = KeysDir::new(&seeds, |s| {
         if s % 2 == 1 {
             Kdf::Scrypt { n: 16 }
         } else {
@@ -100,13 +117,10 @@ fn oversized_keystore_runs_alone_instead_of_deadlocking() {
     });
     // n = 16, r = 8, p = 1: (16 + 1 + 1) blocks of 1 KiB.
     let scrypt_need = 128 * 8 * (16 + 2);
-    let pw = tmp.path().join("pw.txt");
-    fs::write(&pw, "pw").unwrap();
 
     // A budget far below a single scrypt's need, and even a zero one.
     for budget in [1024, 0] {
-        let report =
-            load_keystores_dir_with(&dir, &PasswordSource::File(pw.clone()), &options(budget, 3));
+        let report = keys.load(&options(budget, 3));
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.keys.len(), 6);
         assert_eq!(report.stats.max_concurrent_scrypt, 1);
@@ -117,13 +131,9 @@ fn oversized_keystore_runs_alone_instead_of_deadlocking() {
 
 #[test]
 fn pbkdf2_needs_no_budget() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("keys");
     let seeds: Vec<u8> = (1..=4).collect();
-    fixture(&dir, &seeds, |_| Kdf::Pbkdf2 { c: 16 });
-    let pw = tmp.path().join("pw.txt");
-    fs::write(&pw, "pw").unwrap();
-    let report = load_keystores_dir_with(&dir, &PasswordSource::File(pw), &options(1, 2));
+    let (keys, _) = KeysDir::new(&seeds, |_| Kdf::Pbkdf2 { c: 16 });
+    let report = keys.load(&options(1, 2));
     assert_eq!(report.keys.len(), 4);
     assert_eq!(report.stats.max_concurrent_scrypt, 0);
     assert_eq!(report.stats.peak_kdf_memory, 0);
@@ -132,13 +142,9 @@ fn pbkdf2_needs_no_budget() {
 
 #[test]
 fn progress_is_reported_per_source() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("keys");
     let seeds: Vec<u8> = (1..=5).collect();
-    fixture(&dir, &seeds, |_| Kdf::Pbkdf2 { c: 16 });
-    fs::write(dir.join("broken.json"), "not json").unwrap();
-    let pw = tmp.path().join("pw.txt");
-    fs::write(&pw, "pw").unwrap();
+    let (keys, _) = KeysDir::new(&seeds, |_| Kdf::Pbkdf2 { c: 16 });
+    fs::write(keys.dir.join("broken.json"), "not json").unwrap();
 
     let seen: Mutex<Vec<Progress>> = Mutex::new(Vec::new());
     let record = |p: Progress| seen.lock().unwrap().push(p);
@@ -147,7 +153,7 @@ fn progress_is_reported_per_source() {
         threads: 3,
         ..LoadOptions::default()
     };
-    let report = load_keystores_dir_with(&dir, &PasswordSource::File(pw), &opts);
+    let report = keys.load(&opts);
     assert_eq!(report.keys.len(), 5);
     assert_eq!(report.errors.len(), 1);
 
@@ -163,17 +169,13 @@ fn progress_is_reported_per_source() {
 
 #[test]
 fn default_wrappers_report_stats() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("keys");
-    fixture(&dir, &[1, 2], |_| Kdf::Scrypt { n: 16 });
+    let (keys, _) = KeysDir::new(&[1, 2], |_| Kdf::Scrypt { n: 16 });
     fs::write(
-        dir.join("wrong.json"),
+        keys.dir.join("wrong.json"),
         encrypt(&key(3), "other", Kdf::Pbkdf2 { c: 16 }).unwrap(),
     )
     .unwrap();
-    let pw = tmp.path().join("pw.txt");
-    fs::write(&pw, "pw").unwrap();
-    let report = load_keystores_dir(&dir, &PasswordSource::File(pw));
+    let report = load_keystores_dir(&keys.dir, &PasswordSource::File(keys.pw.clone()));
     assert_eq!(report.keys.len(), 2);
     assert_eq!(report.errors.len(), 1);
     // The wrong-password keystore still cost a KDF run.

@@ -268,67 +268,48 @@ mod tests {
     #[test]
     fn block_rules() {
         let h = [blk(10, Some(A)), blk(12, None)];
-        assert_eq!(check_block(&h, Some(10), 10, A), Ok(Permit::SameAsRecorded));
-        assert_eq!(
-            check_block(&h, Some(10), 10, B),
-            Err(Refusal::DoubleBlockProposal)
-        );
-        // A NULL root never matches, not even 0x00..00.
-        assert_eq!(
-            check_block(&h, Some(10), 12, ZERO),
-            Err(Refusal::DoubleBlockProposal)
-        );
-        assert_eq!(check_block(&h, Some(10), 11, A), Ok(Permit::New));
-        assert_eq!(
-            check_block(&h, Some(10), 9, A),
-            Err(Refusal::SlotNotAboveLowWatermark)
-        );
+        // (slot, root) against blocks at 10 (root A) and 12 (NULL root), watermark 10.
+        let cases = [
+            (10, A, Ok(Permit::SameAsRecorded)),
+            (10, B, Err(Refusal::DoubleBlockProposal)),
+            // A NULL root never matches, not even 0x00..00.
+            (12, ZERO, Err(Refusal::DoubleBlockProposal)),
+            (11, A, Ok(Permit::New)),
+            (9, A, Err(Refusal::SlotNotAboveLowWatermark)),
+        ];
+        for (slot, root, expected) in cases {
+            assert_eq!(
+                check_block(&h, Some(10), slot, root),
+                expected,
+                "slot {slot}"
+            );
+        }
         assert_eq!(check_block(&[], None, 0, A), Ok(Permit::New));
     }
 
     #[test]
     fn attestation_rules() {
         let h = [att(2, 5, Some(A))];
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 2, 5, A),
-            Ok(Permit::SameAsRecorded)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 2, 5, B),
-            Err(Refusal::DoubleVote)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 3, 5, B),
-            Err(Refusal::DoubleVote)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 3, 4, B),
-            Err(Refusal::SurroundedVote)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 1, 6, B),
-            Err(Refusal::SurroundingVote)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 1, 5, A),
-            Ok(Permit::SameAsRecorded)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 6, 5, A),
-            Err(Refusal::SourceExceedsTarget)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 1, 4, A),
-            Err(Refusal::SourceBelowLowWatermark)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 2, 3, A),
-            Err(Refusal::TargetNotAboveLowWatermark)
-        );
-        assert_eq!(
-            check_attestation(&h, Some((2, 5)), 5, 6, A),
-            Ok(Permit::New)
-        );
+        // (source, target, root) against one recorded vote (2, 5, A) with watermarks (2, 5).
+        let cases = [
+            ((2, 5, A), Ok(Permit::SameAsRecorded)),
+            ((2, 5, B), Err(Refusal::DoubleVote)),
+            ((3, 5, B), Err(Refusal::DoubleVote)),
+            ((3, 4, B), Err(Refusal::SurroundedVote)),
+            ((1, 6, B), Err(Refusal::SurroundingVote)),
+            ((1, 5, A), Ok(Permit::SameAsRecorded)),
+            ((6, 5, A), Err(Refusal::SourceExceedsTarget)),
+            ((1, 4, A), Err(Refusal::SourceBelowLowWatermark)),
+            ((2, 3, A), Err(Refusal::TargetNotAboveLowWatermark)),
+            ((5, 6, A), Ok(Permit::New)),
+        ];
+        for ((source, target, root), expected) in cases {
+            assert_eq!(
+                check_attestation(&h, Some((2, 5)), source, target, root),
+                expected,
+                "source {source}, target {target}"
+            );
+        }
         assert_eq!(check_attestation(&[], None, 0, 0, A), Ok(Permit::New));
     }
 

@@ -73,49 +73,57 @@ fn sqlite_agrees_with_rules_for_all_sequences_of_three() {
     );
 }
 
-#[test]
-fn postgres_agrees_with_rules_for_all_sequences_of_two() {
-    let Some(schema) = common::PgSchema::new("postgres_agrees_with_rules") else {
+/// [`agree`] against PostgreSQL (a fresh schema `name`, a pool of 8 connections on 8 threads)
+/// over the sequences `make` returns, timed from before they are made.
+fn postgres_agrees(
+    name: &str,
+    make: impl FnOnce() -> (Vec<Vec<(u64, u64, usize)>>, Vec<Vec<(u64, usize)>>),
+) {
+    let Some(schema) = common::PgSchema::new(name) else {
         return;
     };
     let start = std::time::Instant::now();
-    let atts = sequences(&att_items(), 2, |i| i.2 == 0);
-    let blocks = sequences(&block_items(), 2, |_| true);
+    let (atts, blocks) = make();
     let store = schema.open_pool(8);
     let calls = agree(&store, &atts, &blocks, 8);
     eprintln!(
-        "postgres exhaustive: {} attestation + {} block sequences, {calls} calls, {:?}",
+        "{name}: {} attestation + {} block sequences, {calls} calls, {:?}",
         atts.len(),
         blocks.len(),
         start.elapsed()
     );
 }
 
+#[test]
+fn postgres_agrees_with_rules_for_all_sequences_of_two() {
+    postgres_agrees("postgres_agrees_with_rules", || {
+        let atts = sequences(&att_items(), 2, |i| i.2 == 0);
+        let blocks = sequences(&block_items(), 2, |_| true);
+        (atts, blocks)
+    });
+}
+
 /// Seeded sample of length-3 sequences for PostgreSQL (the full space is
 /// covered on SQLite; this checks the PG SQL on deeper histories).
 #[test]
 fn postgres_agrees_with_rules_on_sampled_sequences_of_three() {
-    let Some(schema) = common::PgSchema::new("postgres_agrees_sampled") else {
-        return;
-    };
-    let start = std::time::Instant::now();
-    let mut seed: u64 = 0x5eed_1234_abcd_0001;
-    let mut next = move |n: usize| {
-        // xorshift64*: deterministic, no extra dependency.
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    };
-    let ai = att_items();
-    let bi = block_items();
-    let atts: Vec<Vec<_>> = (0..2500)
-        .map(|_| (0..3).map(|_| ai[next(ai.len())]).collect())
-        .collect();
-    let blocks: Vec<Vec<_>> = (0..500)
-        .map(|_| (0..3).map(|_| bi[next(bi.len())]).collect())
-        .collect();
-    let store = schema.open_pool(8);
-    let calls = agree(&store, &atts, &blocks, 8);
-    eprintln!("postgres sampled: {calls} calls, {:?}", start.elapsed());
+    postgres_agrees("postgres_agrees_sampled", || {
+        let mut seed: u64 = 0x5eed_1234_abcd_0001;
+        let mut next = move |n: usize| {
+            // xorshift64*: deterministic, no extra dependency.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+        };
+        let ai = att_items();
+        let bi = block_items();
+        let atts: Vec<Vec<_>> = (0..2500)
+            .map(|_| (0..3).map(|_| ai[next(ai.len())]).collect())
+            .collect();
+        let blocks: Vec<Vec<_>> = (0..500)
+            .map(|_| (0..3).map(|_| bi[next(bi.len())]).collect())
+            .collect();
+        (atts, blocks)
+    });
 }

@@ -56,6 +56,10 @@ impl Reopenable {
     fn s(&self) -> &SqliteStore {
         self.store.as_ref().unwrap()
     }
+    /// [`expect_verdicts`] for validator 1, the one the summary test drives.
+    fn expect(&self, steps: &[(common::Msg, Result<Permit, Refusal>)]) {
+        expect_verdicts(self.s(), pk(1), steps);
+    }
     fn reopen(&mut self) {
         drop(self.store.take()); // the writer stops and the file lock is released
         self.store = Some(SqliteStore::open(&self.path).unwrap());
@@ -68,31 +72,23 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
     // Monotone signing: the first request per validator takes the full path,
     // the following ones the fast path.
     for e in 1..=5 {
-        expect_verdicts(
-            db.s(),
-            pk(1),
-            &[
-                (Att(e - 1, e, root(e)), Ok(Permit::New)),
-                (Block(e, root(e)), Ok(Permit::New)),
-            ],
-        );
+        db.expect(&[
+            (Att(e - 1, e, root(e)), Ok(Permit::New)),
+            (Block(e, root(e)), Ok(Permit::New)),
+        ]);
     }
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            // Full-path verdicts in between do not disturb the summary.
-            (Att(4, 5, root(5)), Ok(Permit::SameAsRecorded)),
-            (Att(4, 5, root(99)), Err(Refusal::DoubleVote)),
-            (Att(3, 6, root(6)), Err(Refusal::SurroundingVote)),
-            (Att(7, 6, root(6)), Err(Refusal::SourceExceedsTarget)),
-            (Att(5, 6, root(6)), Ok(Permit::New)),
-            // Source equal to the recorded maximum, target far ahead: fast path.
-            (Att(5, 9, root(9)), Ok(Permit::New)),
-            // Now (6, 8) would be surrounded by (5, 9): full path refuses it.
-            (Att(6, 8, root(8)), Err(Refusal::SurroundedVote)),
-        ],
-    );
+    db.expect(&[
+        // Full-path verdicts in between do not disturb the summary.
+        (Att(4, 5, root(5)), Ok(Permit::SameAsRecorded)),
+        (Att(4, 5, root(99)), Err(Refusal::DoubleVote)),
+        (Att(3, 6, root(6)), Err(Refusal::SurroundingVote)),
+        (Att(7, 6, root(6)), Err(Refusal::SourceExceedsTarget)),
+        (Att(5, 6, root(6)), Ok(Permit::New)),
+        // Source equal to the recorded maximum, target far ahead: fast path.
+        (Att(5, 9, root(9)), Ok(Permit::New)),
+        // Now (6, 8) would be surrounded by (5, 9): full path refuses it.
+        (Att(6, 8, root(8)), Err(Refusal::SurroundedVote)),
+    ]);
 
     // Import raises the watermarks above what the summary knew: a message
     // that the stale summary would have let through must be refused.
@@ -105,17 +101,13 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
         ),
     );
     db.s().import_interchange(&doc).unwrap();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(9, 10, root(10)), Err(Refusal::SourceBelowLowWatermark)),
-            (Att(21, 25, root(25)), Err(Refusal::SurroundedVote)),
-            (Block(50, root(50)), Err(Refusal::SlotNotAboveLowWatermark)),
-            (Att(30, 31, root(31)), Ok(Permit::New)),
-            (Block(101, root(101)), Ok(Permit::New)),
-        ],
-    );
+    db.expect(&[
+        (Att(9, 10, root(10)), Err(Refusal::SourceBelowLowWatermark)),
+        (Att(21, 25, root(25)), Err(Refusal::SurroundedVote)),
+        (Block(50, root(50)), Err(Refusal::SlotNotAboveLowWatermark)),
+        (Att(30, 31, root(31)), Ok(Permit::New)),
+        (Block(101, root(101)), Ok(Permit::New)),
+    ]);
     // An import with a NULL root at a future target: the slot/target is
     // then unsignable, although it is above what the summary had seen.
     let doc = interchange(
@@ -123,34 +115,22 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
         &entry(1, &block_json(110, None), &att_json(31, 40, None)),
     );
     db.s().import_interchange(&doc).unwrap();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(31, 40, root(40)), Err(Refusal::DoubleVote)),
-            (Block(110, root(110)), Err(Refusal::DoubleBlockProposal)),
-        ],
-    );
+    db.expect(&[
+        (Att(31, 40, root(40)), Err(Refusal::DoubleVote)),
+        (Block(110, root(110)), Err(Refusal::DoubleBlockProposal)),
+    ]);
 
     // Disable / enable.
     db.s().set_validator_enabled(pk(1), false).unwrap();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(40, 41, root(41)), Err(Refusal::ValidatorDisabled)),
-            (Block(111, root(111)), Err(Refusal::ValidatorDisabled)),
-        ],
-    );
+    db.expect(&[
+        (Att(40, 41, root(41)), Err(Refusal::ValidatorDisabled)),
+        (Block(111, root(111)), Err(Refusal::ValidatorDisabled)),
+    ]);
     db.s().set_validator_enabled(pk(1), true).unwrap();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(40, 41, root(41)), Ok(Permit::New)),
-            (Block(111, root(111)), Ok(Permit::New)),
-        ],
-    );
+    db.expect(&[
+        (Att(40, 41, root(41)), Ok(Permit::New)),
+        (Block(111, root(111)), Ok(Permit::New)),
+    ]);
 
     // High watermark set and removed.
     db.s()
@@ -159,46 +139,34 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
             slot: Some(113),
         }))
         .unwrap();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(41, 43, root(43)), Err(Refusal::AtOrAboveHighWatermark)),
-            (Block(113, root(113)), Err(Refusal::AtOrAboveHighWatermark)),
-            (Att(41, 42, root(42)), Ok(Permit::New)),
-            (Block(112, root(112)), Ok(Permit::New)),
-        ],
-    );
+    db.expect(&[
+        (Att(41, 43, root(43)), Err(Refusal::AtOrAboveHighWatermark)),
+        (Block(113, root(113)), Err(Refusal::AtOrAboveHighWatermark)),
+        (Att(41, 42, root(42)), Ok(Permit::New)),
+        (Block(112, root(112)), Ok(Permit::New)),
+    ]);
     db.s().set_high_watermark(None).unwrap();
 
     // Pruning keeps the newest epochs; verdicts stay the same around it.
     for e in 43..=60 {
-        expect_verdicts(db.s(), pk(1), &[(Att(e - 1, e, root(e)), Ok(Permit::New))]);
+        db.expect(&[(Att(e - 1, e, root(e)), Ok(Permit::New))]);
     }
     db.s().prune(3, 4).unwrap();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(56, 57, root(57)), Err(Refusal::SourceBelowLowWatermark)),
-            (Att(59, 60, root(60)), Ok(Permit::SameAsRecorded)),
-            (Att(60, 61, root(61)), Ok(Permit::New)),
-        ],
-    );
+    db.expect(&[
+        (Att(56, 57, root(57)), Err(Refusal::SourceBelowLowWatermark)),
+        (Att(59, 60, root(60)), Ok(Permit::SameAsRecorded)),
+        (Att(60, 61, root(61)), Ok(Permit::New)),
+    ]);
 
     // Reopen: the summary is rebuilt from disk; fast and full path again.
     db.reopen();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(61, 62, root(62)), Ok(Permit::New)),
-            (Att(61, 62, root(0)), Err(Refusal::DoubleVote)),
-            (Att(60, 63, root(63)), Err(Refusal::SurroundingVote)),
-            (Block(114, root(114)), Ok(Permit::New)),
-            (Block(114, root(0)), Err(Refusal::DoubleBlockProposal)),
-        ],
-    );
+    db.expect(&[
+        (Att(61, 62, root(62)), Ok(Permit::New)),
+        (Att(61, 62, root(0)), Err(Refusal::DoubleVote)),
+        (Att(60, 63, root(63)), Err(Refusal::SurroundingVote)),
+        (Block(114, root(114)), Ok(Permit::New)),
+        (Block(114, root(0)), Err(Refusal::DoubleBlockProposal)),
+    ]);
     // Another chain is refused even for a validator with a warm summary.
     assert_eq!(
         refused(
@@ -207,25 +175,17 @@ fn summaries_follow_imports_pruning_enabling_and_reopening() {
         ),
         Refusal::GenesisValidatorsRootMismatch
     );
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            // Values above i64::MAX never reach the fast path's INSERT.
-            (Att(62, u64::MAX, root(1)), Err(Refusal::ValueTooLarge)),
-            (Block(u64::MAX, root(1)), Err(Refusal::ValueTooLarge)),
-        ],
-    );
+    db.expect(&[
+        // Values above i64::MAX never reach the fast path's INSERT.
+        (Att(62, u64::MAX, root(1)), Err(Refusal::ValueTooLarge)),
+        (Block(u64::MAX, root(1)), Err(Refusal::ValueTooLarge)),
+    ]);
     // Durable: after another reopen, everything Ok'd above is a repeat.
     db.reopen();
-    expect_verdicts(
-        db.s(),
-        pk(1),
-        &[
-            (Att(61, 62, root(62)), Ok(Permit::SameAsRecorded)),
-            (Block(114, root(114)), Ok(Permit::SameAsRecorded)),
-        ],
-    );
+    db.expect(&[
+        (Att(61, 62, root(62)), Ok(Permit::SameAsRecorded)),
+        (Block(114, root(114)), Ok(Permit::SameAsRecorded)),
+    ]);
 }
 
 #[derive(Debug, Clone)]

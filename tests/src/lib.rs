@@ -149,6 +149,24 @@ pub enum Runner {
     Binary,
 }
 
+/// One scenario, an `async fn(Runner)`, as two tests: `$in_process` runs it against
+/// [`Runner::InProcess`], `$release_binary` against [`Runner::Binary`]. The names are spelled
+/// out (not derived) so that they stay greppable and filterable as before.
+#[macro_export]
+macro_rules! on_both_runners {
+    ($scenario:ident: $in_process:ident, $release_binary:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_process() {
+            $scenario($crate::Runner::InProcess).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $release_binary() {
+            $scenario($crate::Runner::Binary).await;
+        }
+    };
+}
+
 /// Builds a signer's command line and files.
 pub struct SignerBuilder {
     network: String,
@@ -775,6 +793,16 @@ impl Drop for TestSigner {
             let _ = child.wait();
         }
     }
+}
+
+/// `ensign … export --to file` with `builder`'s options (its files written under `work`), which
+/// must succeed; the EIP-3076 document it wrote.
+pub fn export_interchange(builder: &SignerBuilder, work: &Path, file: &Path) -> Value {
+    let mut args = builder.args_in(work);
+    args.extend(["export".into(), "--to".into(), file.display().to_string()]);
+    let (code, stderr) = run_binary(&args);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
 }
 
 /// Runs the binary to completion; returns its exit code and its stderr.

@@ -148,25 +148,9 @@ async fn error_statuses(runner: Runner) {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoints_in_process() {
-    endpoints(Runner::InProcess).await;
-}
+tests::on_both_runners!(endpoints: endpoints_in_process, endpoints_release_binary);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoints_release_binary() {
-    endpoints(Runner::Binary).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_statuses_in_process() {
-    error_statuses(Runner::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_statuses_release_binary() {
-    error_statuses(Runner::Binary).await;
-}
+tests::on_both_runners!(error_statuses: error_statuses_in_process, error_statuses_release_binary);
 
 /// EIP-2335 keystores from `--keystores-path` with per-keystore password files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

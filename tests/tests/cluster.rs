@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::body::{attestation, block_header, signing_root};
-use tests::{binary_path, pubkey_hex, run_binary, test_secret, PgSchema, SignerBuilder};
+use tests::{binary_path, export_interchange, pubkey_hex, test_secret, PgSchema, SignerBuilder};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -459,14 +459,10 @@ async fn kill9_one_instance_under_load_loses_no_record() {
     // and holds no slashable pair (no double vote, no surround vote) for any validator.
     let work = tempfile::TempDir::new().unwrap();
     let file = work.path().join("interchange.json");
-    let mut args = SignerBuilder::new()
+    let shared_db = SignerBuilder::new()
         .eth2_arg("--slashing-protection-db-url")
-        .eth2_arg(&pg.url())
-        .args_in(work.path());
-    args.extend(["export".into(), "--to".into(), file.display().to_string()]);
-    let (code, stderr) = run_binary(&args);
-    assert_eq!(code, 0, "{stderr}");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        .eth2_arg(&pg.url());
+    let doc = export_interchange(&shared_db, work.path(), &file);
     let mut recorded: HashMap<(String, u64), String> = HashMap::new();
     for d in doc["data"].as_array().unwrap() {
         let pk = d["pubkey"].as_str().unwrap().to_string();

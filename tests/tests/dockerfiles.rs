@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -154,15 +154,22 @@ fn check_locked_build(file: &str, ins: &[Instr]) {
     }
 }
 
-#[test]
-fn ensign_image() {
-    let file = "docker/Dockerfile";
+/// What every long-running service image must pass (pinned base, labels, non-root user, a
+/// health check probing `health`, a locked release build); its instructions, for the checks
+/// particular to the image.
+fn check_service_image(file: &str, health: &str) -> Vec<Instr> {
     let ins = instructions(&read(file));
     check_from_pinned(file, &ins);
     check_labels(file, &ins);
     check_non_root(file, &ins);
-    check_healthcheck(file, &ins, "/upcheck");
+    check_healthcheck(file, &ins, health);
     check_locked_build(file, &ins);
+    ins
+}
+
+#[test]
+fn ensign_image() {
+    let ins = check_service_image("docker/Dockerfile", "/upcheck");
     let entry = all(&ins, "ENTRYPOINT");
     assert_eq!(entry.len(), 1);
     assert!(entry[0].args.contains("/usr/local/bin/ensign"));
@@ -171,12 +178,7 @@ fn ensign_image() {
 #[test]
 fn host_image() {
     let file = "docker/Dockerfile.host";
-    let ins = instructions(&read(file));
-    check_from_pinned(file, &ins);
-    check_labels(file, &ins);
-    check_non_root(file, &ins);
-    check_healthcheck(file, &ins, "8443");
-    check_locked_build(file, &ins);
+    check_service_image(file, "8443");
     // Static, so the one binary also runs on Amazon Linux 2023 under systemd (the CDK path).
     assert!(read(file).contains("--target x86_64-unknown-linux-musl -p host --bin ensign-host"));
 }
@@ -394,7 +396,7 @@ fn enclave_image_has_no_test_attestor() {
 }
 
 fn yaml(rel: &str) -> Value {
-    let mut v: Value = serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let mut v: Value = serde_yaml_ng::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
     v.apply_merge().unwrap(); // the compose file shares the signer settings through `<<: *ensign`
     v
 }
@@ -407,7 +409,7 @@ fn env_of(service: &Value) -> std::collections::BTreeMap<String, String> {
                 .map(|(k, v)| {
                     let v = match v {
                         Value::String(s) => s.clone(),
-                        other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+                        other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
                     };
                     (k.as_str().unwrap().to_string(), v)
                 })
@@ -469,7 +471,7 @@ fn compose_topology() {
             "haproxy.cfg does not balance {s} with health checks"
         );
     }
-    let lb_mounts = serde_yaml::to_string(&compose["services"]["haproxy"]["volumes"]).unwrap();
+    let lb_mounts = serde_yaml_ng::to_string(&compose["services"]["haproxy"]["volumes"]).unwrap();
     assert!(lb_mounts.contains("./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg"));
 
     // Prometheus scrapes both signers' metrics listeners.
@@ -487,7 +489,8 @@ fn compose_topology() {
             format!("ensign-2:{metrics_port}")
         ]
     );
-    let prom_mounts = serde_yaml::to_string(&compose["services"]["prometheus"]["volumes"]).unwrap();
+    let prom_mounts =
+        serde_yaml_ng::to_string(&compose["services"]["prometheus"]["volumes"]).unwrap();
     assert!(prom_mounts.contains("./prometheus.yml:/etc/prometheus/prometheus.yml"));
 }
 
@@ -527,29 +530,34 @@ fn hadolint_finds_nothing() {
     );
 }
 
-#[test]
-fn haproxy_accepts_the_compose_config() {
-    if !tool_or_skip("haproxy", "ENSIGN_REQUIRE_HAPROXY") {
+/// `tool args… <repo>/file` exits 0, where `tool` is installed ([`tool_or_skip`]).
+fn tool_accepts(tool: &str, require_var: &str, args: &[&str], file: &str) {
+    if !tool_or_skip(tool, require_var) {
         return;
     }
     assert_succeeds(
-        "haproxy -c: ",
-        Command::new("haproxy")
-            .args(["-c", "-f"])
-            .arg(repo().join("docker/haproxy.cfg")),
+        &format!("{tool} {}: ", args.join(" ")),
+        Command::new(tool).args(args).arg(repo().join(file)),
+    );
+}
+
+#[test]
+fn haproxy_accepts_the_compose_config() {
+    tool_accepts(
+        "haproxy",
+        "ENSIGN_REQUIRE_HAPROXY",
+        &["-c", "-f"],
+        "docker/haproxy.cfg",
     );
 }
 
 #[test]
 fn promtool_accepts_the_prometheus_config() {
-    if !tool_or_skip("promtool", "ENSIGN_REQUIRE_PROMTOOL") {
-        return;
-    }
-    assert_succeeds(
-        "promtool: ",
-        Command::new("promtool")
-            .args(["check", "config", "--syntax-only"])
-            .arg(repo().join("docker/prometheus.yml")),
+    tool_accepts(
+        "promtool",
+        "ENSIGN_REQUIRE_PROMTOOL",
+        &["check", "config", "--syntax-only"],
+        "docker/prometheus.yml",
     );
 }
 

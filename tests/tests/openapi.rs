@@ -23,6 +23,22 @@ use serde_json::{json, Value};
 use tests::body::{attestation, block_header, fork_info};
 use tests::{pubkey_hex, test_secret, Resp, Runner, SignerBuilder, TestSigner};
 
+/// A key manager request: `method` on `path` with the `authorization` header `auth`, and a JSON
+/// body where one is given.
+async fn km_request(
+    s: &TestSigner,
+    method: reqwest::Method,
+    path: &str,
+    auth: &str,
+    body: Option<&Value>,
+) -> Resp {
+    let mut req = s.request(method, path).header("authorization", auth);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    s.send(req).await
+}
+
 /// The base URI the document is registered under for JSON Schema validation.
 const DOC_URI: &str = "urn:ensign:openapi";
 
@@ -75,7 +91,7 @@ const NOT_PRODUCED: [(&str, &str, u16, &str); 6] = [
 
 fn doc() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| serde_yaml::from_str(OPENAPI_YAML).expect("the document is YAML"))
+    DOC.get_or_init(|| serde_yaml_ng::from_str(OPENAPI_YAML).expect("the document is YAML"))
 }
 
 fn sample_secret() -> [u8; 32] {
@@ -283,7 +299,7 @@ impl Contract {
         let instance = match media.as_str() {
             "application/json" => serde_json::from_str(&r.body)
                 .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {}", r.body)),
-            "application/yaml" => serde_yaml::from_str(&r.body)
+            "application/yaml" => serde_yaml_ng::from_str(&r.body)
                 .unwrap_or_else(|e| panic!("{method} {path} {status}: not YAML ({e})")),
             _ => Value::String(r.body.clone()),
         };
@@ -706,55 +722,28 @@ async fn every_status_conforms(runner: Runner) {
         let r = s.send(s.request(m.clone(), km).json(&json!({}))).await;
         assert_eq!(r.status, 401, "{method}: {r:?}");
         c.check(km, method, &r);
-        let r = s
-            .send(
-                s.request(m, km)
-                    .header("authorization", "Bearer wrong")
-                    .json(&json!({})),
-            )
-            .await;
+        let r = km_request(&s, m, km, "Bearer wrong", Some(&json!({}))).await;
         assert_eq!(r.status, 403, "{method}: {r:?}");
         c.check(km, method, &r);
     }
-    let r = s
-        .send(
-            s.request(reqwest::Method::GET, km)
-                .header("authorization", &auth),
-        )
-        .await;
+    let r = km_request(&s, reqwest::Method::GET, km, &auth, None).await;
     assert_eq!(r.status, 200, "{r:?}");
     c.check(km, "GET", &r);
-    for (method, bad) in [
-        ("POST", json!({"keystores": ["{}"], "passwords": []})),
+    // Malformed bodies (400), then well-formed ones (200, with a status per key).
+    for (method, body, status) in [
+        ("POST", json!({"keystores": ["{}"], "passwords": []}), 400),
         (
             "POST",
             json!({"keystores": [], "passwords": [], "slashing_protection": "nope"}),
+            400,
         ),
-        ("POST", json!([])),
-        ("DELETE", json!({"keys": []})),
+        ("POST", json!([]), 400),
+        ("DELETE", json!({"keys": []}), 400),
+        ("POST", json!({"keystores": ["x"], "passwords": ["y"]}), 200),
+        ("DELETE", json!({"pubkeys": [pk, "0x1234"]}), 200),
     ] {
-        let r = s
-            .send(
-                s.request(method.parse().unwrap(), km)
-                    .header("authorization", &auth)
-                    .json(&bad),
-            )
-            .await;
-        assert_eq!(r.status, 400, "{method} {bad}: {r:?}");
-        c.check(km, method, &r);
-    }
-    for (method, body) in [
-        ("POST", json!({"keystores": ["x"], "passwords": ["y"]})),
-        ("DELETE", json!({"pubkeys": [pk, "0x1234"]})),
-    ] {
-        let r = s
-            .send(
-                s.request(method.parse().unwrap(), km)
-                    .header("authorization", &auth)
-                    .json(&body),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{method}: {r:?}");
+        let r = km_request(&s, method.parse().unwrap(), km, &auth, Some(&body)).await;
+        assert_eq!(r.status, status, "{method} {body}: {r:?}");
         c.check(km, method, &r);
     }
     for method in ["POST", "DELETE"] {
@@ -804,13 +793,8 @@ async fn every_status_conforms(runner: Runner) {
     c.check("/api/v1/eth2/highWatermark", "GET", &r);
     // No key manager API on this one: its path is not routed.
     for method in ["GET", "POST", "DELETE"] {
-        let r = d
-            .send(
-                d.request(method.parse().unwrap(), km)
-                    .header("authorization", &auth)
-                    .json(&json!({"pubkeys": []})),
-            )
-            .await;
+        let body = json!({"pubkeys": []});
+        let r = km_request(&d, method.parse().unwrap(), km, &auth, Some(&body)).await;
         assert_eq!((r.status, r.body.as_str()), (404, ""), "{method}");
         c.check(km, method, &r);
     }
@@ -873,15 +857,10 @@ async fn await_reload_done(s: &TestSigner, c: &Contract) {
     panic!("reload never finished");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_status_conforms_in_process() {
-    every_status_conforms(Runner::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_status_conforms_release_binary() {
-    every_status_conforms(Runner::Binary).await;
-}
+tests::on_both_runners!(
+    every_status_conforms: every_status_conforms_in_process,
+    every_status_conforms_release_binary
+);
 
 /// The request examples: each matches its schema, parses, and signs with the sample key (the
 /// response conforming); together they cover every type and every BLOCK_V2 fork. The 200
@@ -980,13 +959,7 @@ async fn request_examples_parse_sign_and_conform() {
         &import,
         "import",
     );
-    let r = s
-        .send(
-            s.request(reqwest::Method::POST, km)
-                .header("authorization", &auth)
-                .json(&import),
-        )
-        .await;
+    let r = km_request(&s, reqwest::Method::POST, km, &auth, Some(&import)).await;
     c.check(km, "POST", &r);
     assert_eq!(r.json()["data"][0]["status"], "imported", "{r:?}");
     let delete = example("delete");
@@ -996,12 +969,7 @@ async fn request_examples_parse_sign_and_conform() {
         "delete",
     );
     let imported = delete["pubkeys"][0].as_str().unwrap();
-    let r = s
-        .send(
-            s.request(reqwest::Method::GET, km)
-                .header("authorization", &auth),
-        )
-        .await;
+    let r = km_request(&s, reqwest::Method::GET, km, &auth, None).await;
     c.check(km, "GET", &r);
     assert!(
         r.json()["data"]
@@ -1011,13 +979,7 @@ async fn request_examples_parse_sign_and_conform() {
             .any(|k| k["validating_pubkey"] == imported && k["readonly"] == false),
         "{r:?}"
     );
-    let r = s
-        .send(
-            s.request(reqwest::Method::DELETE, km)
-                .header("authorization", &auth)
-                .json(&delete),
-        )
-        .await;
+    let r = km_request(&s, reqwest::Method::DELETE, km, &auth, Some(&delete)).await;
     c.check(km, "DELETE", &r);
     assert_eq!(r.json()["data"][0]["status"], "deleted", "{r:?}");
     s.stop().await;

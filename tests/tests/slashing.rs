@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tests::body::{attestation, block_header, signing_root, GVR};
 use tests::{
-    pubkey_hex, run_binary, test_secret, PgSchema, Runner, SignerBuilder, TcpProxy, TestSigner,
+    export_interchange, pubkey_hex, run_binary, test_secret, PgSchema, Runner, SignerBuilder,
+    TcpProxy, TestSigner,
 };
 
 /// Sends `bodies` concurrently, request `i` to `signers[i % len]`; returns the statuses.
@@ -162,11 +163,7 @@ async fn crash_under_load_loses_no_record() {
     // The export (while no server holds the database) lists every received signature's root.
     let export = data.path().join("export.json");
     let work = tempfile::TempDir::new().unwrap();
-    let mut args = builder().args_in(work.path());
-    args.extend(["export".into(), "--to".into(), export.display().to_string()]);
-    let (code, stderr) = run_binary(&args);
-    assert_eq!(code, 0, "{stderr}");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    let doc = export_interchange(&builder(), work.path(), &export);
     let mut recorded: HashMap<(String, String), String> = HashMap::new();
     for d in doc["data"].as_array().unwrap() {
         for a in d["signed_attestations"].as_array().unwrap() {
@@ -213,13 +210,8 @@ async fn export_import_round_trip_through_cli() {
     s.stop().await;
 
     let file = work.path().join("interchange.json");
-    let mut args = SignerBuilder::new()
-        .data_dir(d1.path())
-        .args_in(work.path());
-    args.extend(["export".into(), "--to".into(), file.display().to_string()]);
-    let (code, err) = run_binary(&args);
-    assert_eq!(code, 0, "{err}");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let first = SignerBuilder::new().data_dir(d1.path());
+    let doc = export_interchange(&first, work.path(), &file);
     assert_eq!(doc["metadata"]["interchange_format_version"], "5");
     assert_eq!(doc["metadata"]["genesis_validators_root"], GVR);
 

@@ -183,6 +183,23 @@ fn pem_args(b: SignerBuilder, files: &Files, server: &Cred) -> SignerBuilder {
         .global_arg(&key)
 }
 
+/// A signer holding `secret` that serves `server`'s certificate and admits only the clients in
+/// `known_file`; the test reaches it as `known`, trusting `ca`.
+fn known_clients_signer(
+    files: &Files,
+    server: &Cred,
+    known_file: &str,
+    secret: [u8; 32],
+    ca: &Ca,
+    known: &Cred,
+) -> SignerBuilder {
+    pem_args(SignerBuilder::new(), files, server)
+        .global_arg("--tls-known-clients-file")
+        .global_arg(known_file)
+        .raw_keys([secret])
+        .https(client(&ca.cred, Some(known)))
+}
+
 #[tokio::test]
 async fn known_client_signs_and_every_other_client_is_refused() {
     let ca = Ca::new("ensign test CA");
@@ -199,14 +216,10 @@ async fn known_client_signs_and_every_other_client_is_refused() {
         ),
     );
     let secret = test_secret(b"tls known client");
-    let s = pem_args(SignerBuilder::new(), &files, &server)
-        .global_arg("--tls-known-clients-file")
-        .global_arg(&known_file)
+    let s = known_clients_signer(&files, &server, &known_file, secret, &ca, &known)
         .global_arg("--metrics-enabled")
         .global_arg("--metrics-port")
         .global_arg("0")
-        .raw_keys([secret])
-        .https(client(&ca.cred, Some(&known)))
         .start(Runner::InProcess)
         .await;
     assert!(s.base.starts_with("https://"), "{}", s.base);
@@ -510,13 +523,9 @@ async fn a_client_that_never_finishes_the_handshake_is_disconnected() {
     let files = Files::new();
     let known_file = files.write("known.txt", format!("vc {}\n", known.fingerprint()));
     let secret = test_secret(b"tls handshake timeout");
-    let s = pem_args(SignerBuilder::new(), &files, &server)
-        .global_arg("--tls-known-clients-file")
-        .global_arg(&known_file)
+    let s = known_clients_signer(&files, &server, &known_file, secret, &ca, &known)
         .global_arg("--tls-handshake-timeout-seconds")
         .global_arg("1")
-        .raw_keys([secret])
-        .https(client(&ca.cred, Some(&known)))
         .start(Runner::InProcess)
         .await;
     // Connects, never sends a ClientHello.
