@@ -18,6 +18,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cli_sources;
 pub mod config;
 pub mod conn;
 pub mod db_provision;

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use server::cli::{Cli, DatabaseCommand, Eth2Command, KeysCommand, Mode};
 use server::{Config, StartError};
 use tracing_subscriber::EnvFilter;
@@ -38,7 +37,7 @@ fn init_logging(level: &str, format: &str) -> tracing_appender::non_blocking::Wo
 
 /// Also the whole of `ensign-insecure-test` (src/bin/ensign-insecure-test.rs).
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = server::cli_sources::parse();
     let _log_guard = init_logging(&cli.global.logging, &cli.global.log_format);
     let eth2 = match &cli.mode {
         Mode::Eth2(eth2) => eth2,

@@ -180,6 +180,9 @@ pub struct SignerBuilder {
     client: Option<reqwest::Client>,
     /// The signer serves TLS (see [`SignerBuilder::https`]).
     https: bool,
+    /// The release binary gets its options as Web3Signer variables (see
+    /// [`SignerBuilder::as_web3signer_env`]).
+    web3signer_env: bool,
 }
 
 impl Default for SignerBuilder {
@@ -194,6 +197,7 @@ impl Default for SignerBuilder {
             data_dir: None,
             client: None,
             https: false,
+            web3signer_env: false,
         }
     }
 }
@@ -258,6 +262,14 @@ impl SignerBuilder {
     /// one (e.g. one that keeps no idle connection, for tests that count connections).
     pub fn client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// Started as the release binary, the signer gets every option as a Web3Signer environment
+    /// variable (`WEB3SIGNER_<OPTION>`, `WEB3SIGNER_ETH2_<OPTION>`) and nothing on its command
+    /// line but `eth2`: a Web3Signer deployment's environment, unchanged (issue 17).
+    pub fn as_web3signer_env(mut self) -> Self {
+        self.web3signer_env = true;
         self
     }
 
@@ -335,7 +347,12 @@ impl SignerBuilder {
                 )
             }
             Runner::Binary => {
-                let (child, addr, metrics) = spawn_binary_logged(&args[1..], log.clone()).await?;
+                let (args, env) = if self.web3signer_env {
+                    web3signer_env(&args[1..])
+                } else {
+                    (args[1..].to_vec(), vec![])
+                };
+                let (child, addr, metrics) = spawn_binary_env(&args, &env, log.clone()).await?;
                 (
                     format!("{scheme}://{addr}"),
                     metrics.map(|m| format!("http://{m}")),
@@ -475,6 +492,50 @@ pub async fn spawn_binary_logged(
     args: &[String],
     log: Arc<Mutex<Vec<String>>>,
 ) -> Result<(Child, String, Option<String>), String> {
+    spawn_binary_env(args, &[], log).await
+}
+
+/// `ensign [global options] eth2 [eth2 options]` as Web3Signer's environment would give the same
+/// options: `(["eth2"], [(WEB3SIGNER_…, value)])`. A flag without a value is `true`.
+pub fn web3signer_env(args: &[String]) -> (Vec<String>, Vec<(String, String)>) {
+    let mut env = Vec::new();
+    let mut scope = "WEB3SIGNER_";
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let Some(option) = a.strip_prefix("--") else {
+            assert_eq!(a, "eth2", "only the eth2 mode's options become variables");
+            scope = "WEB3SIGNER_ETH2_";
+            rest.push(a.clone());
+            continue;
+        };
+        let (name, value) = match option.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None if args
+                .get(i)
+                .is_some_and(|v| !v.starts_with("--") && v != "eth2") =>
+            {
+                i += 1;
+                (option.to_string(), args[i - 1].clone())
+            }
+            None => (option.to_string(), "true".to_string()),
+        };
+        env.push((
+            format!("{scope}{}", name.to_ascii_uppercase().replace('-', "_")),
+            value,
+        ));
+    }
+    (rest, env)
+}
+
+/// [`spawn_binary_logged`] with extra environment variables.
+pub async fn spawn_binary_env(
+    args: &[String],
+    env: &[(String, String)],
+    log: Arc<Mutex<Vec<String>>>,
+) -> Result<(Child, String, Option<String>), String> {
     let bin = binary_path();
     if !bin.exists() {
         return Err(format!(
@@ -485,6 +546,7 @@ pub async fn spawn_binary_logged(
     let mut child = Command::new(&bin)
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

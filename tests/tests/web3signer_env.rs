@@ -1,0 +1,105 @@
+//! A Web3Signer deployment's environment, unchanged, through the release binary (issue 17):
+//! `WEB3SIGNER_…` variables are options, never ignored in silence.
+
+use std::process::Command;
+
+use tests::body::attestation;
+use tests::{binary_path, pubkey_hex, test_secret, PgSchema, Runner, SignerBuilder};
+
+/// Runs the binary with `env` (and `args`) until it exits; its exit code and stderr. Only for
+/// starts that must fail before anything listens.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(binary_path())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run ensign");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Nothing but Web3Signer variables (key store path, data path, port, network, PostgreSQL URL):
+/// the signer signs on the database they name, and that database protects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web3signer_environment_alone_signs_on_the_database_it_names() {
+    let test = "a_web3signer_environment_alone_signs_on_the_database_it_names";
+    let Some(pg) = PgSchema::new(test) else {
+        return;
+    };
+    let data = tempfile::TempDir::new().unwrap();
+    let key = test_secret(b"web3signer environment");
+    let pk = pubkey_hex(&key);
+    let s = SignerBuilder::new()
+        .raw_keys([key])
+        .network("hoodi")
+        .data_dir(data.path())
+        .eth2_arg("--slashing-protection-db-url")
+        .eth2_arg(&pg.url())
+        .as_web3signer_env()
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(s.sign(&pk, &attestation(1, 2, 1)).await.status, 200);
+    assert_eq!(pg.count("signed_attestations"), 1);
+    // A double vote against that history is refused.
+    assert_eq!(s.sign(&pk, &attestation(1, 2, 9)).await.status, 412);
+    assert!(
+        !data.path().join("slashing-protection.sqlite").exists(),
+        "a local database was made beside the one named"
+    );
+}
+
+/// The case that made this necessary: the database URL in a Web3Signer variable was ignored
+/// and the signer started on a fresh local database. Now the URL is used: unreachable, the
+/// start fails, and no local database appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_in_a_web3signer_variable_fails_the_start() {
+    let data = tempfile::TempDir::new().unwrap();
+    let started = SignerBuilder::new()
+        .raw_keys([test_secret(b"unreachable")])
+        .data_dir(data.path())
+        .eth2_arg("--slashing-protection-db-url=postgresql://postgres@127.0.0.1:1/test")
+        .as_web3signer_env()
+        .try_start(Runner::Binary)
+        .await;
+    let Err(e) = started else {
+        panic!("started although the database named cannot be reached")
+    };
+    assert!(e.contains("127.0.0.1:1"), "{e}");
+    assert!(!data.path().join("slashing-protection.sqlite").exists());
+}
+
+#[test]
+fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
+    let (code, stderr) = run_with_env(
+        &["eth2"],
+        &[
+            ("ENSIGN_HTTP_LISTEN_PORT", "19001"),
+            ("WEB3SIGNER_HTTP_LISTEN_PORT", "19002"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("ENSIGN_HTTP_LISTEN_PORT")
+            && stderr.contains("WEB3SIGNER_HTTP_LISTEN_PORT"),
+        "{stderr}"
+    );
+
+    // An option ensign does not have: refused by name, as an unknown flag is.
+    let (code, stderr) = run_with_env(
+        &["eth2"],
+        &[("WEB3SIGNER_ETH2_AZURE_VAULT_ENABLED", "true")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("WEB3SIGNER_ETH2_AZURE_VAULT_ENABLED"),
+        "{stderr}"
+    );
+
+    // A value clap refuses is clap's error, naming the option.
+    let (code, stderr) = run_with_env(&["eth2"], &[("WEB3SIGNER_HTTP_LISTEN_PORT", "not-a-port")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--http-listen-port"), "{stderr}");
+}
