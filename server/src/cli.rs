@@ -68,6 +68,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(mut_args = global_option)]
 pub struct GlobalOptions {
+    /// Web3Signer's YAML configuration file: `option-name: value` for global options,
+    /// `eth2.option-name: value` for eth2 options, lists as YAML lists or comma-separated
+    /// strings. The command line and the environment take precedence over it; an unknown key
+    /// is an error naming its line.
+    #[arg(long, env = "ENSIGN_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Address the HTTP API listens on.
     #[arg(long, env = "ENSIGN_HTTP_LISTEN_HOST", default_value = "127.0.0.1")]
     pub http_listen_host: String,

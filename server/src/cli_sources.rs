@@ -1,6 +1,7 @@
 //! Where options come from besides the command line: ensign's `ENSIGN_…` variables and, so that a
-//! Web3Signer deployment's environment works unchanged, Web3Signer's `WEB3SIGNER_…` ones
-//! (issue 17).
+//! Web3Signer deployment's environment works unchanged, Web3Signer's `WEB3SIGNER_…` ones, and
+//! Web3Signer's YAML `--config-file` (issue 17). Precedence, as Web3Signer's: command line, then
+//! environment, then the configuration file, then the default.
 //!
 //! Web3Signer reads `WEB3SIGNER_<OPTION>` for global options and `WEB3SIGNER_ETH2_<OPTION>` for
 //! the `eth2` subcommand's, for the option's name and each of its aliases (`-` → `_`, upper
@@ -14,7 +15,10 @@
 //!   as an unknown flag does. Ignoring `WEB3SIGNER_ETH2_SLASHING_PROTECTION_DB_URL` would start
 //!   the signer on a fresh local database instead of the validators' shared history.
 //! - Two variables that set one option to different values stop the start, naming both.
-//! - Precedence stays clap's: command line, then environment, then the default.
+//! - Precedence stays clap's: command line, then environment, then the default; a configuration
+//!   file's value becomes the option's default, so it ranks just above the built-in one.
+//! - A configuration file's key that is not an option of ensign's stops the start, naming its
+//!   line (Web3Signer refuses unknown keys too).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -54,6 +58,7 @@ pub enum EnvError {
 }
 
 /// One option's variables: the name clap reads and the others that mean the same option.
+#[derive(Clone)]
 struct OptionVars {
     /// `clap::Arg` id, for `mut_arg`.
     id: String,
@@ -65,6 +70,15 @@ struct OptionVars {
     primary: String,
     /// Every other name of the same option: `ENSIGN_` aliases, `WEB3SIGNER_` name and aliases.
     others: Vec<String>,
+    /// The option's aliases (besides `long`).
+    aliases: Vec<String>,
+}
+
+impl OptionVars {
+    /// The option's long name and aliases.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.long.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
 }
 
 /// Every option with an `ENSIGN_` variable, in `cmd` and its subcommands.
@@ -123,6 +137,7 @@ fn vars_of(arg: &Arg, path: &[String]) -> Option<OptionVars> {
         path: path.to_vec(),
         primary,
         others,
+        aliases: names[1..].to_vec(),
     })
 }
 
@@ -179,21 +194,188 @@ fn plan(
     Ok(changes)
 }
 
-/// `cmd` with each option that is set only under another name reading that name.
-fn apply(mut cmd: Command, changes: Vec<(OptionVars, String)>) -> Command {
-    fn at(cmd: Command, path: &[String], id: &str, var: String) -> Command {
-        match path.split_first() {
-            None => cmd.mut_arg(id, |a| a.env(var)),
-            Some((sub, rest)) => {
-                let (id, rest) = (id.to_owned(), rest.to_vec());
-                cmd.mut_subcommand(sub, move |s| at(s, &rest, &id, var))
-            }
+/// `cmd` with `change` made to the option `id` of the subcommand at `path`.
+fn mut_option(cmd: Command, path: &[String], id: &str, change: impl FnOnce(Arg) -> Arg) -> Command {
+    match path.split_first() {
+        None => cmd.mut_arg(id, change),
+        Some((sub, rest)) => {
+            let (id, rest) = (id.to_owned(), rest.to_vec());
+            cmd.mut_subcommand(sub, move |s| mut_option(s, &rest, &id, change))
         }
     }
+}
+
+/// `cmd` with each option that is set only under another name reading that name.
+fn apply(mut cmd: Command, changes: Vec<(OptionVars, String)>) -> Command {
     for (vars, var) in changes {
-        cmd = at(cmd, &vars.path, &vars.id, var);
+        cmd = mut_option(cmd, &vars.path, &vars.id, |a| a.env(var));
     }
     cmd
+}
+
+/// Largest configuration file read (a limit at parse, as for key configuration files).
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a configuration file cannot be used. Its values are never quoted: the file may hold a
+/// database password.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigFileError {
+    #[error("--config-file {path}: cannot read: {reason}")]
+    Read { path: String, reason: String },
+    #[error("--config-file {path}: larger than {MAX_CONFIG_FILE_BYTES} bytes")]
+    TooLarge { path: String },
+    #[error("--config-file {path}: not YAML (line {line})")]
+    NotYaml { path: String, line: usize },
+    #[error("--config-file {path}: must be a mapping of option names to values")]
+    NotAMapping { path: String },
+    #[error(
+        "--config-file {path}, line {line}: unknown option {key:?} (global options by name, eth2 \
+         options as eth2.<name>)"
+    )]
+    UnknownKey {
+        path: String,
+        key: String,
+        line: usize,
+    },
+    #[error("--config-file {path}, line {line}: {key:?} must be a value or a list of values")]
+    BadValue {
+        path: String,
+        key: String,
+        line: usize,
+    },
+    #[error("--config-file {path}: {key:?} and {other:?} are the same option")]
+    Twice {
+        path: String,
+        key: String,
+        other: String,
+    },
+}
+
+/// The line (1-based) where `key` is defined in `text`, for messages: the first line that starts
+/// with it (plain or quoted) followed by a colon.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            [key.to_owned(), format!("\"{key}\""), format!("'{key}'")]
+                .iter()
+                .any(|k| {
+                    l.strip_prefix(k.as_str())
+                        .is_some_and(|r| r.trim_start().starts_with(':'))
+                })
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// A configuration value as the command line would give it: a scalar's text, a list joined
+/// with commas (how list options take several values).
+fn value_text(v: &serde_yaml_ng::Value) -> Option<String> {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Sequence(_) | Value::Mapping(_) => None,
+                other => value_text(other),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        _ => None,
+    }
+}
+
+/// The options `text` (the file at `path`) sets: `(option, value)`, for each option's default.
+/// Keys are an option's long name or alias, under `eth2.` for the eth2 subcommand's options.
+fn config_values(
+    cmd: &Command,
+    path: &str,
+    text: &str,
+) -> Result<Vec<(OptionVars, String)>, ConfigFileError> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        // Position only: the message of a YAML error may quote the text (a password).
+        ConfigFileError::NotYaml {
+            path: path.to_owned(),
+            line: e.location().map_or(0, |l| l.line()),
+        }
+    })?;
+    let map = match doc {
+        serde_yaml_ng::Value::Mapping(m) => m,
+        // An empty file: no options.
+        serde_yaml_ng::Value::Null => return Ok(vec![]),
+        _ => {
+            return Err(ConfigFileError::NotAMapping {
+                path: path.to_owned(),
+            })
+        }
+    };
+    let options = option_vars(cmd);
+    let mut found: Vec<(OptionVars, String, String)> = Vec::new();
+    for (k, v) in map {
+        let key = value_text(&k).filter(|_| !k.is_sequence()).ok_or_else(|| {
+            ConfigFileError::NotAMapping {
+                path: path.to_owned(),
+            }
+        })?;
+        let line = line_of(text, &key);
+        let unknown = || ConfigFileError::UnknownKey {
+            path: path.to_owned(),
+            key: key.clone(),
+            line,
+        };
+        // `eth2.name` → the eth2 subcommand's option `name`; `name` → a global option.
+        let (scope, name) = match key.split_once('.') {
+            Some((sub, name)) => (vec![sub.to_owned()], name),
+            None => (vec![], key.as_str()),
+        };
+        let option = options
+            .iter()
+            .find(|o| o.path == scope && o.names().any(|n| n == name))
+            .ok_or_else(unknown)?;
+        // The file cannot name itself.
+        if option.long == "config-file" {
+            return Err(unknown());
+        }
+        let value = value_text(&v).ok_or_else(|| ConfigFileError::BadValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            line,
+        })?;
+        if let Some((_, other, _)) = found.iter().find(|(o, _, _)| o.primary == option.primary) {
+            return Err(ConfigFileError::Twice {
+                path: path.to_owned(),
+                key: key.clone(),
+                other: other.clone(),
+            });
+        }
+        found.push((option.clone(), key, value));
+    }
+    Ok(found.into_iter().map(|(o, _, v)| (o, v)).collect())
+}
+
+/// Reads the configuration file at `path` into option defaults of `cmd`.
+fn with_config_file(cmd: Command, path: &std::path::Path) -> Result<Command, ConfigFileError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let read_err = |e: std::io::Error| ConfigFileError::Read {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_err)?
+        .take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(ConfigFileError::TooLarge { path: shown });
+    }
+    let values = config_values(&cmd, &shown, &text)?;
+    Ok(values.into_iter().fold(cmd, |cmd, (option, value)| {
+        mut_option(cmd, &option.path, &option.id, |a| a.default_value(value))
+    }))
 }
 
 /// The environment's `ENSIGN_…` and `WEB3SIGNER_…` variables.
@@ -207,15 +389,21 @@ fn relevant_env() -> BTreeMap<String, OsString> {
 /// Parses the command line with the environment as described in the module docs; on any error
 /// (clap's or the environment's) prints it and exits with status 2, as clap does.
 pub fn parse() -> Cli {
-    let cmd = Cli::command();
-    let changes = match plan(&cmd, &relevant_env()) {
-        Ok(changes) => changes,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
+    let refuse = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("error: {e}");
+        std::process::exit(2);
     };
-    let mut matches = apply(cmd, changes).get_matches();
+    let cmd = Cli::command();
+    let changes = plan(&cmd, &relevant_env()).unwrap_or_else(|e| refuse(&e));
+    let cmd = apply(cmd, changes);
+    // The file's name comes from the command line or the environment; its values then become
+    // defaults, and the command line is parsed again with them.
+    let first = cmd.clone().get_matches();
+    let cmd = match first.get_one::<std::path::PathBuf>("config_file") {
+        Some(path) => with_config_file(cmd, path).unwrap_or_else(|e| refuse(&e)),
+        None => cmd,
+    };
+    let mut matches = cmd.get_matches();
     Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
 }
 
@@ -341,5 +529,101 @@ mod tests {
             network.get_env().and_then(|e| e.to_str()),
             Some("WEB3SIGNER_ETH2_NETWORK")
         );
+    }
+
+    /// `ensign <args>` with the configuration file `yaml`.
+    fn with_yaml(yaml: &str, args: &[&str]) -> Result<Cli, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let cmd = with_config_file(Cli::command(), &path).map_err(|e| e.to_string())?;
+        let mut m = cmd
+            .try_get_matches_from(std::iter::once("ensign").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Cli::from_arg_matches_mut(&mut m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_web3signer_config_file_sets_options_below_the_command_line() {
+        let yaml = "# Web3Signer's form\n\
+                    http-listen-port: 9100\n\
+                    key-config-path: /keys\n\
+                    http-host-allowlist: [signer.example, localhost]\n\
+                    metrics-enabled: true\n\
+                    eth2.network: hoodi\n\
+                    eth2.slashing-protection-enabled: false\n\
+                    eth2.slashing-protection-db-url: \"postgresql://db.example/ensign\"\n";
+        let cli = with_yaml(yaml, &["eth2"]).unwrap();
+        assert_eq!(cli.global.http_listen_port, 9100);
+        assert_eq!(
+            cli.global.key_store_path.as_deref(),
+            Some(std::path::Path::new("/keys"))
+        );
+        assert_eq!(
+            cli.global.http_host_allowlist,
+            ["signer.example", "localhost"]
+        );
+        assert!(cli.global.metrics_enabled);
+        let crate::cli::Mode::Eth2(eth2) = &cli.mode else {
+            panic!("eth2")
+        };
+        assert_eq!(eth2.network, "hoodi");
+        assert!(!eth2.slashing_protection_enabled);
+        assert_eq!(
+            eth2.slashing_protection_db_url.as_deref(),
+            Some("postgresql://db.example/ensign")
+        );
+        // The command line wins.
+        let cli = with_yaml(
+            yaml,
+            &["--http-listen-port=9200", "eth2", "--network=sepolia"],
+        )
+        .unwrap();
+        assert_eq!(cli.global.http_listen_port, 9200);
+        let crate::cli::Mode::Eth2(eth2) = &cli.mode else {
+            panic!("eth2")
+        };
+        assert_eq!(eth2.network, "sepolia");
+        // Comma-separated lists work as on the command line.
+        let cli = with_yaml("http-host-allowlist: \"a,b\"\n", &["eth2"]).unwrap();
+        assert_eq!(cli.global.http_host_allowlist, ["a", "b"]);
+        // An empty file sets nothing.
+        assert_eq!(
+            with_yaml("", &["eth2"]).unwrap().global.http_listen_port,
+            9000
+        );
+    }
+
+    #[test]
+    fn a_config_file_with_an_unknown_key_or_value_is_refused_by_line_never_quoting_a_value() {
+        let e = with_yaml(
+            "http-listen-port: 9000\n\n# c\nazure-vault-enabled: true\n",
+            &["eth2"],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 4") && e.contains("azure-vault-enabled"),
+            "{e}"
+        );
+        // An eth2 option without its scope is not that option.
+        let e = with_yaml("network: hoodi\n", &["eth2"]).unwrap_err();
+        assert!(e.contains("line 1") && e.contains("\"network\""), "{e}");
+        let e = with_yaml("eth2.network: {a: 1}\n", &["eth2"]).unwrap_err();
+        assert!(e.contains("must be a value"), "{e}");
+        let e = with_yaml("key-store-path: /a\nkey-config-path: /b\n", &["eth2"]).unwrap_err();
+        assert!(e.contains("same option"), "{e}");
+        let e = with_yaml("config-file: other.yaml\n", &["eth2"]).unwrap_err();
+        assert!(e.contains("unknown option"), "{e}");
+        let e = with_yaml("- a\n- b\n", &["eth2"]).unwrap_err();
+        assert!(e.contains("mapping"), "{e}");
+        let e = with_yaml(
+            "eth2.slashing-protection-db-password: \"hunter2\n  x: [",
+            &["eth2"],
+        )
+        .unwrap_err();
+        assert!(e.contains("not YAML") && !e.contains("hunter2"), "{e}");
+        // A value clap refuses is clap's error, naming the option.
+        let e = with_yaml("http-listen-port: many\n", &["eth2"]).unwrap_err();
+        assert!(e.contains("--http-listen-port"), "{e}");
     }
 }

@@ -180,9 +180,16 @@ pub struct SignerBuilder {
     client: Option<reqwest::Client>,
     /// The signer serves TLS (see [`SignerBuilder::https`]).
     https: bool,
-    /// The release binary gets its options as Web3Signer variables (see
-    /// [`SignerBuilder::as_web3signer_env`]).
-    web3signer_env: bool,
+    /// The release binary gets its options the Web3Signer way (see
+    /// [`SignerBuilder::as_web3signer_env`], [`SignerBuilder::as_web3signer_config_file`]).
+    web3signer: Option<Web3SignerSource>,
+}
+
+/// How a Web3Signer deployment would give the release binary its options.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Web3SignerSource {
+    Env,
+    ConfigFile,
 }
 
 impl Default for SignerBuilder {
@@ -197,7 +204,7 @@ impl Default for SignerBuilder {
             data_dir: None,
             client: None,
             https: false,
-            web3signer_env: false,
+            web3signer: None,
         }
     }
 }
@@ -269,7 +276,15 @@ impl SignerBuilder {
     /// variable (`WEB3SIGNER_<OPTION>`, `WEB3SIGNER_ETH2_<OPTION>`) and nothing on its command
     /// line but `eth2`: a Web3Signer deployment's environment, unchanged (issue 17).
     pub fn as_web3signer_env(mut self) -> Self {
-        self.web3signer_env = true;
+        self.web3signer = Some(Web3SignerSource::Env);
+        self
+    }
+
+    /// Started as the release binary, the signer gets every option in a Web3Signer YAML
+    /// configuration file (`name: value`, `eth2.name: value`) and nothing on its command line
+    /// but `--config-file FILE eth2` (issue 17).
+    pub fn as_web3signer_config_file(mut self) -> Self {
+        self.web3signer = Some(Web3SignerSource::ConfigFile);
         self
     }
 
@@ -347,10 +362,30 @@ impl SignerBuilder {
                 )
             }
             Runner::Binary => {
-                let (args, env) = if self.web3signer_env {
-                    web3signer_env(&args[1..])
-                } else {
-                    (args[1..].to_vec(), vec![])
+                let (args, env) = match self.web3signer {
+                    None => (args[1..].to_vec(), vec![]),
+                    Some(Web3SignerSource::Env) => web3signer_env(&args[1..]),
+                    Some(Web3SignerSource::ConfigFile) => {
+                        let (rest, options) = web3signer_options(&args[1..]);
+                        let yaml: String = options
+                            .iter()
+                            .map(|(eth2, name, value)| {
+                                // A JSON string is a YAML double-quoted scalar.
+                                let key = if *eth2 {
+                                    format!("eth2.{name}")
+                                } else {
+                                    name.clone()
+                                };
+                                format!("{key}: {}\n", serde_json::to_string(value).unwrap())
+                            })
+                            .collect();
+                        let file = dir.path().join("web3signer-config.yaml");
+                        std::fs::write(&file, yaml).unwrap();
+                        let mut args =
+                            vec!["--config-file".to_string(), file.display().to_string()];
+                        args.extend(rest);
+                        (args, vec![])
+                    }
                 };
                 let (child, addr, metrics) = spawn_binary_env(&args, &env, log.clone()).await?;
                 (
@@ -496,18 +531,42 @@ pub async fn spawn_binary_logged(
 }
 
 /// `ensign [global options] eth2 [eth2 options]` as Web3Signer's environment would give the same
-/// options: `(["eth2"], [(WEB3SIGNER_…, value)])`. A flag without a value is `true`.
+/// options: `(["eth2"], [(WEB3SIGNER_…, value)])`.
 pub fn web3signer_env(args: &[String]) -> (Vec<String>, Vec<(String, String)>) {
-    let mut env = Vec::new();
-    let mut scope = "WEB3SIGNER_";
+    let (rest, options) = web3signer_options(args);
+    let env = options
+        .into_iter()
+        .map(|(eth2, name, value)| {
+            let scope = if eth2 {
+                "WEB3SIGNER_ETH2_"
+            } else {
+                "WEB3SIGNER_"
+            };
+            (
+                format!("{scope}{}", name.to_ascii_uppercase().replace('-', "_")),
+                value,
+            )
+        })
+        .collect();
+    (rest, env)
+}
+
+/// `ensign [global options] eth2 [eth2 options]` taken apart: `(["eth2"], [(is an eth2 option,
+/// long name, value)])`. A flag without a value is `true`.
+pub fn web3signer_options(args: &[String]) -> (Vec<String>, Vec<(bool, String, String)>) {
+    let mut options = Vec::new();
+    let mut eth2 = false;
     let mut rest = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
         i += 1;
         let Some(option) = a.strip_prefix("--") else {
-            assert_eq!(a, "eth2", "only the eth2 mode's options become variables");
-            scope = "WEB3SIGNER_ETH2_";
+            assert_eq!(
+                a, "eth2",
+                "only the eth2 mode's options can be given another way"
+            );
+            eth2 = true;
             rest.push(a.clone());
             continue;
         };
@@ -522,12 +581,9 @@ pub fn web3signer_env(args: &[String]) -> (Vec<String>, Vec<(String, String)>) {
             }
             None => (option.to_string(), "true".to_string()),
         };
-        env.push((
-            format!("{scope}{}", name.to_ascii_uppercase().replace('-', "_")),
-            value,
-        ));
+        options.push((eth2, name, value));
     }
-    (rest, env)
+    (rest, options)
 }
 
 /// [`spawn_binary_logged`] with extra environment variables.

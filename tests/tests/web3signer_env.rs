@@ -1,5 +1,6 @@
-//! A Web3Signer deployment's environment, unchanged, through the release binary (issue 17):
-//! `WEB3SIGNER_…` variables are options, never ignored in silence.
+//! A Web3Signer deployment's environment and configuration file, unchanged, through the release
+//! binary (issue 17): `WEB3SIGNER_…` variables and `--config-file` keys are options, never
+//! ignored in silence.
 
 use std::process::Command;
 
@@ -51,6 +52,31 @@ async fn a_web3signer_environment_alone_signs_on_the_database_it_names() {
     );
 }
 
+/// Nothing but a Web3Signer configuration file (`--config-file FILE eth2`): the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web3signer_config_file_alone_signs_on_the_database_it_names() {
+    let test = "a_web3signer_config_file_alone_signs_on_the_database_it_names";
+    let Some(pg) = PgSchema::new(test) else {
+        return;
+    };
+    let data = tempfile::TempDir::new().unwrap();
+    let key = test_secret(b"web3signer config file");
+    let pk = pubkey_hex(&key);
+    let s = SignerBuilder::new()
+        .raw_keys([key])
+        .network("hoodi")
+        .data_dir(data.path())
+        .eth2_arg("--slashing-protection-db-url")
+        .eth2_arg(&pg.url())
+        .as_web3signer_config_file()
+        .start(Runner::Binary)
+        .await;
+    assert_eq!(s.sign(&pk, &attestation(3, 4, 1)).await.status, 200);
+    assert_eq!(pg.count("signed_attestations"), 1);
+    assert_eq!(s.sign(&pk, &attestation(3, 4, 2)).await.status, 412);
+    assert!(!data.path().join("slashing-protection.sqlite").exists());
+}
+
 /// The case that made this necessary: the database URL in a Web3Signer variable was ignored
 /// and the signer started on a fresh local database. Now the URL is used: unreachable, the
 /// start fails, and no local database appears.
@@ -97,6 +123,28 @@ fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
         stderr.contains("WEB3SIGNER_ETH2_AZURE_VAULT_ENABLED"),
         "{stderr}"
     );
+
+    // A configuration file with a key ensign does not know: refused, naming the line.
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "http-listen-port: 0\neth2.commit-boost-api-enabled: true\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_with_env(&["--config-file", file.to_str().unwrap(), "eth2"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("eth2.commit-boost-api-enabled"),
+        "{stderr}"
+    );
+    // The file's name from Web3Signer's variable.
+    let (code, stderr) = run_with_env(
+        &["eth2"],
+        &[("WEB3SIGNER_CONFIG_FILE", file.to_str().unwrap())],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
 
     // A value clap refuses is clap's error, naming the option.
     let (code, stderr) = run_with_env(&["eth2"], &[("WEB3SIGNER_HTTP_LISTEN_PORT", "not-a-port")]);
