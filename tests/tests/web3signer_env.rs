@@ -22,26 +22,23 @@ fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
-/// Nothing but Web3Signer variables (key store path, data path, port, network, PostgreSQL URL):
-/// the signer signs on the database they name, and that database protects.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_web3signer_environment_alone_signs_on_the_database_it_names() {
-    let test = "a_web3signer_environment_alone_signs_on_the_database_it_names";
+/// Started with nothing but what `web3signer` says (key store path, data path, port, network,
+/// PostgreSQL URL, given the Web3Signer way), the signer signs on the database named, and that
+/// database protects.
+async fn signs_on_the_database_named(test: &str, web3signer: fn(SignerBuilder) -> SignerBuilder) {
     let Some(pg) = PgSchema::new(test) else {
         return;
     };
     let data = tempfile::TempDir::new().unwrap();
-    let key = test_secret(b"web3signer environment");
+    let key = test_secret(test.as_bytes());
     let pk = pubkey_hex(&key);
-    let s = SignerBuilder::new()
+    let builder = SignerBuilder::new()
         .raw_keys([key])
         .network("hoodi")
         .data_dir(data.path())
         .eth2_arg("--slashing-protection-db-url")
-        .eth2_arg(&pg.url())
-        .as_web3signer_env()
-        .start(Runner::Binary)
-        .await;
+        .eth2_arg(&pg.url());
+    let s = web3signer(builder).start(Runner::Binary).await;
     assert_eq!(s.sign(&pk, &attestation(1, 2, 1)).await.status, 200);
     assert_eq!(pg.count("signed_attestations"), 1);
     // A double vote against that history is refused.
@@ -52,29 +49,24 @@ async fn a_web3signer_environment_alone_signs_on_the_database_it_names() {
     );
 }
 
-/// Nothing but a Web3Signer configuration file (`--config-file FILE eth2`): the same.
+/// Nothing but Web3Signer variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web3signer_environment_alone_signs_on_the_database_it_names() {
+    signs_on_the_database_named(
+        "a_web3signer_environment_alone_signs_on_the_database_it_names",
+        SignerBuilder::as_web3signer_env,
+    )
+    .await;
+}
+
+/// Nothing but a Web3Signer configuration file (`--config-file FILE eth2`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web3signer_config_file_alone_signs_on_the_database_it_names() {
-    let test = "a_web3signer_config_file_alone_signs_on_the_database_it_names";
-    let Some(pg) = PgSchema::new(test) else {
-        return;
-    };
-    let data = tempfile::TempDir::new().unwrap();
-    let key = test_secret(b"web3signer config file");
-    let pk = pubkey_hex(&key);
-    let s = SignerBuilder::new()
-        .raw_keys([key])
-        .network("hoodi")
-        .data_dir(data.path())
-        .eth2_arg("--slashing-protection-db-url")
-        .eth2_arg(&pg.url())
-        .as_web3signer_config_file()
-        .start(Runner::Binary)
-        .await;
-    assert_eq!(s.sign(&pk, &attestation(3, 4, 1)).await.status, 200);
-    assert_eq!(pg.count("signed_attestations"), 1);
-    assert_eq!(s.sign(&pk, &attestation(3, 4, 2)).await.status, 412);
-    assert!(!data.path().join("slashing-protection.sqlite").exists());
+    signs_on_the_database_named(
+        "a_web3signer_config_file_alone_signs_on_the_database_it_names",
+        SignerBuilder::as_web3signer_config_file,
+    )
+    .await;
 }
 
 /// The case that made this necessary: the database URL in a Web3Signer variable was ignored
