@@ -83,7 +83,8 @@ pub struct GlobalOptions {
     #[arg(long, env = "ENSIGN_HTTP_LISTEN_PORT", default_value_t = 9000)]
     pub http_listen_port: u16,
 
-    /// Comma-separated host names accepted in the Host header; `*` accepts any.
+    /// Comma-separated host names accepted in the Host header; `*` or `all` accepts any, `none`
+    /// accepts none (Web3Signer's values).
     #[arg(
         long,
         env = "ENSIGN_HTTP_HOST_ALLOWLIST",
@@ -113,7 +114,7 @@ pub struct GlobalOptions {
     pub metrics_port: u16,
 
     /// Log level: OFF, ERROR, WARN, INFO, DEBUG, TRACE (or a tracing filter directive).
-    #[arg(long, env = "ENSIGN_LOGGING", default_value = "INFO")]
+    #[arg(short = 'l', long, env = "ENSIGN_LOGGING", default_value = "INFO")]
     pub logging: String,
 
     /// Log format: `text` (human-readable) or `json` (one JSON object per line, for collectors).
@@ -712,6 +713,7 @@ pub struct Eth2Options {
     /// kept in `<data-path>/api-token.txt` (created on first start).
     #[arg(
         long,
+        alias = "enable-key-manager-api",
         env = "ENSIGN_ETH2_KEY_MANAGER_API_ENABLED",
         web3signer_bool = false
     )]

@@ -378,6 +378,55 @@ fn with_config_file(cmd: Command, path: &std::path::Path) -> Result<Command, Con
     }))
 }
 
+/// Web3Signer's boolean options also take their value as the next word (`--metrics-enabled
+/// true`), which clap cannot tell from a subcommand; ensign's take it after `=` (so that
+/// `--metrics-enabled eth2` stays the flag and the subcommand). This joins a boolean option
+/// and a following `true` / `false` (any case, as picocli reads them) into `--option=value`
+/// before clap sees the command line. Boolean options are those made by `web3signer_bool`
+/// (value name `BOOL`).
+fn join_boolean_values(cmd: &Command, args: Vec<OsString>) -> Vec<OsString> {
+    fn booleans(cmd: &Command, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if arg.get_value_names().is_some_and(|n| n == ["BOOL"]) {
+                if let Some(long) = arg.get_long() {
+                    out.push(format!("--{long}"));
+                }
+                out.extend(
+                    arg.get_all_aliases()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| format!("--{a}")),
+                );
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            booleans(sub, out);
+        }
+    }
+    let mut names = Vec::new();
+    booleans(cmd, &mut names);
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let is_boolean = arg.to_str().is_some_and(|a| names.iter().any(|n| n == a));
+        let value = args
+            .peek()
+            .and_then(|v| v.to_str())
+            .filter(|v| v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false"))
+            .map(str::to_ascii_lowercase);
+        match (is_boolean, value) {
+            (true, Some(value)) => {
+                args.next();
+                let mut joined = arg;
+                joined.push(format!("={value}"));
+                out.push(joined);
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
 /// The environment's `ENSIGN_…` and `WEB3SIGNER_…` variables.
 fn relevant_env() -> BTreeMap<String, OsString> {
     std::env::vars_os()
@@ -396,14 +445,15 @@ pub fn parse() -> Cli {
     let cmd = Cli::command();
     let changes = plan(&cmd, &relevant_env()).unwrap_or_else(|e| refuse(&e));
     let cmd = apply(cmd, changes);
+    let args = join_boolean_values(&cmd, std::env::args_os().collect());
     // The file's name comes from the command line or the environment; its values then become
     // defaults, and the command line is parsed again with them.
-    let first = cmd.clone().get_matches();
+    let first = cmd.clone().get_matches_from(&args);
     let cmd = match first.get_one::<std::path::PathBuf>("config_file") {
         Some(path) => with_config_file(cmd, path).unwrap_or_else(|e| refuse(&e)),
         None => cmd,
     };
-    let mut matches = cmd.get_matches();
+    let mut matches = cmd.get_matches_from(&args);
     Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
 }
 
@@ -625,5 +675,38 @@ mod tests {
         // A value clap refuses is clap's error, naming the option.
         let e = with_yaml("http-listen-port: many\n", &["eth2"]).unwrap_err();
         assert!(e.contains("--http-listen-port"), "{e}");
+    }
+
+    #[test]
+    fn boolean_options_take_a_following_true_or_false_as_web3signer_does() {
+        let parse = |args: &[&str]| {
+            let cmd = Cli::command();
+            let args = join_boolean_values(&cmd, args.iter().map(OsString::from).collect());
+            let mut m = cmd.try_get_matches_from(args).map_err(|e| e.to_string())?;
+            Cli::from_arg_matches_mut(&mut m).map_err(|e| e.to_string())
+        };
+        let cli = parse(&["ensign", "--metrics-enabled", "TRUE", "eth2"]).unwrap();
+        assert!(cli.global.metrics_enabled);
+        let cli = parse(&[
+            "ensign",
+            "eth2",
+            "--slashing-protection-enabled",
+            "false",
+            "--enable-key-manager-api",
+            "true",
+        ])
+        .unwrap();
+        let crate::cli::Mode::Eth2(eth2) = &cli.mode else {
+            panic!("eth2")
+        };
+        assert!(!eth2.slashing_protection_enabled && eth2.key_manager_api_enabled);
+        // The bare flag before the subcommand stays a flag.
+        let cli = parse(&["ensign", "--metrics-enabled", "eth2"]).unwrap();
+        assert!(cli.global.metrics_enabled);
+        // Not a boolean option: the next word is left alone.
+        assert!(parse(&["ensign", "--logging", "true", "eth2"]).is_ok());
+        // `-l` is `--logging`.
+        let cli = parse(&["ensign", "-l", "DEBUG", "eth2"]).unwrap();
+        assert_eq!(cli.global.logging, "DEBUG");
     }
 }

@@ -179,7 +179,7 @@ impl Config {
             limits,
             listen_host: global.http_listen_host.clone(),
             listen_port: global.http_listen_port,
-            host_allowlist: global.http_host_allowlist.iter().map(|h| h.trim().to_string()).collect(),
+            host_allowlist: host_allowlist(&global.http_host_allowlist),
             keys: KeySources {
                 key_config_dir: global.key_store_path.clone(),
                 keystores,
@@ -544,8 +544,40 @@ impl EnclaveConfig {
     }
 }
 
+/// `--http-host-allowlist` as Web3Signer reads it: `all` is `*` (any host), `none` lists nothing
+/// (every request refused), case-insensitive; other names are kept, trimmed.
+fn host_allowlist(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.eq_ignore_ascii_case("none"))
+        .map(|h| {
+            if h.eq_ignore_ascii_case("all") {
+                "*"
+            } else {
+                h
+            }
+            .to_string()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_allowlist_all_and_none_as_web3signer() {
+        let list = |v: &[&str]| {
+            super::host_allowlist(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(list(&["all"]), ["*"]);
+        assert_eq!(list(&["ALL"]), ["*"]);
+        assert!(list(&["none"]).is_empty());
+        assert_eq!(
+            list(&[" localhost", "signer.example "]),
+            ["localhost", "signer.example"]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -143,3 +143,46 @@ fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--http-listen-port"), "{stderr}");
 }
+
+/// Web3Signer's command-line forms: a boolean's value as the next word (`--metrics-enabled true`),
+/// `-l` for `--logging`, `--enable-key-manager-api`, and the allow-list value `all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web3signer_command_line_forms_are_accepted() {
+    let s = SignerBuilder::new()
+        .raw_keys([test_secret(b"command line forms")])
+        .global_arg("--metrics-enabled")
+        .global_arg("true")
+        .global_arg("-l")
+        .global_arg("DEBUG")
+        .global_arg("--http-host-allowlist")
+        .global_arg("all")
+        .eth2_arg("--enable-key-manager-api")
+        .eth2_arg("false")
+        .start(Runner::Binary)
+        .await;
+    assert!(s.metrics_base.is_some(), "--metrics-enabled true");
+    assert_eq!(
+        s.get_with_host("/upcheck", "evil.example").await.status,
+        200
+    );
+    // `none`: no host at all (so not even the readiness probe: the binary is awaited by its
+    // "listening on" line instead).
+    let data = tempfile::TempDir::new().unwrap();
+    let args: Vec<String> = [
+        "--http-listen-port=0",
+        "--http-host-allowlist=none",
+        "--data-path",
+        data.path().to_str().unwrap(),
+        "eth2",
+    ]
+    .map(String::from)
+    .to_vec();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (mut child, addr, _) = tests::spawn_binary_logged(&args, log).await.unwrap();
+    let r = reqwest::get(format!("http://{addr}/upcheck"))
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.status().as_u16(), 403);
+}
