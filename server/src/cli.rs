@@ -798,13 +798,13 @@ pub enum Eth2Command {
     /// Export the slashing-protection database as an EIP-3076 interchange file.
     Export {
         /// File to write.
-        #[arg(long)]
+        #[arg(long, env = "ENSIGN_ETH2_EXPORT_TO")]
         to: PathBuf,
     },
     /// Import an EIP-3076 interchange file into the slashing-protection database.
     Import {
         /// File to read.
-        #[arg(long)]
+        #[arg(long, env = "ENSIGN_ETH2_IMPORT_FROM")]
         from: PathBuf,
     },
 }

@@ -325,9 +325,10 @@ fn config_values(
             key: key.clone(),
             line,
         };
-        // `eth2.name` → the eth2 subcommand's option `name`; `name` → a global option.
-        let (scope, name) = match key.split_once('.') {
-            Some((sub, name)) => (vec![sub.to_owned()], name),
+        // `eth2.name` → the eth2 subcommand's option `name` (`eth2.export.to`: its export
+        // subcommand's `to`); `name` → a global option.
+        let (scope, name) = match key.rsplit_once('.') {
+            Some((subs, name)) => (subs.split('.').map(str::to_owned).collect(), name),
             None => (vec![], key.as_str()),
         };
         let option = options
@@ -374,7 +375,10 @@ fn with_config_file(cmd: Command, path: &std::path::Path) -> Result<Command, Con
     }
     let values = config_values(&cmd, &shown, &text)?;
     Ok(values.into_iter().fold(cmd, |cmd, (option, value)| {
-        mut_option(cmd, &option.path, &option.id, |a| a.default_value(value))
+        // A default does not satisfy `required` in clap; the file's value does here.
+        mut_option(cmd, &option.path, &option.id, |a| {
+            a.default_value(value).required(false)
+        })
     }))
 }
 
@@ -427,6 +431,20 @@ fn join_boolean_values(cmd: &Command, args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// `cmd` with no option or subcommand required, for finding `--config-file` before the file
+/// has given its values.
+fn relaxed(cmd: Command) -> Command {
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    let cmd = cmd
+        .mut_args(|a| a.required(false))
+        .subcommand_required(false);
+    subs.iter()
+        .fold(cmd, |cmd, name| cmd.mut_subcommand(name, relaxed))
+}
+
 /// The environment's `ENSIGN_…` and `WEB3SIGNER_…` variables.
 fn relevant_env() -> BTreeMap<String, OsString> {
     std::env::vars_os()
@@ -447,10 +465,15 @@ pub fn parse() -> Cli {
     let cmd = apply(cmd, changes);
     let args = join_boolean_values(&cmd, std::env::args_os().collect());
     // The file's name comes from the command line or the environment; its values then become
-    // defaults, and the command line is parsed again with them.
-    let first = cmd.clone().get_matches_from(&args);
-    let cmd = match first.get_one::<std::path::PathBuf>("config_file") {
-        Some(path) => with_config_file(cmd, path).unwrap_or_else(|e| refuse(&e)),
+    // defaults, and the command line is parsed again with them. The first pass requires
+    // nothing, as the file may give what is required (`eth2.export.to`); when even it fails
+    // (`--help`, a bad flag), the second pass says so.
+    let file = relaxed(cmd.clone())
+        .try_get_matches_from(&args)
+        .ok()
+        .and_then(|m| m.get_one::<std::path::PathBuf>("config_file").cloned());
+    let cmd = match file {
+        Some(path) => with_config_file(cmd, &path).unwrap_or_else(|e| refuse(&e)),
         None => cmd,
     };
     let mut matches = cmd.get_matches_from(&args);
@@ -487,6 +510,8 @@ mod tests {
             "WEB3SIGNER_ETH2_NETWORK",
             "WEB3SIGNER_ETH2_SLASHING_PROTECTION_DB_URL",
             "WEB3SIGNER_ETH2_SLASHING_PROTECTION_DB_PASSWORD",
+            "WEB3SIGNER_ETH2_EXPORT_TO",
+            "WEB3SIGNER_ETH2_IMPORT_FROM",
         ] {
             assert!(all.iter().any(|n| n == name), "{name}");
         }
@@ -708,5 +733,29 @@ mod tests {
         // `-l` is `--logging`.
         let cli = parse(&["ensign", "-l", "DEBUG", "eth2"]).unwrap();
         assert_eq!(cli.global.logging, "DEBUG");
+    }
+
+    #[test]
+    fn export_and_import_options_come_from_variables_and_the_file_too() {
+        let cli = with_yaml("eth2.export.to: /tmp/out.json\n", &["eth2", "export"]).unwrap();
+        let crate::cli::Mode::Eth2(eth2) = &cli.mode else {
+            panic!("eth2")
+        };
+        assert!(matches!(
+            &eth2.command,
+            Some(crate::cli::Eth2Command::Export { to }) if to == std::path::Path::new("/tmp/out.json")
+        ));
+        assert_eq!(
+            planned(&[("WEB3SIGNER_ETH2_IMPORT_FROM", "/tmp/in.json")]),
+            Ok(vec![("from".into(), "WEB3SIGNER_ETH2_IMPORT_FROM".into())])
+        );
+        // The relaxed first pass finds the file even when the command line lacks --to.
+        let m = relaxed(Cli::command())
+            .try_get_matches_from(["ensign", "--config-file", "f.yaml", "eth2", "export"])
+            .unwrap();
+        assert_eq!(
+            m.get_one::<std::path::PathBuf>("config_file"),
+            Some(&std::path::PathBuf::from("f.yaml"))
+        );
     }
 }

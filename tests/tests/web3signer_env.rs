@@ -186,3 +186,35 @@ async fn web3signer_command_line_forms_are_accepted() {
     let _ = child.wait();
     assert_eq!(r.status().as_u16(), 403);
 }
+
+/// `eth2 import` / `eth2 export` with `--from` / `--to` from `WEB3SIGNER_ETH2_IMPORT_FROM` /
+/// `WEB3SIGNER_ETH2_EXPORT_TO`, as Web3Signer names them: the history goes in and comes back.
+#[test]
+fn import_and_export_take_their_files_from_web3signer_s_variables() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let data = ["--data-path", data.to_str().unwrap(), "eth2"];
+    let gvr = "0x04700007fabc8282644aed6d1c7c9e21d38a03a0c4ba193f3afe428824b3a673";
+    let pk = pubkey_hex(&test_secret(b"interchange"));
+    let input = dir.path().join("in.json");
+    let interchange = serde_json::json!({
+        "metadata": {"interchange_format_version": "5", "genesis_validators_root": gvr},
+        "data": [{"pubkey": pk, "signed_blocks": [{"slot": "7"}], "signed_attestations": []}],
+    });
+    std::fs::write(&input, interchange.to_string()).unwrap();
+    let (code, stderr) = run_with_env(
+        &[&data[..], &["import"]].concat(),
+        &[("WEB3SIGNER_ETH2_IMPORT_FROM", input.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let out = dir.path().join("out.json");
+    let (code, stderr) = run_with_env(
+        &[&data[..], &["export"]].concat(),
+        &[("WEB3SIGNER_ETH2_EXPORT_TO", out.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(exported["metadata"]["genesis_validators_root"], gvr);
+    assert_eq!(exported["data"][0]["pubkey"], pk.as_str());
+}
