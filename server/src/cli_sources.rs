@@ -445,25 +445,43 @@ fn relaxed(cmd: Command) -> Command {
         .fold(cmd, |cmd, name| cmd.mut_subcommand(name, relaxed))
 }
 
-/// The environment's `ENSIGN_…` and `WEB3SIGNER_…` variables.
-fn relevant_env() -> BTreeMap<String, OsString> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
-        .filter(|(k, _)| k.starts_with(ENSIGN_PREFIX) || k.starts_with(WEB3SIGNER_PREFIX))
-        .collect()
-}
-
 /// Parses the command line with the environment as described in the module docs; on any error
 /// (clap's or the environment's) prints it and exits with status 2, as clap does.
 pub fn parse() -> Cli {
-    let refuse = |e: &dyn std::fmt::Display| -> ! {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    };
+    match matches(std::env::args_os().collect(), &relevant_env()) {
+        Ok(mut m) => Cli::from_arg_matches_mut(&mut m).unwrap_or_else(|e| e.exit()),
+        Err(Failure::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Why the options could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    /// clap's own error (also `--help` and `--version`, which are not failures to clap).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
+
+/// The matches for `args` (program name first) with `env` (the `ENSIGN_…` and `WEB3SIGNER_…`
+/// variables; clap reads the values of those it is pointed at from the process environment)
+/// and the configuration file, if one is named. Public for the option-list test
+/// (`tests/tests/web3signer_options.rs`).
+pub fn matches(
+    args: Vec<OsString>,
+    env: &BTreeMap<String, OsString>,
+) -> Result<clap::ArgMatches, Failure> {
     let cmd = Cli::command();
-    let changes = plan(&cmd, &relevant_env()).unwrap_or_else(|e| refuse(&e));
+    let changes = plan(&cmd, env)?;
     let cmd = apply(cmd, changes);
-    let args = join_boolean_values(&cmd, std::env::args_os().collect());
+    let args = join_boolean_values(&cmd, args);
     // The file's name comes from the command line or the environment; its values then become
     // defaults, and the command line is parsed again with them. The first pass requires
     // nothing, as the file may give what is required (`eth2.export.to`); when even it fails
@@ -473,11 +491,18 @@ pub fn parse() -> Cli {
         .ok()
         .and_then(|m| m.get_one::<std::path::PathBuf>("config_file").cloned());
     let cmd = match file {
-        Some(path) => with_config_file(cmd, &path).unwrap_or_else(|e| refuse(&e)),
+        Some(path) => with_config_file(cmd, &path)?,
         None => cmd,
     };
-    let mut matches = cmd.get_matches_from(&args);
-    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+    Ok(cmd.try_get_matches_from(&args)?)
+}
+
+/// The environment's `ENSIGN_…` and `WEB3SIGNER_…` variables, as [`matches`] takes them.
+pub fn relevant_env() -> BTreeMap<String, OsString> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+        .filter(|(k, _)| k.starts_with(ENSIGN_PREFIX) || k.starts_with(WEB3SIGNER_PREFIX))
+        .collect()
 }
 
 #[cfg(test)]
