@@ -925,8 +925,14 @@ pub fn export_interchange(builder: &SignerBuilder, work: &Path, file: &Path) -> 
 
 /// Runs the binary to completion; returns its exit code and its stderr.
 pub fn run_binary(args: &[String]) -> (i32, String) {
+    run_binary_env(args, &[])
+}
+
+/// [`run_binary`] with extra environment variables.
+pub fn run_binary_env(args: &[impl AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(binary_path())
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .output()
         .expect("run ensign");

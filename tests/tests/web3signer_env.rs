@@ -2,25 +2,8 @@
 //! binary (issue 17): `WEB3SIGNER_…` variables and `--config-file` keys are options, never
 //! ignored in silence.
 
-use std::process::Command;
-
 use tests::body::attestation;
-use tests::{binary_path, pubkey_hex, test_secret, PgSchema, Runner, SignerBuilder};
-
-/// Runs the binary with `env` (and `args`) until it exits; its exit code and stderr. Only for
-/// starts that must fail before anything listens.
-fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(binary_path())
-        .args(args)
-        .envs(env.iter().copied())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run ensign");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tests::{pubkey_hex, run_binary_env, test_secret, PgSchema, Runner, SignerBuilder};
 
 /// Started with nothing but what `web3signer` says (key store path, data path, port, network,
 /// PostgreSQL URL, given the Web3Signer way), the signer signs on the database named, and that
@@ -91,7 +74,7 @@ async fn an_unreachable_database_in_a_web3signer_variable_fails_the_start() {
 
 #[test]
 fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
-    let (code, stderr) = run_with_env(
+    let (code, stderr) = run_binary_env(
         &["eth2"],
         &[
             ("ENSIGN_HTTP_LISTEN_PORT", "19001"),
@@ -106,7 +89,7 @@ fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
     );
 
     // An option ensign does not have: refused by name, as an unknown flag is.
-    let (code, stderr) = run_with_env(
+    let (code, stderr) = run_binary_env(
         &["eth2"],
         &[("WEB3SIGNER_ETH2_AZURE_VAULT_ENABLED", "true")],
     );
@@ -124,14 +107,14 @@ fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
         "http-listen-port: 0\neth2.commit-boost-api-enabled: true\n",
     )
     .unwrap();
-    let (code, stderr) = run_with_env(&["--config-file", file.to_str().unwrap(), "eth2"], &[]);
+    let (code, stderr) = run_binary_env(&["--config-file", file.to_str().unwrap(), "eth2"], &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("line 2") && stderr.contains("eth2.commit-boost-api-enabled"),
         "{stderr}"
     );
     // The file's name from Web3Signer's variable.
-    let (code, stderr) = run_with_env(
+    let (code, stderr) = run_binary_env(
         &["eth2"],
         &[("WEB3SIGNER_CONFIG_FILE", file.to_str().unwrap())],
     );
@@ -139,7 +122,8 @@ fn conflicting_and_unsupported_web3signer_variables_stop_the_start() {
     assert!(stderr.contains("line 2"), "{stderr}");
 
     // A value clap refuses is clap's error, naming the option.
-    let (code, stderr) = run_with_env(&["eth2"], &[("WEB3SIGNER_HTTP_LISTEN_PORT", "not-a-port")]);
+    let (code, stderr) =
+        run_binary_env(&["eth2"], &[("WEB3SIGNER_HTTP_LISTEN_PORT", "not-a-port")]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--http-listen-port"), "{stderr}");
 }
@@ -202,13 +186,13 @@ fn import_and_export_take_their_files_from_web3signer_s_variables() {
         "data": [{"pubkey": pk, "signed_blocks": [{"slot": "7"}], "signed_attestations": []}],
     });
     std::fs::write(&input, interchange.to_string()).unwrap();
-    let (code, stderr) = run_with_env(
+    let (code, stderr) = run_binary_env(
         &[&data[..], &["import"]].concat(),
         &[("WEB3SIGNER_ETH2_IMPORT_FROM", input.to_str().unwrap())],
     );
     assert_eq!(code, 0, "{stderr}");
     let out = dir.path().join("out.json");
-    let (code, stderr) = run_with_env(
+    let (code, stderr) = run_binary_env(
         &[&data[..], &["export"]].concat(),
         &[("WEB3SIGNER_ETH2_EXPORT_TO", out.to_str().unwrap())],
     );
